@@ -1,0 +1,2 @@
+//! Raw syscalls. Every `unsafe` block of the crate lives under this module,
+//! each with a `// SAFETY:` line.
