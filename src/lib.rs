@@ -1,13 +1,21 @@
 //! layerfs: a userspace union filesystem for container image layers.
 //!
 //! The daemon merges read-only lower directories with one writable upper directory.
-//! `fs` adapts FUSE requests onto the overlay modules; everything else is unit-testable
-//! without a mount.
+//! `fs` adapts FUSE requests onto [`overlay::Overlay`]; the modules below it (layers,
+//! whiteouts, lookup, copy-up, listings) are unit-testable without a mount.
 
 pub mod config;
+pub mod copy_up;
 pub mod error;
 pub mod fs;
+pub mod handles;
+pub mod inode;
+pub mod layer;
+pub mod overlay;
+pub mod readdir;
+pub mod stack;
 pub mod sys;
+pub mod whiteout;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -1,2 +1,427 @@
 //! Raw syscalls. Every `unsafe` block of the crate lives under this module,
-//! each with a `// SAFETY:` line.
+//! each with a `// SAFETY:` line. Callers get `io::Result` and owned fds.
+//!
+//! Paths handed to these functions are always a directory fd plus a single name (or a
+//! relative path resolved with `openat2(RESOLVE_BENEATH)`), never a joined string: a layer
+//! cannot make the daemon touch anything outside itself.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+pub type Stat = libc::stat;
+
+fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// How `openat2` may resolve a relative path inside a layer: never above the layer root,
+/// never through a symlink or a /proc magic link.
+const RESOLVE_INSIDE: u64 = (libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS) as u64;
+
+/// `openat2(dir, path, flags, mode)` confined to `dir`.
+pub fn openat_beneath(dir: BorrowedFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: open_how is plain old data; all-zero is its documented "no options" value.
+    let mut how: libc::open_how = unsafe { MaybeUninit::zeroed().assume_init() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 { mode as u64 } else { 0 };
+    how.resolve = RESOLVE_INSIDE;
+    loop {
+        // SAFETY: `c` is a valid NUL-terminated string and `how` a valid open_how whose size
+        // we pass; the returned fd is fresh and owned by nobody else.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel just returned this fd to us.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        let err = io::Error::last_os_error();
+        // openat2 answers EAGAIN when a concurrent rename raced the resolution; retrying is
+        // the documented remedy.
+        if err.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(err);
+        }
+    }
+}
+
+/// `openat(dir, name, flags)` for a single name (no '/'); does not follow a final symlink
+/// unless the caller leaves out O_NOFOLLOW on purpose.
+pub fn openat(dir: BorrowedFd, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string; the returned fd is fresh.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `O_TMPFILE` in `dir`: an unnamed file, linked in later with `link_tmpfile`.
+pub fn open_tmpfile(dir: BorrowedFd, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    openat(dir, OsStr::new("."), libc::O_TMPFILE | flags, mode)
+}
+
+/// Gives an `O_TMPFILE` file the name `name` in `dir`.
+pub fn link_tmpfile(file: BorrowedFd, dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and fds; AT_EMPTY_PATH links the fd itself.
+    check(unsafe {
+        libc::linkat(file.as_raw_fd(), c"".as_ptr(), dir.as_raw_fd(), c.as_ptr(), libc::AT_EMPTY_PATH)
+    })?;
+    Ok(())
+}
+
+pub fn fstatat(dir: BorrowedFd, name: &OsStr) -> io::Result<Stat> {
+    let c = cstr(name)?;
+    let mut st = MaybeUninit::<Stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer for one stat; the kernel fills it on success.
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+    // SAFETY: fstatat succeeded, so `st` is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn fstat(fd: BorrowedFd) -> io::Result<Stat> {
+    let mut st = MaybeUninit::<Stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer; AT_EMPTY_PATH stats the fd itself (O_PATH too).
+    check(unsafe {
+        libc::fstatat(fd.as_raw_fd(), c"".as_ptr(), st.as_mut_ptr(), libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+    })?;
+    // SAFETY: fstatat succeeded, so `st` is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn mkdirat(dir: BorrowedFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and fd.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) })?;
+    Ok(())
+}
+
+pub fn mknodat(dir: BorrowedFd, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and fd.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, rdev) })?;
+    Ok(())
+}
+
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
+    let t = cstr(target)?;
+    let c = cstr(name)?;
+    // SAFETY: valid C strings and fd.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })?;
+    Ok(())
+}
+
+pub fn readlinkat(dir: BorrowedFd, name: &OsStr) -> io::Result<OsString> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `buf` is writable for its whole length, which we pass.
+    let n = check_size(unsafe { libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    buf.truncate(n);
+    Ok(OsString::from_vec(buf))
+}
+
+pub fn linkat(olddir: BorrowedFd, oldname: &OsStr, newdir: BorrowedFd, newname: &OsStr) -> io::Result<()> {
+    let o = cstr(oldname)?;
+    let n = cstr(newname)?;
+    // SAFETY: valid C strings and fds; flags 0 never follows a symlink source.
+    check(unsafe { libc::linkat(olddir.as_raw_fd(), o.as_ptr(), newdir.as_raw_fd(), n.as_ptr(), 0) })?;
+    Ok(())
+}
+
+pub fn unlinkat(dir: BorrowedFd, name: &OsStr, is_dir: bool) -> io::Result<()> {
+    let c = cstr(name)?;
+    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: valid C string and fd.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) })?;
+    Ok(())
+}
+
+pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+
+pub fn renameat2(olddir: BorrowedFd, oldname: &OsStr, newdir: BorrowedFd, newname: &OsStr, flags: u32) -> io::Result<()> {
+    let o = cstr(oldname)?;
+    let n = cstr(newname)?;
+    // SAFETY: valid C strings and fds.
+    check(unsafe { libc::renameat2(olddir.as_raw_fd(), o.as_ptr(), newdir.as_raw_fd(), n.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// chown of `name` in `dir` without following a symlink; `u32::MAX` leaves an id unchanged.
+pub fn fchownat(dir: BorrowedFd, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and fd.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(())
+}
+
+pub fn fchown(fd: BorrowedFd, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })?;
+    Ok(())
+}
+
+/// chmod of `name` in `dir`. Symlinks have no mode of their own: the caller never asks.
+pub fn fchmodat(dir: BorrowedFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and fd.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode, 0) })?;
+    Ok(())
+}
+
+pub fn fchmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })?;
+    Ok(())
+}
+
+/// Timestamps as `utimensat` takes them: (seconds, nanoseconds), or UTIME_NOW/UTIME_OMIT
+/// in the nanoseconds field.
+pub type Timespec = libc::timespec;
+
+pub const UTIME_NOW: i64 = libc::UTIME_NOW;
+pub const UTIME_OMIT: i64 = libc::UTIME_OMIT;
+
+pub fn utimensat(dir: BorrowedFd, name: &OsStr, times: &[Timespec; 2]) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and fd; `times` points at two timespecs.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(())
+}
+
+pub fn futimens(fd: BorrowedFd, times: &[Timespec; 2]) -> io::Result<()> {
+    // SAFETY: valid fd; `times` points at two timespecs.
+    check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) })?;
+    Ok(())
+}
+
+/// The /proc path that names `name` inside the directory `dir` without any lookup outside
+/// it; the xattr calls below use it with the `l` variants, so a final symlink is not followed.
+fn proc_path(dir: BorrowedFd, name: &OsStr) -> io::Result<CString> {
+    let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
+    if !name.is_empty() {
+        p.push(b'/');
+        p.extend_from_slice(name.as_bytes());
+    }
+    CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Value of xattr `attr` of `name` in `dir` (`name` empty: of `dir` itself).
+pub fn getxattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr) -> io::Result<Vec<u8>> {
+    let p = proc_path(dir, name)?;
+    let a = cstr(attr)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: valid C strings; `buf` writable for its length.
+        let n = unsafe { libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return Err(err);
+        }
+        // SAFETY: a null buffer with size 0 asks for the size only.
+        let need = check_size(unsafe { libc::lgetxattr(p.as_ptr(), a.as_ptr(), std::ptr::null_mut(), 0) })?;
+        buf.resize(need.max(buf.len() * 2), 0);
+    }
+}
+
+pub fn setxattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let p = proc_path(dir, name)?;
+    let a = cstr(attr)?;
+    // SAFETY: valid C strings; `value` readable for its length.
+    check(unsafe { libc::lsetxattr(p.as_ptr(), a.as_ptr(), value.as_ptr().cast(), value.len(), flags) })?;
+    Ok(())
+}
+
+pub fn removexattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr) -> io::Result<()> {
+    let p = proc_path(dir, name)?;
+    let a = cstr(attr)?;
+    // SAFETY: valid C strings.
+    check(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) })?;
+    Ok(())
+}
+
+/// Names of all xattrs of `name` in `dir`.
+pub fn listxattr(dir: BorrowedFd, name: &OsStr) -> io::Result<Vec<OsString>> {
+    let p = proc_path(dir, name)?;
+    let mut buf = vec![0u8; 1024];
+    let n = loop {
+        // SAFETY: valid C string; `buf` writable for its length.
+        let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return Err(err);
+        }
+        // SAFETY: a null buffer with size 0 asks for the size only.
+        let need = check_size(unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) })?;
+        buf.resize(need.max(buf.len() * 2), 0);
+    };
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsStr::from_bytes(s).to_os_string())
+        .collect())
+}
+
+/// Entries of the directory open as `fd` (O_RDONLY|O_DIRECTORY), without "." and "..".
+pub fn read_dir(fd: OwnedFd) -> io::Result<Vec<(OsString, u8, u64)>> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: `raw` is a valid directory fd; on success fdopendir takes ownership of it,
+    // so we forget `fd` below, and closedir releases it.
+    let dirp = unsafe { libc::fdopendir(raw) };
+    if dirp.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    std::mem::forget(fd);
+    let mut out = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; clearing it distinguishes end-of-dir from failure.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `dirp` is a valid DIR* we own.
+        let ent = unsafe { libc::readdir64(dirp) };
+        if ent.is_null() {
+            let err = io::Error::last_os_error();
+            break if err.raw_os_error().unwrap_or(0) == 0 { Ok(()) } else { Err(err) };
+        }
+        // SAFETY: readdir64 returned a valid entry; d_name is NUL-terminated within it.
+        let (name, kind, ino) = unsafe {
+            let e = &*ent;
+            (CStr::from_ptr(e.d_name.as_ptr()).to_bytes().to_vec(), e.d_type, e.d_ino)
+        };
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push((OsString::from_vec(name), kind, ino));
+    };
+    // SAFETY: `dirp` is valid and closed exactly once.
+    unsafe { libc::closedir(dirp) };
+    result.map(|_| out)
+}
+
+pub fn fstatvfs(fd: BorrowedFd) -> io::Result<libc::statvfs> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `st` is a valid out-pointer.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn pread(fd: BorrowedFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its length.
+    check_size(unsafe { libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset as i64) })
+}
+
+pub fn pwrite(fd: BorrowedFd, buf: &[u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is readable for its length.
+    check_size(unsafe { libc::pwrite64(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), offset as i64) })
+}
+
+pub fn fsync(fd: BorrowedFd, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })?;
+    Ok(())
+}
+
+pub fn ftruncate(fd: BorrowedFd, size: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::ftruncate64(fd.as_raw_fd(), size as i64) })?;
+    Ok(())
+}
+
+pub fn fallocate(fd: BorrowedFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::fallocate64(fd.as_raw_fd(), mode, offset as i64, len as i64) })?;
+    Ok(())
+}
+
+pub fn lseek(fd: BorrowedFd, offset: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: plain syscall on a valid fd.
+    let r = unsafe { libc::lseek64(fd.as_raw_fd(), offset, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn copy_file_range(fd_in: BorrowedFd, off_in: u64, fd_out: BorrowedFd, off_out: u64, len: usize) -> io::Result<usize> {
+    let mut i = off_in as i64;
+    let mut o = off_out as i64;
+    // SAFETY: valid fds; the offsets are local variables the kernel may update.
+    check_size(unsafe { libc::copy_file_range(fd_in.as_raw_fd(), &mut i, fd_out.as_raw_fd(), &mut o, len, 0) })
+}
+
+/// Shares all of `src`'s blocks with `dst` (reflink), where the filesystem can.
+pub fn ficlone(dst: BorrowedFd, src: BorrowedFd) -> io::Result<()> {
+    // SAFETY: FICLONE takes the source fd as its argument; both fds are valid.
+    check(unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) })?;
+    Ok(())
+}
+
+/// Reopens an O_PATH fd with real access `flags` (through /proc, as the kernel allows).
+pub fn reopen(fd: BorrowedFd, flags: i32) -> io::Result<OwnedFd> {
+    let p = proc_path(fd, OsStr::new(""))?;
+    // SAFETY: valid C string; the returned fd is fresh.
+    let r = check(unsafe { libc::open(p.as_ptr(), (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW, 0) })?;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+pub fn makedev(major: u32, minor: u32) -> u64 {
+    libc::makedev(major, minor)
+}
+
+/// An all-zero `stat`, for synthesised attributes.
+pub fn zeroed_stat() -> Stat {
+    // SAFETY: `stat` is plain old data; all-zero bytes are a valid value of it.
+    unsafe { MaybeUninit::<Stat>::zeroed().assume_init() }
+}

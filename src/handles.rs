@@ -1,0 +1,89 @@
+//! Open files and directories: what a FUSE file handle stands for.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+use crate::readdir::DirEntry;
+
+pub struct OpenFile {
+    pub node: u64,
+    pub fd: RwLock<Arc<OwnedFd>>,
+    /// Opened on a lower layer (read-only): after a copy-up of the node, reads move on to
+    /// the upper copy so that they see what writers wrote.
+    pub on_lower: bool,
+    /// Value of the overlay's copy-up counter when `fd` was opened or last refreshed.
+    pub seen_copyups: AtomicU64,
+}
+
+impl OpenFile {
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.read().clone()
+    }
+}
+
+pub struct OpenDir {
+    pub node: u64,
+    /// The listing, taken when the directory is read from offset 0, so offsets stay stable
+    /// while a reader walks it.
+    pub entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
+}
+
+/// Handle numbers to open files and directories.
+pub struct Handles {
+    files: DashMap<u64, Arc<OpenFile>>,
+    dirs: DashMap<u64, Arc<OpenDir>>,
+    next: AtomicU64,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Handles {
+    pub fn add_file(&self, f: OpenFile) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.files.insert(fh, Arc::new(f));
+        fh
+    }
+
+    pub fn file(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.files.get(&fh).map(|f| f.clone())
+    }
+
+    pub fn remove_file(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.files.remove(&fh).map(|(_, f)| f)
+    }
+
+    pub fn add_dir(&self, d: OpenDir) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.dirs.insert(fh, Arc::new(d));
+        fh
+    }
+
+    pub fn dir(&self, fh: u64) -> Option<Arc<OpenDir>> {
+        self.dirs.get(&fh).map(|d| d.clone())
+    }
+
+    pub fn remove_dir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+
+    /// Whether any open file refers to `node`.
+    pub fn node_is_open(&self, node: u64) -> bool {
+        self.files.iter().any(|f| f.node == node)
+    }
+
+    pub fn open_files(&self) -> usize {
+        self.files.len()
+    }
+}

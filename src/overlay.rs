@@ -1,0 +1,1024 @@
+//! The overlay: the stack of layers, the node table and every operation on the merged
+//! tree, in terms of layers, whiteouts and copy-up. `fs.rs` only translates FUSE requests
+//! onto these methods.
+//!
+//! Locking: one namespace lock. Lookups and reads of the tree take it shared; anything that
+//! changes names or moves objects between layers (create, unlink, rename, copy-up) takes it
+//! exclusive, so a copy-up and a rename can never interleave. Data reads and writes on open
+//! handles take no lock at all.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{Config, WhiteoutMode};
+use crate::copy_up::{self, WorkDir};
+use crate::error::{Context, Error, Result};
+use crate::handles::{Handles, OpenDir, OpenFile};
+use crate::inode::{compose_ino, Node, Tree, ROOT};
+use crate::layer::{split, Layer};
+use crate::readdir::{self, DirEntry};
+use crate::stack::{Found, Stack};
+use crate::sys::{self, Stat};
+use crate::whiteout::{self, Encoding, XattrNs};
+
+/// Who asks: the caller's ids and umask, for objects it creates.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What to create.
+pub enum NewKind<'a> {
+    Dir,
+    File { flags: i32 },
+    Special { rdev: u64 },
+    Symlink { target: &'a OsStr },
+}
+
+/// Attribute changes of a setattr; `None` leaves a field alone.
+#[derive(Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<sys::Timespec>,
+    pub mtime: Option<sys::Timespec>,
+    pub fh: Option<u64>,
+}
+
+/// Where an object's content is.
+enum Loc {
+    Upper(PathBuf),
+    /// In the workdir index: the shared copy of a hard-linked lower inode.
+    Index(OsString),
+    Lower(usize, PathBuf),
+    /// Unlinked while open.
+    Pinned(Arc<OwnedFd>),
+}
+
+pub struct Overlay {
+    pub stack: Stack,
+    work: Option<WorkDir>,
+    tree: RwLock<Tree>,
+    pub handles: Handles,
+    /// Counts copy-ups, so a read handle opened on a lower file notices cheaply that it
+    /// may have to move on to the upper copy.
+    copyups: AtomicU64,
+    redirect_dir: bool,
+    read_only: bool,
+    volatile: bool,
+}
+
+fn errno(e: i32) -> Error {
+    Error::from_errno(e)
+}
+
+impl Overlay {
+    pub fn new(config: &Config) -> Result<Overlay> {
+        let lowers = config.lowers.iter().map(|p| Layer::open(p)).collect::<Result<Vec<_>>>()?;
+        if lowers.is_empty() {
+            return Err(Error::usage("no lowerdir given: pass -o lowerdir=DIR[:DIR...]"));
+        }
+        let upper = config.upper.as_deref().map(Layer::open).transpose()?;
+        let work_layer = config.work.as_deref().map(Layer::open).transpose()?;
+        let read_only = config.read_only || upper.is_none();
+        let work = match (&upper, &work_layer) {
+            (Some(_), Some(w)) => Some(WorkDir::open(w.root(), !config.volatile)?),
+            (Some(_), None) => return Err(Error::usage("upperdir needs a workdir: add -o workdir=DIR on the upper's filesystem")),
+            _ => None,
+        };
+        let (whiteout, xattr_ns) = match &work {
+            Some(w) => (probe_whiteout(w, config.whiteout)?, probe_xattr_ns(w)),
+            None => (Encoding::File, XattrNs::User),
+        };
+        log::debug!("whiteouts as {whiteout:?}, overlay xattrs in {xattr_ns:?}");
+        let stack = Stack {
+            upper,
+            work: work_layer,
+            lowers,
+            xattr_ns,
+            whiteout,
+        };
+        let mut root = Node::new(libc::S_IFDIR, ROOT);
+        root.upper = stack.upper.is_some();
+        root.lower_dirs = stack.root_lowers();
+        root.lower = root.lower_dirs.first().cloned();
+        Ok(Overlay {
+            stack,
+            work,
+            tree: RwLock::new(Tree::new(root)),
+            handles: Handles::default(),
+            copyups: AtomicU64::new(0),
+            redirect_dir: config.redirect_dir,
+            read_only,
+            volatile: config.volatile,
+        })
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn upper(&self) -> Result<&Layer> {
+        match (&self.stack.upper, self.read_only) {
+            (Some(u), false) => Ok(u),
+            _ => Err(errno(libc::EROFS)),
+        }
+    }
+
+    fn work(&self) -> Result<&WorkDir> {
+        self.work.as_ref().ok_or_else(|| errno(libc::EROFS))
+    }
+
+    // ----- lookup and attributes -----
+
+    /// Looks `name` up in `parent` and counts a lookup of the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<(u64, Stat)> {
+        let found = {
+            let tree = self.tree.read();
+            if let Some(id) = tree.child(parent, name) {
+                drop(tree);
+                let mut tree = self.tree.write();
+                if tree.child(parent, name) == Some(id) {
+                    let st = self.stat_node(&tree, id)?;
+                    tree.add_lookup(id, parent, name);
+                    return Ok((id, st));
+                }
+                None
+            } else {
+                Some(self.resolve_child(&tree, parent, name)?)
+            }
+        };
+        let mut tree = self.tree.write();
+        let found = match found {
+            Some(f) if tree.child(parent, name).is_none() => f,
+            // Someone changed the directory meanwhile: look again under the write lock.
+            _ => match tree.child(parent, name) {
+                Some(id) => {
+                    let st = self.stat_node(&tree, id)?;
+                    tree.add_lookup(id, parent, name);
+                    return Ok((id, st));
+                }
+                None => self.resolve_child(&tree, parent, name)?,
+            },
+        };
+        let found = found.ok_or_else(|| errno(libc::ENOENT))?;
+        let id = self.insert_found(&mut tree, parent, name, found, true);
+        let st = self.stat_node(&tree, id)?;
+        Ok((id, st))
+    }
+
+    /// The node of `name` in `parent`, creating it (uncounted) if the kernel has not
+    /// looked it up. `None` when the name does not exist.
+    fn child(&self, tree: &mut Tree, parent: u64, name: &OsStr) -> Result<Option<u64>> {
+        if let Some(id) = tree.child(parent, name) {
+            return Ok(Some(id));
+        }
+        match self.resolve_child(tree, parent, name)? {
+            Some(found) => Ok(Some(self.insert_found(tree, parent, name, found, false))),
+            None => Ok(None),
+        }
+    }
+
+    fn insert_found(&self, tree: &mut Tree, parent: u64, name: &OsStr, found: Found, counted: bool) -> u64 {
+        let mut node = Node::new(found.kind(), found.st_ino);
+        node.upper = found.upper;
+        node.lower = found.lower;
+        node.lower_dirs = found.lower_dirs;
+        if let (Some((layer, ino)), Some(work)) = (found.hardlink, &self.work) {
+            let idx = index_name(layer, ino);
+            if sys::fstatat(work.index.as_fd(), &idx).is_ok() {
+                node.index = Some(idx);
+            }
+        }
+        tree.insert(parent, name, node, counted)
+    }
+
+    fn resolve_child(&self, tree: &Tree, parent: u64, name: &OsStr) -> Result<Option<Found>> {
+        let pnode = tree.get(parent).ok_or_else(|| errno(libc::ENOENT))?;
+        if !pnode.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let upper_path = if pnode.upper { Some(self.path(tree, parent)?) } else { None };
+        self.stack.resolve(upper_path.as_deref(), &pnode.lower_dirs, name)
+    }
+
+    /// Whether any lower layer below `parent` still shows `name` (so removing it from the
+    /// upper layer needs a whiteout).
+    fn lower_has(&self, tree: &Tree, parent: u64, name: &OsStr) -> Result<bool> {
+        let pnode = tree.get(parent).ok_or_else(|| errno(libc::ENOENT))?;
+        Ok(self.stack.resolve(None, &pnode.lower_dirs, name)?.is_some())
+    }
+
+    fn path(&self, tree: &Tree, id: u64) -> Result<PathBuf> {
+        tree.path(id).ok_or_else(|| errno(libc::ENOENT))
+    }
+
+    pub fn forget(&self, id: u64, n: u64) {
+        self.tree.write().forget(id, n);
+    }
+
+    fn loc(&self, tree: &Tree, id: u64) -> Result<Loc> {
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        if let Some(idx) = &node.index {
+            return Ok(Loc::Index(idx.clone()));
+        }
+        if node.aliases.is_empty() && id != ROOT {
+            return node.pinned.clone().map(Loc::Pinned).ok_or_else(|| errno(libc::ENOENT));
+        }
+        if node.upper {
+            return Ok(Loc::Upper(self.path(tree, id)?));
+        }
+        let lower = if node.is_dir() { node.lower_dirs.first() } else { node.lower.as_ref() };
+        let lower = lower.ok_or_else(|| errno(libc::ENOENT))?;
+        Ok(Loc::Lower(lower.layer, lower.path.clone()))
+    }
+
+    /// Runs `f` with the directory handle and name that reach `loc` (empty name: the
+    /// handle itself is the object).
+    fn at_loc<T>(&self, loc: &Loc, f: impl FnOnce(BorrowedFd, &OsStr) -> std::io::Result<T>) -> Result<T> {
+        let (layer, path) = match loc {
+            Loc::Upper(p) => (self.stack.upper.as_ref().ok_or_else(|| errno(libc::EROFS))?, p),
+            Loc::Lower(i, p) => (&self.stack.lowers[*i], p),
+            Loc::Index(idx) => return f(self.work()?.index.as_fd(), idx).map_err(Error::from),
+            Loc::Pinned(fd) => return f(fd.as_fd(), OsStr::new("")).map_err(Error::from),
+        };
+        match split(path) {
+            (_, None) => f(layer.root(), OsStr::new("")).map_err(|e| Error::from(e).context(layer.describe(path))),
+            (parent, Some(name)) => {
+                let dir = layer.dir(parent)?;
+                f(dir.as_fd(), name).map_err(|e| Error::from(e).context(layer.describe(path)))
+            }
+        }
+    }
+
+    fn open_loc(&self, loc: &Loc, flags: i32) -> Result<OwnedFd> {
+        match loc {
+            Loc::Pinned(fd) => sys::reopen(fd.as_fd(), flags).map_err(Error::from),
+            _ => self.at_loc(loc, |dir, name| {
+                if name.is_empty() {
+                    sys::reopen(dir, flags)
+                } else {
+                    sys::openat(dir, name, flags | libc::O_NOFOLLOW, 0)
+                }
+            }),
+        }
+    }
+
+    fn stat_loc(&self, loc: &Loc) -> Result<Stat> {
+        self.at_loc(loc, |dir, name| if name.is_empty() { sys::fstat(dir) } else { sys::fstatat(dir, name) })
+    }
+
+    fn stat_node(&self, tree: &Tree, id: u64) -> Result<Stat> {
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        let mut st = self.stat_loc(&self.loc(tree, id)?)?;
+        st.st_ino = node.st_ino;
+        if node.is_dir() {
+            // A merged directory's link count cannot be known without listing every layer;
+            // 1 tells find and friends not to rely on it, as kernel overlayfs does.
+            let merged = usize::from(node.upper) + node.lower_dirs.len() > 1;
+            if merged {
+                st.st_nlink = 1;
+            }
+        } else if node.index.is_some() {
+            // The index holds one extra link; names still only in the lower layer count too.
+            let lower_links = node
+                .lower
+                .as_ref()
+                .and_then(|l| self.stack.lowers[l.layer].stat(&l.path).ok())
+                .map(|s| s.st_nlink)
+                .unwrap_or(1);
+            st.st_nlink = (st.st_nlink.saturating_sub(1)).max(lower_links);
+        }
+        Ok(st)
+    }
+
+    pub fn getattr(&self, id: u64, fh: Option<u64>) -> Result<Stat> {
+        if let Some(f) = fh.and_then(|fh| self.handles.file(fh)) {
+            if !f.on_lower {
+                let mut st = sys::fstat(f.fd().as_fd())?;
+                let tree = self.tree.read();
+                if let Some(node) = tree.get(id) {
+                    st.st_ino = node.st_ino;
+                    if node.index.is_some() {
+                        return self.stat_node(&tree, id);
+                    }
+                }
+                return Ok(st);
+            }
+        }
+        let tree = self.tree.read();
+        self.stat_node(&tree, id)
+    }
+
+    pub fn readlink(&self, id: u64) -> Result<OsString> {
+        let tree = self.tree.read();
+        self.at_loc(&self.loc(&tree, id)?, sys::readlinkat)
+    }
+
+    // ----- copy-up -----
+
+    /// Makes `id` exist in the upper layer, copying its parents first.
+    fn copy_up(&self, tree: &mut Tree, id: u64) -> Result<()> {
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        if node.upper {
+            return Ok(());
+        }
+        let upper = self.upper()?;
+        let work = self.work()?;
+        let (parent, _) = node.aliases.first().cloned().ok_or_else(|| errno(libc::ENOENT))?;
+        self.copy_up(tree, parent)?;
+        let path = self.path(tree, id)?;
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        let (ppath, name) = split(&path);
+        let name = name.ok_or_else(|| errno(libc::EINVAL))?;
+        let updir = upper.dir(ppath)?;
+
+        if let Some(idx) = &node.index {
+            // Another name of this lower inode was copied up already: share its inode.
+            sys::linkat(work.index.as_fd(), idx, updir.as_fd(), name).context(upper.describe(&path))?;
+            if let Some(n) = tree.get_mut(id) {
+                n.upper = true;
+            }
+            return Ok(());
+        }
+
+        let lower = if node.is_dir() { node.lower_dirs.first() } else { node.lower.as_ref() };
+        let lower = lower.ok_or_else(|| errno(libc::ENOENT))?.clone();
+        let layer = &self.stack.lowers[lower.layer];
+        let (lparent, lname) = split(&lower.path);
+        let lname = lname.ok_or_else(|| errno(libc::EINVAL))?;
+        let ldir = layer.dir(lparent)?;
+        let st = sys::fstatat(ldir.as_fd(), lname).context(layer.describe(&lower.path))?;
+        let src = copy_up::Source {
+            dir: ldir.as_fd(),
+            name: lname,
+            stat: &st,
+        };
+        let tmp = work
+            .prepare(&src, Some((self.stack.xattr_ns.ino(), node.st_ino)))
+            .map_err(|e| e.context(format!("copy-up of {}", layer.describe(&lower.path))))?;
+        let mut index = None;
+        if !node.is_dir() && st.st_nlink > 1 {
+            // Keep every name of this lower inode on one upper inode, across remounts too.
+            let idx = index_name(lower.layer, st.st_ino);
+            sys::linkat(work.temp(), &tmp, work.index.as_fd(), &idx).context("workdir index")?;
+            index = Some(idx);
+        }
+        work.install(&tmp, updir.as_fd(), name).context(format!("copy-up to {}", upper.describe(&path)))?;
+        if let Some(n) = tree.get_mut(id) {
+            n.upper = true;
+            if index.is_some() {
+                n.index = index;
+            }
+        }
+        self.copyups.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// The upper directory handle of directory `id`, copying it up first.
+    fn upper_dir(&self, tree: &mut Tree, id: u64) -> Result<OwnedFd> {
+        self.copy_up(tree, id)?;
+        let path = self.path(tree, id)?;
+        self.upper()?.dir(&path)
+    }
+
+    // ----- creating -----
+
+    /// Creates `name` in `parent`; for files also returns the open fd.
+    pub fn create(&self, parent: u64, name: &OsStr, kind: NewKind, mode: u32, umask: u32, caller: Caller) -> Result<(u64, Stat, Option<OwnedFd>)> {
+        let upper = self.upper()?;
+        let work = self.work()?;
+        check_new_name(name)?;
+        let mut tree = self.tree.write();
+        if self.child(&mut tree, parent, name)?.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        let pdir = self.upper_dir(&mut tree, parent)?;
+        let pst = sys::fstat(pdir.as_fd())?;
+        // New objects take the group of a setgid directory, and directories inherit the bit.
+        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { caller.gid };
+        let mut perm = mode & 0o7777 & !umask;
+        let fmt = match kind {
+            NewKind::Dir => {
+                if pst.st_mode & libc::S_ISGID != 0 {
+                    perm |= libc::S_ISGID;
+                }
+                libc::S_IFDIR
+            }
+            NewKind::File { .. } => libc::S_IFREG,
+            NewKind::Special { .. } => mode & libc::S_IFMT,
+            NewKind::Symlink { .. } => libc::S_IFLNK,
+        };
+        let whiteout_here = has_whiteout(pdir.as_fd(), name);
+        let opaque = fmt == libc::S_IFDIR && whiteout_here && self.lower_has(&tree, parent, name)?;
+        // Without a whiteout in the way the object is made in place; over one it is built
+        // in the workdir and swapped in, so the deleted lower entry never shows through.
+        let (dir, tmp) = if whiteout_here { (work.temp(), work.temp_name()) } else { (pdir.as_fd(), name.to_os_string()) };
+        let fd = make_object(dir, &tmp, &kind, fmt)?;
+        let finish = (|| -> Result<()> {
+            sys::fchownat(dir, &tmp, caller.uid, gid)?;
+            if fmt != libc::S_IFLNK {
+                sys::fchmodat(dir, &tmp, perm)?;
+            }
+            if opaque {
+                whiteout::set_opaque(dir, &tmp, self.stack.xattr_ns)?;
+            }
+            if whiteout_here {
+                replace_whiteout(work, &tmp, pdir.as_fd(), name, fmt == libc::S_IFDIR)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = finish {
+            let _ = copy_up::remove_tree(dir, &tmp);
+            return Err(e.context(upper.describe(&self.path(&tree, parent)?.join(name))));
+        }
+        let st = sys::fstatat(pdir.as_fd(), name)?;
+        let mut node = Node::new(fmt, compose_ino(0, st.st_ino));
+        node.upper = true;
+        let id = tree.insert(parent, name, node, true);
+        let st = self.stat_node(&tree, id)?;
+        Ok((id, st, fd))
+    }
+
+    /// A new name `newname` in `newparent` for the non-directory `id`.
+    pub fn link(&self, id: u64, newparent: u64, newname: &OsStr) -> Result<(u64, Stat)> {
+        self.upper()?;
+        let work = self.work()?;
+        check_new_name(newname)?;
+        let mut tree = self.tree.write();
+        if tree.get(id).ok_or_else(|| errno(libc::ENOENT))?.is_dir() {
+            return Err(errno(libc::EPERM));
+        }
+        if self.child(&mut tree, newparent, newname)?.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        self.copy_up(&mut tree, id)?;
+        let ndir = self.upper_dir(&mut tree, newparent)?;
+        let src = self.loc(&tree, id)?;
+        let whiteout_here = has_whiteout(ndir.as_fd(), newname);
+        let (dir, tmp) = if whiteout_here { (work.temp(), work.temp_name()) } else { (ndir.as_fd(), newname.to_os_string()) };
+        self.at_loc(&src, |sdir, sname| sys::linkat(sdir, sname, dir, &tmp))?;
+        if whiteout_here {
+            replace_whiteout(work, &tmp, ndir.as_fd(), newname, false)?;
+        }
+        tree.add_lookup(id, newparent, newname);
+        let st = self.stat_node(&tree, id)?;
+        Ok((id, st))
+    }
+
+    // ----- removing -----
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        self.upper()?;
+        let mut tree = self.tree.write();
+        let id = self.child(&mut tree, parent, name)?.ok_or_else(|| errno(libc::ENOENT))?;
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        match (dir, node.is_dir()) {
+            (false, true) => return Err(errno(libc::EISDIR)),
+            (true, false) => return Err(errno(libc::ENOTDIR)),
+            (true, true) => {
+                let upath = if node.upper { Some(self.path(&tree, id)?) } else { None };
+                if !readdir::is_empty(&self.stack, upath.as_deref(), &node.lower_dirs)? {
+                    return Err(errno(libc::ENOTEMPTY));
+                }
+            }
+            _ => {}
+        }
+        let pdir = self.upper_dir(&mut tree, parent)?;
+        let need_whiteout = self.lower_has(&tree, parent, name)?;
+        self.pin_if_last_name(&mut tree, id)?;
+        self.remove_upper_name(pdir.as_fd(), name, dir, need_whiteout)?;
+        tree.remove_name(parent, name);
+        if let Some(n) = tree.get_mut(id) {
+            if n.aliases.is_empty() {
+                n.upper = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes whatever the upper layer has at `name` and leaves a whiteout there when a
+    /// lower layer still has the name; with the char-device encoding the two happen in one
+    /// rename, so the lower entry never shows through.
+    fn remove_upper_name(&self, pdir: BorrowedFd, name: &OsStr, is_dir: bool, need_whiteout: bool) -> Result<()> {
+        let work = self.work()?;
+        let present = matches!(sys::fstatat(pdir, name), Ok(st) if !whiteout::is_chardev_whiteout(&st));
+        if present && is_dir {
+            let sub = sys::openat(pdir, name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+            // Only whiteouts and markers are left in a directory that lists as empty.
+            copy_up::remove_contents(sub.as_fd())?;
+        }
+        match (present, need_whiteout, self.stack.whiteout) {
+            (true, true, Encoding::CharDev) => {
+                let tmp = work.temp_name();
+                whiteout::make_whiteout(work.temp(), &tmp, Encoding::CharDev)?;
+                if is_dir {
+                    sys::renameat2(work.temp(), &tmp, pdir, name, sys::RENAME_EXCHANGE)?;
+                    sys::unlinkat(work.temp(), &tmp, true)?;
+                } else {
+                    sys::renameat2(work.temp(), &tmp, pdir, name, 0)?;
+                }
+            }
+            (true, true, Encoding::File) => {
+                sys::unlinkat(pdir, name, is_dir)?;
+                whiteout::make_whiteout(pdir, name, Encoding::File)?;
+            }
+            (true, false, _) => sys::unlinkat(pdir, name, is_dir)?,
+            (false, true, enc) => whiteout::make_whiteout(pdir, name, enc)?,
+            (false, false, _) => {}
+        }
+        Ok(())
+    }
+
+    /// Before the last name of a file goes, keeps a handle on it so that an open file
+    /// stays fstat-able.
+    fn pin_if_last_name(&self, tree: &mut Tree, id: u64) -> Result<()> {
+        let Some(node) = tree.get(id) else {
+            return Ok(());
+        };
+        if node.is_dir() || node.aliases.len() > 1 || !self.handles.node_is_open(id) {
+            return Ok(());
+        }
+        let fd = self.open_loc(&self.loc(tree, id)?, libc::O_PATH)?;
+        if let Some(n) = tree.get_mut(id) {
+            n.pinned = Some(Arc::new(fd));
+        }
+        Ok(())
+    }
+
+    // ----- rename -----
+
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Result<()> {
+        self.upper()?;
+        let work = self.work()?;
+        check_new_name(newname)?;
+        let exchange = flags & sys::RENAME_EXCHANGE != 0;
+        let noreplace = flags & sys::RENAME_NOREPLACE != 0;
+        if flags & !(sys::RENAME_EXCHANGE | sys::RENAME_NOREPLACE) != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        let mut tree = self.tree.write();
+        let src = self.child(&mut tree, parent, name)?.ok_or_else(|| errno(libc::ENOENT))?;
+        let dst = self.child(&mut tree, newparent, newname)?;
+        if src == ROOT {
+            return Err(errno(libc::EBUSY));
+        }
+        let src_dir = tree.get(src).map(|n| n.is_dir()).unwrap_or(false);
+        if let Some(dst) = dst {
+            if noreplace {
+                return Err(errno(libc::EEXIST));
+            }
+            if dst == src {
+                return Ok(());
+            }
+            let dnode = tree.get(dst).ok_or_else(|| errno(libc::ENOENT))?;
+            if !exchange {
+                match (src_dir, dnode.is_dir()) {
+                    (true, false) => return Err(errno(libc::ENOTDIR)),
+                    (false, true) => return Err(errno(libc::EISDIR)),
+                    (true, true) => {
+                        let upath = if dnode.upper { Some(self.path(&tree, dst)?) } else { None };
+                        if !readdir::is_empty(&self.stack, upath.as_deref(), &dnode.lower_dirs)? {
+                            return Err(errno(libc::ENOTEMPTY));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        } else if exchange {
+            return Err(errno(libc::ENOENT));
+        }
+        // A directory may not move below itself.
+        if src_dir {
+            let mut cur = newparent;
+            while cur != ROOT {
+                if cur == src {
+                    return Err(errno(libc::EINVAL));
+                }
+                cur = tree.get(cur).and_then(|n| n.aliases.first()).map(|a| a.0).unwrap_or(ROOT);
+            }
+        }
+
+        for (id, is_src) in [(Some(src), true), (dst.filter(|_| exchange), false)] {
+            let Some(id) = id else { continue };
+            let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+            if node.is_dir() && !node.lower_dirs.is_empty() && !self.redirect_dir {
+                // Without redirect_dir a directory with lower content cannot move, exactly as
+                // on kernel overlayfs; `mv` then copies.
+                return Err(errno(libc::EXDEV));
+            }
+            let _ = is_src;
+        }
+
+        let sdir = self.upper_dir(&mut tree, parent)?;
+        let ddir = self.upper_dir(&mut tree, newparent)?;
+        self.copy_up(&mut tree, src)?;
+        self.mark_moved_dir(&mut tree, src, newparent, newname)?;
+        if exchange {
+            let dst = dst.ok_or_else(|| errno(libc::ENOENT))?;
+            self.copy_up(&mut tree, dst)?;
+            self.mark_moved_dir(&mut tree, dst, parent, name)?;
+            sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, sys::RENAME_EXCHANGE)?;
+            tree.remove_name(parent, name);
+            tree.remove_name(newparent, newname);
+            tree.add_alias(src, newparent, newname);
+            tree.add_alias(dst, parent, name);
+            swap_alias(&mut tree, src, parent, name, newparent, newname);
+            swap_alias(&mut tree, dst, newparent, newname, parent, name);
+            return Ok(());
+        }
+
+        let need_whiteout = self.lower_has(&tree, parent, name)?;
+        if let Some(dst) = dst {
+            self.pin_if_last_name(&mut tree, dst)?;
+        }
+        // Clear the target: an empty merged directory may still hold whiteouts in upper.
+        let dst_present = matches!(sys::fstatat(ddir.as_fd(), newname), Ok(st) if !whiteout::is_chardev_whiteout(&st));
+        if dst_present && src_dir {
+            let sub = sys::openat(ddir.as_fd(), newname, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+            copy_up::remove_contents(sub.as_fd())?;
+        }
+        let dst_whiteout = !dst_present && has_whiteout(ddir.as_fd(), newname);
+        if dst_whiteout && src_dir && self.stack.whiteout == Encoding::CharDev {
+            // A directory cannot replace a char device: swap them, and the whiteout lands
+            // where the directory was, which is what the old name needs if a lower has it.
+            sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, sys::RENAME_EXCHANGE)?;
+            if !need_whiteout {
+                sys::unlinkat(sdir.as_fd(), name, false)?;
+            }
+        } else {
+            let atomic_whiteout = need_whiteout && self.stack.whiteout == Encoding::CharDev;
+            let rflags = if atomic_whiteout { libc::RENAME_WHITEOUT } else { 0 };
+            match sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, rflags) {
+                Err(e) if atomic_whiteout && e.raw_os_error() == Some(libc::EINVAL) => {
+                    sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, 0)?;
+                    whiteout::make_whiteout(sdir.as_fd(), name, Encoding::CharDev)?;
+                }
+                r => r.context(format!("rename {} -> {}", name.to_string_lossy(), newname.to_string_lossy()))?,
+            }
+            if need_whiteout && !atomic_whiteout {
+                whiteout::make_whiteout(sdir.as_fd(), name, self.stack.whiteout)?;
+            }
+            if dst_whiteout {
+                whiteout::remove_whiteout(ddir.as_fd(), newname)?;
+            }
+        }
+        if let Some(dst) = dst {
+            tree.remove_name(newparent, newname);
+            if let Some(n) = tree.get_mut(dst) {
+                if n.aliases.is_empty() {
+                    n.upper = false;
+                }
+            }
+        }
+        tree.rename(parent, name, newparent, newname);
+        let _ = work;
+        Ok(())
+    }
+
+    /// A directory moving to `newname` in `newparent`: one with lower content records
+    /// where that content is (redirect); one without becomes opaque if a lower layer has
+    /// something under the new name.
+    fn mark_moved_dir(&self, tree: &mut Tree, id: u64, newparent: u64, newname: &OsStr) -> Result<()> {
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        if !node.is_dir() {
+            return Ok(());
+        }
+        let path = self.path(tree, id)?;
+        let upper = self.upper()?;
+        let (ppath, name) = split(&path);
+        let name = name.ok_or_else(|| errno(libc::EINVAL))?;
+        let pdir = upper.dir(ppath)?;
+        if let Some(first) = node.lower_dirs.first() {
+            if whiteout::redirect(pdir.as_fd(), name).is_none() {
+                let mut target = b"/".to_vec();
+                target.extend_from_slice(first.path.as_os_str().as_bytes());
+                sys::setxattr(pdir.as_fd(), name, OsStr::new(self.stack.xattr_ns.redirect()), &target, 0).map_err(|e| {
+                    log::debug!("rename: cannot record redirect on {}: {e}", path.display());
+                    errno(libc::EXDEV)
+                })?;
+            }
+        } else if self.lower_has(tree, newparent, newname)? {
+            whiteout::set_opaque(pdir.as_fd(), name, self.stack.xattr_ns)?;
+        }
+        Ok(())
+    }
+
+    // ----- attributes -----
+
+    pub fn setattr(&self, id: u64, attr: &SetAttr) -> Result<Stat> {
+        self.upper()?;
+        let mut tree = self.tree.write();
+        self.copy_up(&mut tree, id)?;
+        let loc = self.loc(&tree, id)?;
+        if let Some(size) = attr.size {
+            let handle = attr.fh.and_then(|fh| self.handles.file(fh)).filter(|f| !f.on_lower);
+            match handle {
+                Some(f) => sys::ftruncate(f.fd().as_fd(), size)?,
+                None => {
+                    let fd = self.open_loc(&loc, libc::O_WRONLY)?;
+                    sys::ftruncate(fd.as_fd(), size)?;
+                }
+            }
+        }
+        if attr.uid.is_some() || attr.gid.is_some() {
+            let (uid, gid) = (attr.uid.unwrap_or(u32::MAX), attr.gid.unwrap_or(u32::MAX));
+            self.at_loc(&loc, |dir, name| if name.is_empty() { sys::fchown(dir, uid, gid) } else { sys::fchownat(dir, name, uid, gid) })?;
+        }
+        if let Some(mode) = attr.mode {
+            self.at_loc(&loc, |dir, name| if name.is_empty() { sys::fchmod(dir, mode & 0o7777) } else { sys::fchmodat(dir, name, mode & 0o7777) })?;
+        }
+        if attr.atime.is_some() || attr.mtime.is_some() {
+            let omit = sys::Timespec {
+                tv_sec: 0,
+                tv_nsec: sys::UTIME_OMIT,
+            };
+            let times = [attr.atime.unwrap_or(omit), attr.mtime.unwrap_or(omit)];
+            self.at_loc(&loc, |dir, name| if name.is_empty() { sys::futimens(dir, &times) } else { sys::utimensat(dir, name, &times) })?;
+        }
+        self.stat_node(&tree, id)
+    }
+
+    // ----- xattrs -----
+
+    pub fn getxattr(&self, id: u64, attr: &OsStr) -> Result<Vec<u8>> {
+        if whiteout::is_private_xattr(attr) {
+            return Err(errno(libc::ENODATA));
+        }
+        let tree = self.tree.read();
+        self.at_loc(&self.loc(&tree, id)?, |dir, name| sys::getxattr(dir, name, attr))
+    }
+
+    pub fn listxattr(&self, id: u64) -> Result<Vec<OsString>> {
+        let tree = self.tree.read();
+        let names = self.at_loc(&self.loc(&tree, id)?, sys::listxattr)?;
+        Ok(names.into_iter().filter(|n| !whiteout::is_private_xattr(n)).collect())
+    }
+
+    pub fn setxattr(&self, id: u64, attr: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if whiteout::is_private_xattr(attr) {
+            return Err(errno(libc::EPERM));
+        }
+        self.upper()?;
+        let mut tree = self.tree.write();
+        self.copy_up(&mut tree, id)?;
+        self.at_loc(&self.loc(&tree, id)?, |dir, name| sys::setxattr(dir, name, attr, value, flags))
+    }
+
+    pub fn removexattr(&self, id: u64, attr: &OsStr) -> Result<()> {
+        if whiteout::is_private_xattr(attr) {
+            return Err(errno(libc::ENODATA));
+        }
+        self.upper()?;
+        let mut tree = self.tree.write();
+        // Nothing to remove is answered without a copy-up.
+        let has = self.at_loc(&self.loc(&tree, id)?, |dir, name| sys::getxattr(dir, name, attr)).is_ok();
+        if !has {
+            return Err(errno(libc::ENODATA));
+        }
+        self.copy_up(&mut tree, id)?;
+        self.at_loc(&self.loc(&tree, id)?, |dir, name| sys::removexattr(dir, name, attr))
+    }
+
+    // ----- files -----
+
+    /// Opens `id`; anything that may write copies it up first.
+    pub fn open(&self, id: u64, flags: i32) -> Result<u64> {
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
+        let (loc, seen) = if writes {
+            self.upper()?;
+            let mut tree = self.tree.write();
+            self.copy_up(&mut tree, id)?;
+            (self.loc(&tree, id)?, self.copyups.load(Ordering::Acquire))
+        } else {
+            let tree = self.tree.read();
+            (self.loc(&tree, id)?, self.copyups.load(Ordering::Acquire))
+        };
+        let fd = self.open_loc(&loc, flags)?;
+        Ok(self.handles.add_file(OpenFile {
+            node: id,
+            fd: RwLock::new(Arc::new(fd)),
+            on_lower: matches!(loc, Loc::Lower(..)),
+            seen_copyups: AtomicU64::new(seen),
+        }))
+    }
+
+    /// A handle for an fd `create` returned.
+    pub fn add_open_file(&self, id: u64, fd: OwnedFd) -> u64 {
+        self.handles.add_file(OpenFile {
+            node: id,
+            fd: RwLock::new(Arc::new(fd)),
+            on_lower: false,
+            seen_copyups: AtomicU64::new(0),
+        })
+    }
+
+    /// The fd to read through: a handle opened on a lower file moves to the upper copy once
+    /// there is one.
+    pub fn read_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
+        let f = self.handles.file(fh).ok_or_else(|| errno(libc::EBADF))?;
+        if f.on_lower {
+            let now = self.copyups.load(Ordering::Acquire);
+            if f.seen_copyups.swap(now, Ordering::AcqRel) != now {
+                let tree = self.tree.read();
+                if let Ok(loc) = self.loc(&tree, f.node) {
+                    if !matches!(loc, Loc::Lower(..)) {
+                        if let Ok(fd) = self.open_loc(&loc, libc::O_RDONLY) {
+                            *f.fd.write() = Arc::new(fd);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(f.fd())
+    }
+
+    pub fn file_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
+        Ok(self.handles.file(fh).ok_or_else(|| errno(libc::EBADF))?.fd())
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.remove_file(fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        if self.volatile {
+            return Ok(());
+        }
+        Ok(sys::fsync(self.file_fd(fh)?.as_fd(), datasync)?)
+    }
+
+    // ----- directories -----
+
+    pub fn opendir(&self, id: u64) -> Result<u64> {
+        let tree = self.tree.read();
+        if !tree.get(id).ok_or_else(|| errno(libc::ENOENT))?.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        Ok(self.handles.add_dir(OpenDir {
+            node: id,
+            entries: Mutex::new(None),
+        }))
+    }
+
+    /// The listing of an open directory, taken afresh when read from the start.
+    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let d = self.handles.dir(fh).ok_or_else(|| errno(libc::EBADF))?;
+        let mut cached = d.entries.lock();
+        if offset == 0 || cached.is_none() {
+            let tree = self.tree.read();
+            let node = tree.get(d.node).ok_or_else(|| errno(libc::ENOENT))?;
+            let upath = if node.upper { Some(self.path(&tree, d.node)?) } else { None };
+            let mut list = Vec::new();
+            let parent_ino = node
+                .aliases
+                .first()
+                .and_then(|(p, _)| tree.get(*p))
+                .map(|p| p.st_ino)
+                .unwrap_or(node.st_ino);
+            list.push(DirEntry {
+                name: ".".into(),
+                dtype: libc::DT_DIR,
+                ino: node.st_ino,
+            });
+            list.push(DirEntry {
+                name: "..".into(),
+                dtype: libc::DT_DIR,
+                ino: parent_ino,
+            });
+            list.extend(readdir::list(&self.stack, upath.as_deref(), &node.lower_dirs)?);
+            *cached = Some(Arc::new(list));
+        }
+        cached.clone().ok_or_else(|| errno(libc::EIO))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove_dir(fh);
+    }
+
+    pub fn dir_node(&self, fh: u64) -> Option<u64> {
+        self.handles.dir(fh).map(|d| d.node)
+    }
+
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        let layer = self.stack.upper.as_ref().unwrap_or(&self.stack.lowers[0]);
+        Ok(sys::fstatvfs(layer.root())?)
+    }
+
+    /// Nodes currently known (for tests and memory accounting).
+    pub fn node_count(&self) -> usize {
+        self.tree.read().len()
+    }
+}
+
+fn index_name(layer: usize, ino: u64) -> OsString {
+    OsString::from(format!("{layer}-{ino}"))
+}
+
+/// Names the overlay reserves for its markers cannot be created through the mount: with the
+/// `.wh.` encoding they would read back as deletions.
+fn check_new_name(name: &OsStr) -> Result<()> {
+    if whiteout::is_marker_name(name) {
+        return Err(Error::new(libc::EINVAL, format!("{}: names starting .wh. are reserved for whiteouts", name.to_string_lossy())));
+    }
+    Ok(())
+}
+
+fn has_whiteout(dir: BorrowedFd, name: &OsStr) -> bool {
+    matches!(sys::fstatat(dir, name), Ok(st) if whiteout::is_chardev_whiteout(&st)) || whiteout::has_whiteout_file(dir, name)
+}
+
+/// Moves the prepared `tmp` (in work/work) onto `name`, which holds a whiteout.
+fn replace_whiteout(work: &WorkDir, tmp: &OsStr, dir: BorrowedFd, name: &OsStr, is_dir: bool) -> Result<()> {
+    let chardev = matches!(sys::fstatat(dir, name), Ok(st) if whiteout::is_chardev_whiteout(&st));
+    if chardev {
+        if is_dir {
+            sys::renameat2(work.temp(), tmp, dir, name, sys::RENAME_EXCHANGE)?;
+            sys::unlinkat(work.temp(), tmp, false)?;
+        } else {
+            sys::renameat2(work.temp(), tmp, dir, name, 0)?;
+        }
+    } else {
+        sys::renameat2(work.temp(), tmp, dir, name, sys::RENAME_NOREPLACE)?;
+    }
+    whiteout::remove_whiteout(dir, name)?;
+    Ok(())
+}
+
+/// Creates the bare object (owner and mode are set by the caller); a file comes back open.
+fn make_object(dir: BorrowedFd, name: &OsStr, kind: &NewKind, fmt: u32) -> Result<Option<OwnedFd>> {
+    match kind {
+        NewKind::Dir => sys::mkdirat(dir, name, 0o700)?,
+        NewKind::File { flags } => {
+            let acc = flags & (libc::O_ACCMODE | libc::O_APPEND);
+            let fd = sys::openat(dir, name, acc | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)?;
+            return Ok(Some(fd));
+        }
+        NewKind::Special { rdev } => sys::mknodat(dir, name, fmt | 0o600, *rdev)?,
+        NewKind::Symlink { target } => sys::symlinkat(target, dir, name)?,
+    }
+    Ok(None)
+}
+
+fn swap_alias(tree: &mut Tree, id: u64, old_parent: u64, old_name: &OsStr, new_parent: u64, new_name: &OsStr) {
+    if let Some(n) = tree.get_mut(id) {
+        let old = (old_parent, old_name.to_os_string());
+        let new = (new_parent, new_name.to_os_string());
+        n.aliases.retain(|a| *a != old);
+        if !n.aliases.contains(&new) {
+            n.aliases.insert(0, new);
+        }
+    }
+}
+
+/// Chooses how deletions are written: a char device 0:0 where mknod works, else `.wh.` files.
+fn probe_whiteout(work: &WorkDir, mode: WhiteoutMode) -> Result<Encoding> {
+    let tmp = work.temp_name();
+    let mknod_ok = match whiteout::make_whiteout(work.temp(), &tmp, Encoding::CharDev) {
+        Ok(()) => {
+            let _ = sys::unlinkat(work.temp(), &tmp, false);
+            true
+        }
+        Err(e) => {
+            log::debug!("mknod of a whiteout refused ({e}): using .wh. files");
+            false
+        }
+    };
+    match mode {
+        WhiteoutMode::File => Ok(Encoding::File),
+        WhiteoutMode::Auto if mknod_ok => Ok(Encoding::CharDev),
+        WhiteoutMode::Auto => Ok(Encoding::File),
+        WhiteoutMode::CharDev if mknod_ok => Ok(Encoding::CharDev),
+        WhiteoutMode::CharDev => Err(Error::usage("whiteout=chardev: mknod of a 0:0 device is not permitted here; use whiteout=auto or whiteout=file")),
+    }
+}
+
+/// trusted.* where the daemon may write it (real root), else user.*.
+fn probe_xattr_ns(work: &WorkDir) -> XattrNs {
+    let tmp = work.temp_name();
+    let ok = sys::mkdirat(work.temp(), &tmp, 0o700).is_ok() && sys::setxattr(work.temp(), &tmp, OsStr::new("trusted.overlay.layerfs-probe"), b"y", 0).is_ok();
+    let _ = sys::unlinkat(work.temp(), &tmp, true);
+    if ok {
+        XattrNs::Trusted
+    } else {
+        XattrNs::User
+    }
+}
