@@ -582,6 +582,16 @@ pub fn renameat2(from: impl AsRef<Path>, to: impl AsRef<Path>, flags: u32) -> io
 }
 
 pub fn lsetxattr(path: impl AsRef<Path>, name: &str, value: &[u8]) -> io::Result<()> {
+    lsetxattr_flags(path, name, value, 0)
+}
+
+/// lsetxattr with XATTR_CREATE / XATTR_REPLACE flags.
+pub fn lsetxattr_flags(
+    path: impl AsRef<Path>,
+    name: &str,
+    value: &[u8],
+    flags: i32,
+) -> io::Result<()> {
     let c = cstr(path.as_ref());
     let n = cstr(name);
     // SAFETY: valid path/name; value pointer and length describe a live slice.
@@ -591,7 +601,7 @@ pub fn lsetxattr(path: impl AsRef<Path>, name: &str, value: &[u8]) -> io::Result
             n.as_ptr(),
             value.as_ptr() as *const libc::c_void,
             value.len(),
-            0,
+            flags,
         )
     })
 }
@@ -725,6 +735,7 @@ pub fn as_nobody(script: &str) -> i32 {
             "-c",
             script,
         ])
+        .stderr(std::process::Stdio::null())
         .status()
         .expect("run setpriv")
         .code()
