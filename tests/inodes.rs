@@ -21,8 +21,8 @@ fn layers() -> Stack {
 
 fn inos(root: &std::path::Path) -> BTreeMap<String, (u64, u64)> {
     snapshot(root)
-        .into_iter()
-        .map(|(k, _)| {
+        .into_keys()
+        .map(|k| {
             let md = lstat(root.join(&k));
             (k, (md.ino(), md.dev()))
         })

@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 
 #[test]
 fn read_write_fsync() {

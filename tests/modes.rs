@@ -30,7 +30,7 @@ fn umask_is_applied_once() {
     let old = umask(0);
     let mut checks = Vec::new();
     for dir in ["", "low"] {
-        let p = |n: &str| m.p(&format!("{dir}/{n}").trim_start_matches('/').to_string());
+        let p = |n: &str| m.p(format!("{dir}/{n}").trim_start_matches('/'));
         umask(0);
         mkdir(p("d1777"), 0o1777).unwrap();
         mkdir(p("d777"), 0o777).unwrap();
