@@ -249,7 +249,12 @@ impl Overlay {
             Loc::Upper(p) => (self.stack.upper.as_ref().ok_or_else(|| errno(libc::EROFS))?, p),
             Loc::Lower(i, p) => (&self.stack.lowers[*i], p),
             Loc::Index(idx) => return f(self.work()?.index.as_fd(), idx).map_err(Error::from),
-            Loc::Pinned(fd) => return f(fd.as_fd(), OsStr::new("")).map_err(Error::from),
+            // An O_PATH handle cannot be chmod-ed or chown-ed: reopen the (regular, open)
+            // file for real through /proc.
+            Loc::Pinned(fd) => {
+                let real = sys::reopen(fd.as_fd(), libc::O_RDONLY)?;
+                return f(real.as_fd(), OsStr::new("")).map_err(Error::from);
+            }
         };
         match split(path) {
             (_, None) => f(layer.root(), OsStr::new("")).map_err(|e| Error::from(e).context(layer.describe(path))),
@@ -288,15 +293,8 @@ impl Overlay {
             if merged {
                 st.st_nlink = 1;
             }
-        } else if node.index.is_some() {
-            // The index holds one extra link; names still only in the lower layer count too.
-            let lower_links = node
-                .lower
-                .as_ref()
-                .and_then(|l| self.stack.lowers[l.layer].stat(&l.path).ok())
-                .map(|s| s.st_nlink)
-                .unwrap_or(1);
-            st.st_nlink = (st.st_nlink.saturating_sub(1)).max(lower_links);
+        } else if let Some(idx) = &node.index {
+            st.st_nlink = self.index_nlink(idx).map(u64::from).unwrap_or(st.st_nlink.saturating_sub(1));
         }
         Ok(st)
     }
@@ -329,28 +327,37 @@ impl Overlay {
     /// Makes `id` exist in the upper layer, copying its parents first.
     fn copy_up(&self, tree: &mut Tree, id: u64) -> Result<()> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
-        if node.upper {
+        if node.upper && node.index.is_none() {
             return Ok(());
         }
+        let first_alias = node.aliases.first().cloned();
         let upper = self.upper()?;
         let work = self.work()?;
-        let (parent, _) = node.aliases.first().cloned().ok_or_else(|| errno(libc::ENOENT))?;
-        self.copy_up(tree, parent)?;
-        let path = self.path(tree, id)?;
-        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
-        let (ppath, name) = split(&path);
-        let name = name.ok_or_else(|| errno(libc::EINVAL))?;
-        let updir = upper.dir(ppath)?;
-
-        if let Some(idx) = &node.index {
-            // Another name of this lower inode was copied up already: share its inode.
-            sys::linkat(work.index.as_fd(), idx, updir.as_fd(), name).context(upper.describe(&path))?;
+        if let Some(idx) = self.ensure_index(tree, id)? {
+            // A hard-linked lower inode: its copy is the index entry, and every name of it
+            // the kernel knows becomes a link to that in upper, so each name's change is
+            // in the upper layer for tools that read it (layerctl commit).
+            let aliases = tree.get(id).map(|n| n.aliases.clone()).unwrap_or_default();
+            for (parent, name) in aliases {
+                let pdir = self.upper_dir(tree, parent)?;
+                let present = matches!(sys::fstatat(pdir.as_fd(), &name), Ok(st) if !whiteout::is_chardev_whiteout(&st));
+                if !present {
+                    sys::linkat(work.index.as_fd(), &idx, pdir.as_fd(), &name).context(format!("linking {} from the workdir index", name.to_string_lossy()))?;
+                }
+            }
             if let Some(n) = tree.get_mut(id) {
                 n.upper = true;
             }
+            self.copyups.fetch_add(1, Ordering::Release);
             return Ok(());
         }
-
+        let (parent, _) = first_alias.ok_or_else(|| errno(libc::ENOENT))?;
+        self.copy_up(tree, parent)?;
+        let path = self.path(tree, id)?;
+        let (ppath, name) = split(&path);
+        let name = name.ok_or_else(|| errno(libc::EINVAL))?;
+        let updir = upper.dir(ppath)?;
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
         let lower = if node.is_dir() { node.lower_dirs.first() } else { node.lower.as_ref() };
         let lower = lower.ok_or_else(|| errno(libc::ENOENT))?.clone();
         let layer = &self.stack.lowers[lower.layer];
@@ -366,21 +373,69 @@ impl Overlay {
         let tmp = work
             .prepare(&src, Some((self.stack.xattr_ns.ino(), node.st_ino)))
             .map_err(|e| e.context(format!("copy-up of {}", layer.describe(&lower.path))))?;
-        let mut index = None;
-        if !node.is_dir() && st.st_nlink > 1 {
-            // Keep every name of this lower inode on one upper inode, across remounts too.
-            let idx = index_name(lower.layer, st.st_ino);
-            sys::linkat(work.temp(), &tmp, work.index.as_fd(), &idx).context("workdir index")?;
-            index = Some(idx);
-        }
         work.install(&tmp, updir.as_fd(), name).context(format!("copy-up to {}", upper.describe(&path)))?;
         if let Some(n) = tree.get_mut(id) {
             n.upper = true;
-            if index.is_some() {
-                n.index = index;
-            }
         }
         self.copyups.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// For a file whose lower inode has several names: makes sure its copy exists in the
+    /// workdir index (the one inode all its names share once copied up) and returns the
+    /// index entry's name; `None` for anything else.
+    fn ensure_index(&self, tree: &mut Tree, id: u64) -> Result<Option<OsString>> {
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        if let Some(idx) = &node.index {
+            return Ok(Some(idx.clone()));
+        }
+        let Some(lower) = node.lower.clone().filter(|_| !node.is_dir()) else {
+            return Ok(None);
+        };
+        let layer = &self.stack.lowers[lower.layer];
+        let st = layer.stat(&lower.path)?;
+        if st.st_nlink <= 1 {
+            return Ok(None);
+        }
+        let work = self.work()?;
+        let (lparent, lname) = split(&lower.path);
+        let lname = lname.ok_or_else(|| errno(libc::EINVAL))?;
+        let ldir = layer.dir(lparent)?;
+        let src = copy_up::Source {
+            dir: ldir.as_fd(),
+            name: lname,
+            stat: &st,
+        };
+        let tmp = work
+            .prepare(&src, Some((self.stack.xattr_ns.ino(), node.st_ino)))
+            .map_err(|e| e.context(format!("copy-up of {}", layer.describe(&lower.path))))?;
+        let nlink = (st.st_nlink as u32).to_le_bytes();
+        sys::setxattr(work.temp(), &tmp, OsStr::new(self.stack.xattr_ns.nlink()), &nlink, 0)?;
+        let idx = index_name(lower.layer, st.st_ino);
+        sys::linkat(work.temp(), &tmp, work.index.as_fd(), &idx).context("workdir index")?;
+        sys::unlinkat(work.temp(), &tmp, false)?;
+        if let Some(n) = tree.get_mut(id) {
+            n.index = Some(idx.clone());
+        }
+        Ok(Some(idx))
+    }
+
+    /// The merged link count of an indexed hard link, as recorded on its index entry.
+    fn index_nlink(&self, idx: &OsStr) -> Option<u32> {
+        let v = sys::getxattr(self.work.as_ref()?.index.as_fd(), idx, OsStr::new(self.stack.xattr_ns.nlink())).ok()?;
+        Some(u32::from_le_bytes(v.try_into().ok()?))
+    }
+
+    /// Adds `delta` to the recorded merged link count of node `id` if it is an indexed
+    /// hard link.
+    fn adjust_index_nlink(&self, tree: &Tree, id: u64, delta: i32) -> Result<()> {
+        let Some(idx) = tree.get(id).and_then(|n| n.index.clone()) else {
+            return Ok(());
+        };
+        let work = self.work()?;
+        let cur = self.index_nlink(&idx).unwrap_or(1);
+        let new = (cur as i64 + delta as i64).max(0) as u32;
+        sys::setxattr(work.index.as_fd(), &idx, OsStr::new(self.stack.xattr_ns.nlink()), &new.to_le_bytes(), 0)?;
         Ok(())
     }
 
@@ -470,6 +525,7 @@ impl Overlay {
         if whiteout_here {
             replace_whiteout(work, &tmp, ndir.as_fd(), newname, false)?;
         }
+        self.adjust_index_nlink(&tree, id, 1)?;
         tree.add_lookup(id, newparent, newname);
         let st = self.stat_node(&tree, id)?;
         Ok((id, st))
@@ -503,14 +559,13 @@ impl Overlay {
         }
         let pdir = self.upper_dir(&mut tree, parent)?;
         let need_whiteout = self.lower_has(&tree, parent, name)?;
+        // The other names of a hard-linked lower inode must see the link count drop.
+        self.ensure_index(&mut tree, id)?;
         self.pin_if_last_name(&mut tree, id)?;
         self.remove_upper_name(pdir.as_fd(), name, dir, need_whiteout)?;
+        self.adjust_index_nlink(&tree, id, -1)?;
         tree.remove_name(parent, name);
-        if let Some(n) = tree.get_mut(id) {
-            if n.aliases.is_empty() {
-                n.upper = false;
-            }
-        }
+        forget_upper_if_gone(&mut tree, id);
         Ok(())
     }
 
@@ -647,6 +702,7 @@ impl Overlay {
 
         let need_whiteout = self.lower_has(&tree, parent, name)?;
         if let Some(dst) = dst {
+            self.ensure_index(&mut tree, dst)?;
             self.pin_if_last_name(&mut tree, dst)?;
         }
         // Clear the target: an empty merged directory may still hold whiteouts in upper.
@@ -681,12 +737,9 @@ impl Overlay {
             }
         }
         if let Some(dst) = dst {
+            self.adjust_index_nlink(&tree, dst, -1)?;
             tree.remove_name(newparent, newname);
-            if let Some(n) = tree.get_mut(dst) {
-                if n.aliases.is_empty() {
-                    n.upper = false;
-                }
-            }
+            forget_upper_if_gone(&mut tree, dst);
         }
         tree.rename(parent, name, newparent, newname);
         let _ = work;
@@ -926,6 +979,16 @@ impl Overlay {
     /// Nodes currently known (for tests and memory accounting).
     pub fn node_count(&self) -> usize {
         self.tree.read().len()
+    }
+}
+
+/// A node whose last name went is no longer at its upper path; one kept open stays "upper"
+/// so that changes through its handle never copy anything up again.
+fn forget_upper_if_gone(tree: &mut Tree, id: u64) {
+    if let Some(n) = tree.get_mut(id) {
+        if n.aliases.is_empty() && n.pinned.is_none() {
+            n.upper = false;
+        }
     }
 }
 

@@ -41,6 +41,14 @@ impl XattrNs {
         }
     }
 
+    /// The merged link count of a hard-linked lower inode, kept on its index entry.
+    pub fn nlink(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.layerfs.nlink",
+            XattrNs::User => "user.layerfs.nlink",
+        }
+    }
+
     /// The daemon's own record of a file's reported inode number, kept across copy-up.
     pub fn ino(self) -> &'static str {
         match self {
