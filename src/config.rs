@@ -1,8 +1,17 @@
 //! Mount options (fuse-overlayfs compatible) turned into a validated [`Config`].
 //!
 //! Parsing and validation live here so that `main.rs` only hands a `Config` to the library.
+//! The command line is `layerfs [-f] [-d] [-o OPTIONS]... MOUNTPOINT`; every problem is
+//! reported as one line that names the option and says how to fix it.
 
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
 
 /// How deletions are recorded in the upper layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +68,8 @@ pub struct Config {
     pub timeout: f64,
     /// Worker threads serving FUSE requests.
     pub threads: usize,
+    /// Source shown in /proc/self/mountinfo (`fsname=`); "layerfs" unless given.
+    pub fsname: String,
 }
 
 impl Config {
@@ -86,6 +97,750 @@ impl Config {
             squash_to_gid: None,
             timeout: 1.0,
             threads: 2,
+            fsname: "layerfs".to_string(),
         }
     }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    Mount(Box<Config>),
+    Help,
+    Version,
+}
+
+pub const USAGE: &str = "\
+usage: layerfs [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=UPPER,workdir=WORK][,OPTIONS] MOUNTPOINT
+
+Merges read-only lower directories (top-most first) with one writable upper directory
+at MOUNTPOINT. Without upperdir the mount is read-only. Several -o are merged; a colon
+inside a path is written \\: and a comma \\,.
+
+flags:
+    -f               stay in the foreground
+    -d               debug logging (implies -f); RUST_LOG overrides the level
+    -s               serve requests on a single thread
+    -o OPTIONS       comma-separated mount options (below)
+    -h, --help       print this help
+    -V, --version    print the version
+
+layer options:
+    lowerdir=DIRS        read-only layers separated by ':', top-most first
+    upperdir=DIR         writable layer
+    workdir=DIR          scratch directory on the same filesystem as upperdir
+    redirect_dir=on|off  allow renaming directories that come from a lower layer (on)
+    whiteout=auto|chardev|file  how deletions are recorded (auto)
+    volatile, fsync=0|1  skip fsync on copy-up and ignore fsync requests
+    uidmapping=FROM:TO:LEN[:FROM:TO:LEN...], gidmapping=...
+    squash_to_root, squash_to_uid=UID, squash_to_gid=GID
+
+FUSE and kernel options:
+    allow_other, allow_root, default_permissions, ro, rw, dev, nodev, suid, nosuid,
+    exec, noexec, atime, noatime, sync, async, dirsync, fsname=NAME,
+    timeout=SECONDS (entry and attribute cache, default 1), threads=N (default 2)
+
+Options of fuse-overlayfs that do not apply (noacl, fast_ino=, static_nlink, plugins=,
+xattr_permissions=, index=, metacopy=, xino=, userxattr, context=, ...) are accepted
+and ignored. Running as root turns on allow_other, suid and default_permissions.
+";
+
+/// Parses the arguments after the program name and validates the result against the
+/// file system (layers exist, mount point usable).
+pub fn parse_args<I, S>(args: I) -> Result<Invocation>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    match parse_args_unchecked(args, crate::sys::process::geteuid() == 0)? {
+        Invocation::Mount(mut config) => {
+            config.validate()?;
+            Ok(Invocation::Mount(config))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Parses the arguments without looking at the file system. `as_root` turns on the
+/// defaults fuse-overlayfs uses when run by root.
+pub fn parse_args_unchecked<I, S>(args: I, as_root: bool) -> Result<Invocation>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut parser = OptionParser::default();
+    let mut mountpoint: Option<PathBuf> = None;
+    let mut only_positional = false;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = arg.as_ref();
+        let bytes = arg.as_bytes();
+        if only_positional || !bytes.starts_with(b"-") || bytes == b"-" {
+            if let Some(first) = &mountpoint {
+                return Err(Error::usage(format!(
+                    "unexpected argument `{}` after mount point `{}`; give exactly one MOUNTPOINT",
+                    arg.to_string_lossy(),
+                    first.display()
+                )));
+            }
+            mountpoint = Some(PathBuf::from(arg));
+            continue;
+        }
+        match bytes {
+            b"--" => only_positional = true,
+            b"-h" | b"--help" => return Ok(Invocation::Help),
+            b"-V" | b"--version" => return Ok(Invocation::Version),
+            b"-f" => parser.foreground = true,
+            b"-d" | b"--debug" => parser.debug = true,
+            b"-s" => parser.threads = Some(1),
+            b"-o" => match args.next() {
+                Some(opts) => parser.parse(opts.as_ref().as_bytes())?,
+                None => {
+                    return Err(Error::usage(
+                        "-o needs a value; write -o lowerdir=DIR,... before the mount point",
+                    ))
+                }
+            },
+            _ if bytes.starts_with(b"-o") => parser.parse(&bytes[2..])?,
+            _ => {
+                return Err(Error::usage(format!(
+                    "unknown flag `{}`; see layerfs --help",
+                    arg.to_string_lossy()
+                )))
+            }
+        }
+    }
+    let Some(mountpoint) = mountpoint else {
+        return Err(Error::usage(
+            "missing MOUNTPOINT; usage is layerfs [-f] [-d] -o lowerdir=DIRS[,upperdir=DIR,workdir=DIR] MOUNTPOINT",
+        ));
+    };
+    Ok(Invocation::Mount(Box::new(
+        parser.finish(mountpoint, as_root)?,
+    )))
+}
+
+impl Config {
+    /// Builds and validates a config from one `-o` style option string, as a program that
+    /// mounts without going through the command line would.
+    pub fn from_options(options: &str, mountpoint: impl Into<PathBuf>) -> Result<Config> {
+        let mut parser = OptionParser::default();
+        parser.parse(options.as_bytes())?;
+        let as_root = crate::sys::process::geteuid() == 0;
+        let mut config = parser.finish(mountpoint.into(), as_root)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every path against the file system and replaces them by their canonical form
+    /// (symlinks resolved), so that the daemon never depends on the caller's directory.
+    pub fn validate(&mut self) -> Result<()> {
+        self.validate_paths()?;
+        let lowers = std::mem::take(&mut self.lowers);
+        for lower in lowers {
+            self.lowers.push(existing_dir("lowerdir", &lower)?);
+        }
+        if let (Some(upper), Some(work)) = (&self.upper, &self.work) {
+            let upper = existing_dir("upperdir", upper)?;
+            let work = existing_dir("workdir", work)?;
+            let (udev, wdev) = (dev_of(&upper)?, dev_of(&work)?);
+            if udev != wdev {
+                return Err(Error::usage(format!(
+                    "workdir {} is not on the same filesystem as upperdir {}; choose a workdir next to the upperdir",
+                    work.display(),
+                    upper.display()
+                )));
+            }
+            if overlaps(&upper, &work) {
+                return Err(Error::usage(format!(
+                    "workdir {} and upperdir {} overlap; use two separate sibling directories",
+                    work.display(),
+                    upper.display()
+                )));
+            }
+            for (kind, dir) in [("upperdir", &upper), ("workdir", &work)] {
+                for lower in &self.lowers {
+                    if overlaps(dir, lower) {
+                        return Err(Error::usage(format!(
+                            "{kind} {} overlaps lowerdir {}; writable directories must lie outside every lower layer",
+                            dir.display(),
+                            lower.display()
+                        )));
+                    }
+                }
+            }
+            self.upper = Some(upper);
+            self.work = Some(work);
+        }
+        self.mountpoint = self.check_mountpoint()?;
+        Ok(())
+    }
+
+    /// Checks that need no file system access.
+    fn validate_paths(&self) -> Result<()> {
+        if self.lowers.is_empty() {
+            return Err(Error::usage(
+                "missing lowerdir; pass -o lowerdir=DIR (several layers separated by colons, top-most first)",
+            ));
+        }
+        match (&self.upper, &self.work) {
+            (Some(_), None) => Err(Error::usage(
+                "upperdir given without workdir; add -o workdir=DIR on the same filesystem as upperdir",
+            )),
+            (None, Some(_)) => Err(Error::usage(
+                "workdir given without upperdir; add -o upperdir=DIR, or drop workdir for a read-only mount",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_mountpoint(&self) -> Result<PathBuf> {
+        let raw = &self.mountpoint;
+        let shown = raw.display();
+        let meta = match fs::metadata(raw) {
+            Ok(meta) => meta,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                return Err(Error::usage(format!(
+                    "mount point {shown} is a stale FUSE mount whose daemon is gone; run `fusermount3 -u {shown}` and retry"
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::usage(format!(
+                    "mount point {shown} does not exist; create it with `mkdir -p {shown}`"
+                )))
+            }
+            Err(e) => {
+                return Err(Error::usage(format!(
+                    "mount point {shown} cannot be used ({e}); check its permissions"
+                )))
+            }
+        };
+        if !meta.is_dir() {
+            return Err(Error::usage(format!(
+                "mount point {shown} is not a directory; mount on a directory"
+            )));
+        }
+        let mountpoint = fs::canonicalize(raw).map_err(|e| {
+            Error::usage(format!(
+                "mount point {shown} cannot be resolved ({e}); check its permissions"
+            ))
+        })?;
+        let shown = mountpoint.display();
+        // The mount point may be a lower itself, as with kernel overlayfs: the layers are
+        // opened before the mount covers them. Anything else nested would loop through the
+        // mount or hide a layer behind it.
+        let writable = self.upper.iter().map(|p| ("upperdir", p));
+        let work = self.work.iter().map(|p| ("workdir", p));
+        for (kind, layer) in self
+            .lowers
+            .iter()
+            .map(|p| ("lowerdir", p))
+            .chain(writable)
+            .chain(work)
+        {
+            let same = layer == &mountpoint;
+            if same && kind == "lowerdir" {
+                continue;
+            }
+            if same || mountpoint.starts_with(layer) {
+                return Err(Error::usage(format!(
+                    "mount point {shown} is inside {kind} {}; choose a mount point outside every layer",
+                    layer.display()
+                )));
+            }
+            if layer.starts_with(&mountpoint) {
+                return Err(Error::usage(format!(
+                    "{kind} {} is inside mount point {shown}, which would hide it; choose a mount point outside every layer",
+                    layer.display()
+                )));
+            }
+        }
+        if is_mount_point(&mountpoint)? {
+            return Err(Error::usage(format!(
+                "mount point {shown} is already a mount point; unmount it first (`umount {shown}`) or choose another directory"
+            )));
+        }
+        Ok(mountpoint)
+    }
+}
+
+/// Accumulates `-o` options; later options override earlier ones, as with mount(8).
+#[derive(Default)]
+struct OptionParser {
+    lowers: Option<Vec<PathBuf>>,
+    upper: Option<PathBuf>,
+    work: Option<PathBuf>,
+    foreground: bool,
+    debug: bool,
+    ro: bool,
+    redirect_dir: Option<bool>,
+    whiteout: Option<WhiteoutMode>,
+    volatile: bool,
+    allow_other: bool,
+    allow_root: bool,
+    kernel_flags: Vec<&'static str>,
+    uid_mapping: Vec<IdRange>,
+    gid_mapping: Vec<IdRange>,
+    squash_to_root: bool,
+    squash_to_uid: Option<u32>,
+    squash_to_gid: Option<u32>,
+    timeout: Option<f64>,
+    threads: Option<usize>,
+    fsname: Option<String>,
+}
+
+/// Kernel mount flags the daemon passes on, each with the flag it cancels.
+const KERNEL_FLAGS: &[(&str, &str)] = &[
+    ("dev", "nodev"),
+    ("nodev", "dev"),
+    ("suid", "nosuid"),
+    ("nosuid", "suid"),
+    ("exec", "noexec"),
+    ("noexec", "exec"),
+    ("atime", "noatime"),
+    ("noatime", "atime"),
+    ("sync", "async"),
+    ("async", "sync"),
+    ("dirsync", ""),
+];
+
+/// Options that only make sense for other file systems, for mount(8) itself, or for
+/// features of fuse-overlayfs that layerfs does not need; podman may pass any of them.
+const IGNORED: &[&str] = &[
+    "defaults",
+    "auto",
+    "noauto",
+    "nofail",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "lazytime",
+    "nolazytime",
+    "diratime",
+    "nodiratime",
+    "iversion",
+    "noiversion",
+    "mand",
+    "nomand",
+    "silent",
+    "loud",
+    "acl",
+    "noacl",
+    "userxattr",
+    "static_nlink",
+    "clone_fd",
+    "auto_unmount",
+    "kernel_cache",
+    "auto_cache",
+    "noauto_cache",
+    "hard_remove",
+    "use_ino",
+    "readdir_ino",
+    "direct_io",
+    "writeback_cache",
+    "no_writeback_cache",
+];
+
+/// `KEY=` options accepted and ignored, for the same reasons as [`IGNORED`].
+const IGNORED_KEYS: &[&str] = &[
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+    "xattr_permissions",
+    "fast_ino",
+    "plugins",
+    "index",
+    "metacopy",
+    "xino",
+    "nfs_export",
+    "uuid",
+    "max_idle_threads",
+    "subtype",
+    "max_read",
+    "max_write",
+    "max_readahead",
+    "entry_timeout",
+    "attr_timeout",
+    "negative_timeout",
+];
+
+impl OptionParser {
+    fn parse(&mut self, options: &[u8]) -> Result<()> {
+        for option in split_unescaped(options, b',', true) {
+            // A trailing comma (`...,workdir=W,`) leaves an empty option; podman passes one.
+            if option.is_empty() {
+                continue;
+            }
+            self.parse_one(option)?;
+        }
+        Ok(())
+    }
+
+    fn parse_one(&mut self, option: &[u8]) -> Result<()> {
+        let (key, value) = match option.iter().position(|&b| b == b'=') {
+            Some(i) => (&option[..i], Some(&option[i + 1..])),
+            None => (option, None),
+        };
+        let key = std::str::from_utf8(key).map_err(|_| {
+            Error::usage(format!(
+                "unknown option `{}`; see layerfs --help",
+                String::from_utf8_lossy(key)
+            ))
+        })?;
+        let Some(value) = value else {
+            return self.parse_flag(key);
+        };
+        if x_option(key) || IGNORED_KEYS.contains(&key) {
+            log::debug!("ignoring option {key}");
+            return Ok(());
+        }
+        match key {
+            "lowerdir" => self.lowers = Some(parse_lowerdir(value)?),
+            "upperdir" => self.upper = Some(parse_dir("upperdir", value)?),
+            "workdir" => self.work = Some(parse_dir("workdir", value)?),
+            "redirect_dir" => {
+                self.redirect_dir = Some(match text(key, value)? {
+                    "on" => true,
+                    // follow/nofollow never create redirects, so renames of lower
+                    // directories fail with EXDEV, as with off.
+                    "off" | "follow" | "nofollow" => false,
+                    v => return Err(bad_value(key, v, "on or off")),
+                })
+            }
+            "whiteout" => {
+                self.whiteout = Some(match text(key, value)? {
+                    "auto" => WhiteoutMode::Auto,
+                    "chardev" => WhiteoutMode::CharDev,
+                    "file" => WhiteoutMode::File,
+                    v => return Err(bad_value(key, v, "auto, chardev or file")),
+                })
+            }
+            "fsync" => {
+                self.volatile = match text(key, value)? {
+                    "0" => true,
+                    "1" => false,
+                    v => return Err(bad_value(key, v, "0 or 1")),
+                }
+            }
+            "timeout" => {
+                let v = text(key, value)?;
+                match v.parse::<f64>() {
+                    Ok(t) if t.is_finite() && t >= 0.0 => self.timeout = Some(t),
+                    _ => return Err(bad_value(key, v, "a number of seconds such as 1 or 0.5")),
+                }
+            }
+            "threads" | "max_threads" => {
+                let v = text(key, value)?;
+                match v.parse::<usize>() {
+                    Ok(n) if (1..=1024).contains(&n) => self.threads = Some(n),
+                    _ => return Err(bad_value(key, v, "a whole number from 1 to 1024")),
+                }
+            }
+            "uidmapping" => self.uid_mapping = parse_mapping(key, value)?,
+            "gidmapping" => self.gid_mapping = parse_mapping(key, value)?,
+            "squash_to_uid" => self.squash_to_uid = Some(parse_id(key, value)?),
+            "squash_to_gid" => self.squash_to_gid = Some(parse_id(key, value)?),
+            "fsname" => {
+                let v = text(key, value)?;
+                if v.is_empty() || v.contains(',') {
+                    return Err(bad_value(key, v, "a name without commas"));
+                }
+                self.fsname = Some(v.to_string());
+            }
+            "debug"
+            | "ro"
+            | "rw"
+            | "volatile"
+            | "squash_to_root"
+            | "allow_other"
+            | "allow_root"
+            | "default_permissions" => {
+                return Err(Error::usage(format!(
+                    "option {key} takes no value; write {key} alone"
+                )))
+            }
+            _ => return Err(unknown(key)),
+        }
+        Ok(())
+    }
+
+    fn parse_flag(&mut self, key: &str) -> Result<()> {
+        match key {
+            "ro" => self.ro = true,
+            "rw" => self.ro = false,
+            "debug" => self.debug = true,
+            "volatile" => self.volatile = true,
+            "allow_other" => self.allow_other = true,
+            "allow_root" => self.allow_root = true,
+            // The kernel always checks permissions on a layerfs mount: the daemon acts with
+            // its own credentials on the layers, so it must not be the one deciding access.
+            "default_permissions" => {}
+            "squash_to_root" => self.squash_to_root = true,
+            "lowerdir" | "upperdir" | "workdir" | "redirect_dir" | "whiteout" | "fsync"
+            | "timeout" | "threads" | "uidmapping" | "gidmapping" | "squash_to_uid"
+            | "squash_to_gid" | "fsname" => {
+                return Err(Error::usage(format!(
+                    "option {key} needs a value; write {key}=VALUE"
+                )))
+            }
+            _ => {
+                if let Some(&(flag, opposite)) = KERNEL_FLAGS.iter().find(|(f, _)| *f == key) {
+                    self.kernel_flags.retain(|f| *f != flag && *f != opposite);
+                    self.kernel_flags.push(flag);
+                } else if IGNORED.contains(&key) || x_option(key) {
+                    log::debug!("ignoring option {key}");
+                } else {
+                    return Err(unknown(key));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, mountpoint: PathBuf, as_root: bool) -> Result<Config> {
+        let mut config = Config::new(self.lowers.take().unwrap_or_default(), mountpoint);
+        // fuse-overlayfs mounts with noatime always, and as root with allow_other and suid
+        // so that a container's setuid programs work; explicit options win.
+        let has = |flags: &[&str], f: &str| flags.contains(&f);
+        if !has(&self.kernel_flags, "atime") && !has(&self.kernel_flags, "noatime") {
+            self.kernel_flags.push("noatime");
+        }
+        if as_root && !has(&self.kernel_flags, "suid") && !has(&self.kernel_flags, "nosuid") {
+            self.kernel_flags.push("suid");
+        }
+        config.read_only = self.ro || self.upper.is_none();
+        config.upper = self.upper;
+        config.work = self.work;
+        config.foreground = self.foreground || self.debug;
+        config.debug = self.debug;
+        if let Some(r) = self.redirect_dir {
+            config.redirect_dir = r;
+        }
+        if let Some(w) = self.whiteout {
+            config.whiteout = w;
+        }
+        config.volatile = self.volatile;
+        config.allow_other = self.allow_other || as_root;
+        // allow_other already admits root; keeping both would only confuse the ACL.
+        config.allow_root = self.allow_root && !config.allow_other;
+        config.default_permissions = true;
+        config.kernel_flags = self.kernel_flags.iter().map(|f| f.to_string()).collect();
+        config.uid_mapping = self.uid_mapping;
+        config.gid_mapping = self.gid_mapping;
+        config.squash_to_root = self.squash_to_root;
+        config.squash_to_uid = self.squash_to_uid;
+        config.squash_to_gid = self.squash_to_gid;
+        if let Some(t) = self.timeout {
+            config.timeout = t;
+        }
+        if let Some(n) = self.threads {
+            config.threads = n;
+        }
+        if let Some(name) = self.fsname {
+            config.fsname = name;
+        }
+        Ok(config)
+    }
+}
+
+fn x_option(key: &str) -> bool {
+    key.starts_with("x-")
+}
+
+fn unknown(key: &str) -> Error {
+    Error::usage(format!(
+        "unknown option `{key}`; see layerfs --help for the supported options"
+    ))
+}
+
+fn bad_value(key: &str, value: &str, expected: &str) -> Error {
+    Error::usage(format!(
+        "invalid value `{value}` for option {key}; expected {expected}"
+    ))
+}
+
+fn text<'a>(key: &str, value: &'a [u8]) -> Result<&'a str> {
+    std::str::from_utf8(value)
+        .map_err(|_| bad_value(key, &String::from_utf8_lossy(value), "plain text"))
+}
+
+fn parse_id(key: &str, value: &[u8]) -> Result<u32> {
+    let v = text(key, value)?;
+    v.parse::<u32>()
+        .map_err(|_| bad_value(key, v, "a numeric id such as 0 or 1000"))
+}
+
+/// `FROM:TO:LEN[:FROM:TO:LEN...]`, as fuse-overlayfs writes id mappings.
+fn parse_mapping(key: &str, value: &[u8]) -> Result<Vec<IdRange>> {
+    let v = text(key, value)?;
+    let expected = "groups of three numbers FROM:TO:LEN joined by colons";
+    let numbers = v
+        .split(':')
+        .map(|n| n.parse::<u32>())
+        .collect::<std::result::Result<Vec<u32>, _>>()
+        .map_err(|_| bad_value(key, v, expected))?;
+    if numbers.is_empty() || numbers.len() % 3 != 0 {
+        return Err(bad_value(key, v, expected));
+    }
+    let mut ranges = Vec::new();
+    for triple in numbers.chunks_exact(3) {
+        let (from, to, len) = (triple[0], triple[1], triple[2]);
+        let fits = |start: u32| u64::from(start) + u64::from(len) <= 1 << 32;
+        if len == 0 || !fits(from) || !fits(to) {
+            return Err(bad_value(
+                key,
+                v,
+                "ranges of length at least 1 that end below 2^32",
+            ));
+        }
+        ranges.push(IdRange { from, to, len });
+    }
+    Ok(ranges)
+}
+
+fn parse_dir(key: &str, value: &[u8]) -> Result<PathBuf> {
+    let path = unescape(value);
+    if path.is_empty() {
+        return Err(Error::usage(format!(
+            "option {key} is empty; write {key}=DIR"
+        )));
+    }
+    Ok(PathBuf::from(OsString::from_vec(path)))
+}
+
+fn parse_lowerdir(value: &[u8]) -> Result<Vec<PathBuf>> {
+    let mut lowers = Vec::new();
+    for entry in split_unescaped(value, b':', false) {
+        if entry.is_empty() {
+            return Err(Error::usage(
+                "lowerdir has an empty entry; separate layers with single colons and write a colon inside a path as \\:",
+            ));
+        }
+        lowers.push(PathBuf::from(OsString::from_vec(unescape(entry))));
+    }
+    if lowers.is_empty() {
+        return Err(Error::usage("option lowerdir is empty; write lowerdir=DIR"));
+    }
+    Ok(lowers)
+}
+
+/// Splits at `sep` unless it is escaped by a backslash or, with `quotes`, inside double
+/// quotes (SELinux labels such as `context="...:c1,c2"` contain commas). Escapes are kept
+/// for the next level to remove.
+fn split_unescaped(s: &[u8], sep: u8, quotes: bool) -> Vec<&[u8]> {
+    let mut parts = Vec::new();
+    let (mut start, mut i, mut quoted) = (0, 0, false);
+    while i < s.len() {
+        match s[i] {
+            b'\\' => i += 1,
+            b'"' if quotes => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(&s[start.min(s.len())..]);
+    parts
+}
+
+/// Removes backslash escapes: `\X` stands for `X`.
+fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.iter();
+    while let Some(&b) = bytes.next() {
+        if b == b'\\' {
+            out.push(*bytes.next().unwrap_or(&b'\\'));
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+fn existing_dir(kind: &str, path: &Path) -> Result<PathBuf> {
+    let shown = path.display();
+    let resolved = fs::canonicalize(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::usage(format!(
+            "{kind} {shown} does not exist; check the path or create the directory"
+        )),
+        _ => Error::usage(format!(
+            "{kind} {shown} cannot be opened ({e}); check its permissions"
+        )),
+    })?;
+    let meta = fs::metadata(&resolved).map_err(|e| {
+        Error::usage(format!(
+            "{kind} {shown} cannot be opened ({e}); check its permissions"
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::usage(format!(
+            "{kind} {shown} is not a directory; every layer must be a directory"
+        )));
+    }
+    Ok(resolved)
+}
+
+fn dev_of(path: &Path) -> Result<u64> {
+    fs::metadata(path).map(|m| m.dev()).map_err(|e| {
+        Error::usage(format!(
+            "{} cannot be opened ({e}); check its permissions",
+            path.display()
+        ))
+    })
+}
+
+/// Two canonical paths overlap when one is the other or lies beneath it.
+fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// Whether something is mounted at `path` (a canonical path), from /proc/self/mountinfo.
+fn is_mount_point(path: &Path) -> Result<bool> {
+    match fs::read("/proc/self/mountinfo") {
+        Ok(table) => Ok(mountinfo_has(&table, path.as_os_str().as_bytes())),
+        // Without /proc, a mount point is a directory on another device than its parent;
+        // this misses bind mounts within one file system, which is the best we can do.
+        Err(_) => {
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            Ok(path == Path::new("/") || dev_of(path)? != dev_of(parent)?)
+        }
+    }
+}
+
+/// Whether the mount table (mountinfo format) lists `mountpoint`.
+pub fn mountinfo_has(table: &[u8], mountpoint: &[u8]) -> bool {
+    table
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .any(|field| unescape_octal(field) == mountpoint)
+}
+
+/// Mount tables write space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let digits = s.get(i + 1..i + 4);
+        match digits {
+            Some(d) if s[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) => {
+                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                out.push(v as u8);
+                i += 4;
+            }
+            _ => {
+                out.push(s[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }

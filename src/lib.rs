@@ -5,6 +5,7 @@
 //! without a mount.
 
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod fs;
 pub mod sys;
