@@ -310,9 +310,14 @@ impl Config {
                 )))
             }
             Err(e) => {
+                // A live mount whose daemon refuses the stat is still busy; say so rather
+                // than blame permissions.
+                if is_mount_point(&absolute(raw)).unwrap_or(false) {
+                    return Err(busy(raw));
+                }
                 return Err(Error::usage(format!(
                     "mount point {shown} cannot be used ({e}); check its permissions"
-                )))
+                )));
             }
         };
         if !meta.is_dir() {
@@ -356,12 +361,37 @@ impl Config {
             }
         }
         if is_mount_point(&mountpoint)? {
-            return Err(Error::usage(format!(
-                "mount point {shown} is already a mount point; unmount it first (`umount {shown}`) or choose another directory"
-            )));
+            return Err(busy(&mountpoint));
         }
         Ok(mountpoint)
     }
+}
+
+fn busy(mountpoint: &Path) -> Error {
+    let shown = mountpoint.display();
+    Error::usage(format!(
+        "mount point {shown} is already a mount point; unmount it first (`umount {shown}`) or choose another directory"
+    ))
+}
+
+/// `path` made absolute without touching it (it may not answer a stat), with `.` and `..`
+/// removed lexically.
+fn absolute(path: &Path) -> PathBuf {
+    let joined = match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => cwd.join(path),
+        _ => path.to_path_buf(),
+    };
+    let mut out = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Accumulates `-o` options; later options override earlier ones, as with mount(8).
@@ -843,4 +873,437 @@ fn unescape_octal(s: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use tempfile::TempDir;
+
+    fn parse(args: &[&str]) -> Result<Config> {
+        parse_as(args, false)
+    }
+
+    fn parse_as(args: &[&str], root: bool) -> Result<Config> {
+        match parse_args_unchecked(args, root)? {
+            Invocation::Mount(config) => Ok(*config),
+            other => panic!("expected a mount, got {other:?}"),
+        }
+    }
+
+    fn err(args: &[&str]) -> String {
+        parse(args).unwrap_err().to_string()
+    }
+
+    /// A stack of fresh directories: l1, l2, u, w, m.
+    struct Stack {
+        dir: TempDir,
+    }
+
+    impl Stack {
+        fn new() -> Stack {
+            let dir = TempDir::new().unwrap();
+            for d in ["l1", "l2", "u", "w", "m"] {
+                fs::create_dir(dir.path().join(d)).unwrap();
+            }
+            Stack { dir }
+        }
+
+        fn p(&self, name: &str) -> String {
+            self.dir.path().join(name).to_str().unwrap().to_string()
+        }
+
+        fn validate(&self, opts: &str, mountpoint: &str) -> Result<Config> {
+            let mut config = parse(&["-o", opts, mountpoint])?;
+            config.validate()?;
+            Ok(config)
+        }
+
+        fn validate_err(&self, opts: &str, mountpoint: &str) -> String {
+            let message = self.validate(opts, mountpoint).unwrap_err().to_string();
+            assert!(!message.contains('\n'), "not one line: {message}");
+            message
+        }
+
+        fn rw(&self) -> String {
+            format!(
+                "lowerdir={}:{},upperdir={},workdir={}",
+                self.p("l1"),
+                self.p("l2"),
+                self.p("u"),
+                self.p("w")
+            )
+        }
+    }
+
+    #[test]
+    fn parses_layers_in_order() {
+        let c = parse(&["-o", "lowerdir=/a:/b:/c,upperdir=/u,workdir=/w", "/m"]).unwrap();
+        assert_eq!(c.lowers, ["/a", "/b", "/c"].map(PathBuf::from));
+        assert_eq!(c.upper, Some(PathBuf::from("/u")));
+        assert_eq!(c.work, Some(PathBuf::from("/w")));
+        assert_eq!(c.mountpoint, PathBuf::from("/m"));
+        assert!(!c.read_only);
+        assert!(!c.foreground);
+        assert!(c.default_permissions);
+    }
+
+    #[test]
+    fn escaped_colon_and_comma_stay_in_paths() {
+        let c = parse(&[
+            "-o",
+            r"lowerdir=/a\:b:/c\,d,upperdir=/u\:x,workdir=/w",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(c.lowers, ["/a:b", "/c,d"].map(PathBuf::from));
+        assert_eq!(c.upper, Some(PathBuf::from("/u:x")));
+    }
+
+    #[test]
+    fn several_o_are_merged_and_trailing_comma_is_accepted() {
+        let c = parse(&[
+            "-o",
+            "lowerdir=/a",
+            "-oupperdir=/u,",
+            "-o",
+            "workdir=/w,",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(c.lowers, [PathBuf::from("/a")]);
+        assert_eq!(c.work, Some(PathBuf::from("/w")));
+        assert!(!c.read_only);
+    }
+
+    #[test]
+    fn options_may_follow_the_mount_point() {
+        let c = parse(&["/m", "-o", "lowerdir=/a", "-f"]).unwrap();
+        assert_eq!(c.mountpoint, PathBuf::from("/m"));
+        assert!(c.foreground);
+    }
+
+    #[test]
+    fn without_upperdir_or_with_ro_the_mount_is_read_only() {
+        assert!(parse(&["-o", "lowerdir=/a", "/m"]).unwrap().read_only);
+        let c = parse(&["-o", "lowerdir=/a,upperdir=/u,workdir=/w,ro", "/m"]).unwrap();
+        assert!(c.read_only);
+        let c = parse(&["-o", "lowerdir=/a,upperdir=/u,workdir=/w,ro,rw", "/m"]).unwrap();
+        assert!(!c.read_only);
+    }
+
+    #[test]
+    fn flags() {
+        let c = parse(&["-d", "-o", "lowerdir=/a", "/m"]).unwrap();
+        assert!(c.debug && c.foreground);
+        let c = parse(&["-o", "lowerdir=/a,debug", "/m"]).unwrap();
+        assert!(c.debug && c.foreground);
+        let c = parse(&["-s", "-o", "lowerdir=/a", "/m"]).unwrap();
+        assert_eq!(c.threads, 1);
+        let c = parse(&["-o", "lowerdir=/a", "--", "-m"]).unwrap();
+        assert_eq!(c.mountpoint, PathBuf::from("-m"));
+        for help in ["-h", "--help"] {
+            assert!(matches!(
+                parse_args_unchecked([help], false),
+                Ok(Invocation::Help)
+            ));
+        }
+        for version in ["-V", "--version"] {
+            assert!(matches!(
+                parse_args_unchecked([version], false),
+                Ok(Invocation::Version)
+            ));
+        }
+    }
+
+    #[test]
+    fn overlay_options() {
+        let c = parse(&[
+            "-o",
+            "lowerdir=/a,redirect_dir=off,whiteout=file,fsync=0,timeout=2.5,threads=8,fsname=img",
+            "/m",
+        ])
+        .unwrap();
+        assert!(!c.redirect_dir);
+        assert_eq!(c.whiteout, WhiteoutMode::File);
+        assert!(c.volatile);
+        assert_eq!(c.timeout, 2.5);
+        assert_eq!(c.threads, 8);
+        assert_eq!(c.fsname, "img");
+        let c = parse(&["-o", "lowerdir=/a,volatile,whiteout=chardev", "/m"]).unwrap();
+        assert!(c.volatile && c.redirect_dir);
+        assert_eq!(c.whiteout, WhiteoutMode::CharDev);
+        let c = parse(&["-o", "lowerdir=/a,volatile,fsync=1", "/m"]).unwrap();
+        assert!(!c.volatile);
+    }
+
+    #[test]
+    fn id_mappings_and_squash() {
+        let c = parse(&[
+            "-o",
+            "lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1,squash_to_uid=7,squash_to_gid=8,squash_to_root",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.uid_mapping,
+            [
+                IdRange {
+                    from: 0,
+                    to: 1000,
+                    len: 1
+                },
+                IdRange {
+                    from: 1,
+                    to: 100_000,
+                    len: 65536
+                }
+            ]
+        );
+        assert_eq!(
+            c.gid_mapping,
+            [IdRange {
+                from: 0,
+                to: 1000,
+                len: 1
+            }]
+        );
+        assert_eq!((c.squash_to_uid, c.squash_to_gid), (Some(7), Some(8)));
+        assert!(c.squash_to_root);
+        for bad in [
+            "uidmapping=0:1",
+            "uidmapping=a:b:c",
+            "uidmapping=0:0:0",
+            "gidmapping=4294967295:0:2",
+        ] {
+            let e = err(&["-o", &format!("lowerdir=/a,{bad}"), "/m"]);
+            assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
+        }
+    }
+
+    #[test]
+    fn kernel_flags_last_one_wins_with_fuse_overlayfs_defaults() {
+        let c = parse(&["-o", "lowerdir=/a,nodev,dev,nosuid,noexec,dirsync", "/m"]).unwrap();
+        assert_eq!(
+            c.kernel_flags,
+            ["dev", "nosuid", "noexec", "dirsync", "noatime"]
+        );
+        let c = parse(&["-o", "lowerdir=/a,atime", "/m"]).unwrap();
+        assert_eq!(c.kernel_flags, ["atime"]);
+        assert!(!c.allow_other);
+    }
+
+    #[test]
+    fn root_gets_allow_other_and_suid() {
+        let c = parse_as(&["-o", "lowerdir=/a,allow_root", "/m"], true).unwrap();
+        assert!(c.allow_other && c.default_permissions && !c.allow_root);
+        assert!(c.kernel_flags.contains(&"suid".to_string()));
+        let c = parse_as(&["-o", "lowerdir=/a,nosuid", "/m"], true).unwrap();
+        assert!(!c.kernel_flags.contains(&"suid".to_string()));
+        let c = parse_as(&["-o", "lowerdir=/a,allow_root", "/m"], false).unwrap();
+        assert!(c.allow_root && !c.allow_other);
+    }
+
+    #[test]
+    fn podman_options_are_accepted() {
+        let c = parse(&[
+            "-o",
+            r#"lowerdir=/a,upperdir=/u,workdir=/w,noacl,xattr_permissions=2,fast_ino=1,static_nlink,plugins=/p,context="system_u:object_r:container_file_t:s0:c1,c2",index=off,metacopy=on,userxattr,xino=auto,x-gvfs-hide,"#,
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(c.lowers, [PathBuf::from("/a")]);
+    }
+
+    #[test]
+    fn usage_errors_name_the_problem() {
+        assert!(err(&["-o", "lowerdir=/a,bogus", "/m"]).contains("unknown option `bogus`"));
+        assert!(err(&["-o", "lowerdir=/a,bogus=1", "/m"]).contains("unknown option `bogus`"));
+        assert!(err(&["-x", "/m"]).contains("unknown flag `-x`"));
+        assert!(err(&["-o", "lowerdir=/a"]).contains("missing MOUNTPOINT"));
+        assert!(err(&["-o", "lowerdir=/a", "/m", "/n"]).contains("unexpected argument `/n`"));
+        assert!(err(&["/m", "-o"]).contains("-o needs a value"));
+        assert!(err(&["-o", "lowerdir=/a::/b", "/m"]).contains("lowerdir has an empty entry"));
+        assert!(err(&["-o", "lowerdir=", "/m"]).contains("lowerdir"));
+        assert!(err(&["-o", "lowerdir=/a,redirect_dir=maybe", "/m"]).contains("redirect_dir"));
+        assert!(err(&["-o", "lowerdir=/a,whiteout=x", "/m"]).contains("whiteout"));
+        assert!(err(&["-o", "lowerdir=/a,threads=0", "/m"]).contains("threads"));
+        assert!(err(&["-o", "lowerdir=/a,timeout=-1", "/m"]).contains("timeout"));
+        assert!(err(&["-o", "lowerdir=/a,fsync=2", "/m"]).contains("fsync"));
+        assert!(err(&["-o", "lowerdir=/a,upperdir", "/m"]).contains("upperdir needs a value"));
+        assert!(err(&["-o", "lowerdir=/a,ro=1", "/m"]).contains("ro takes no value"));
+    }
+
+    #[test]
+    fn valid_stack_is_canonicalized() {
+        let s = Stack::new();
+        let link = s.p("link");
+        symlink(s.p("l2"), &link).unwrap();
+        let opts = format!(
+            "lowerdir={}:{link},upperdir={},workdir={}",
+            s.p("l1"),
+            s.p("u"),
+            s.p("w")
+        );
+        let c = s.validate(&opts, &s.p("m")).unwrap();
+        let real = |n: &str| fs::canonicalize(s.p(n)).unwrap();
+        assert_eq!(c.lowers, [real("l1"), real("l2")]);
+        assert_eq!(c.upper, Some(real("u")));
+        assert_eq!(c.mountpoint, real("m"));
+    }
+
+    #[test]
+    fn missing_lowerdir() {
+        let s = Stack::new();
+        let e = s.validate_err(
+            &format!("upperdir={},workdir={}", s.p("u"), s.p("w")),
+            &s.p("m"),
+        );
+        assert!(e.starts_with("missing lowerdir"), "{e}");
+    }
+
+    #[test]
+    fn layer_missing_or_not_a_directory() {
+        let s = Stack::new();
+        let e = s.validate_err(
+            &format!("lowerdir={}:{}", s.p("l1"), s.p("nope")),
+            &s.p("m"),
+        );
+        assert!(
+            e.contains("lowerdir") && e.contains("does not exist"),
+            "{e}"
+        );
+        fs::write(s.p("file"), b"").unwrap();
+        let e = s.validate_err(&format!("lowerdir={}", s.p("file")), &s.p("m"));
+        assert!(
+            e.contains("lowerdir") && e.contains("not a directory"),
+            "{e}"
+        );
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            s.p("l1"),
+            s.p("nope"),
+            s.p("w")
+        );
+        let e = s.validate_err(&opts, &s.p("m"));
+        assert!(
+            e.contains("upperdir") && e.contains("does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn upper_and_work_come_together() {
+        let s = Stack::new();
+        let e = s.validate_err(
+            &format!("lowerdir={},upperdir={}", s.p("l1"), s.p("u")),
+            &s.p("m"),
+        );
+        assert!(
+            e.contains("without workdir") && e.contains("workdir=DIR"),
+            "{e}"
+        );
+        let e = s.validate_err(
+            &format!("lowerdir={},workdir={}", s.p("l1"), s.p("w")),
+            &s.p("m"),
+        );
+        assert!(e.contains("without upperdir"), "{e}");
+    }
+
+    #[test]
+    fn workdir_on_another_filesystem() {
+        let s = Stack::new();
+        let other = TempDir::new_in("/dev/shm").unwrap();
+        assert_ne!(dev_of(other.path()).unwrap(), dev_of(s.dir.path()).unwrap());
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            s.p("l1"),
+            s.p("u"),
+            other.path().display()
+        );
+        let e = s.validate_err(&opts, &s.p("m"));
+        assert!(e.contains("not on the same filesystem as upperdir"), "{e}");
+    }
+
+    #[test]
+    fn writable_layers_must_not_overlap_lowers_or_each_other() {
+        let s = Stack::new();
+        fs::create_dir(s.p("l1/u")).unwrap();
+        fs::create_dir(s.p("u/l")).unwrap();
+        fs::create_dir(s.p("u/w")).unwrap();
+        let cases = [
+            (s.p("l1"), s.p("l1/u"), s.p("w"), "upperdir"),
+            (s.p("u/l"), s.p("u"), s.p("w"), "upperdir"),
+            (s.p("l1"), s.p("u"), s.p("l1"), "workdir"),
+            (s.p("l1"), s.p("u"), s.p("u/w"), "overlap"),
+            (s.p("l1"), s.p("u"), s.p("u"), "overlap"),
+        ];
+        for (lower, upper, work, expect) in cases {
+            let opts = format!("lowerdir={lower},upperdir={upper},workdir={work}");
+            let e = s.validate_err(&opts, &s.p("m"));
+            assert!(
+                e.contains(expect) && e.contains("overlap"),
+                "{opts} gave {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn mount_point_must_be_outside_layers() {
+        let s = Stack::new();
+        fs::create_dir(s.p("u/m")).unwrap();
+        fs::create_dir(s.p("l1/m")).unwrap();
+        fs::create_dir(s.p("m/l")).unwrap();
+        let e = s.validate_err(&s.rw(), &s.p("u/m"));
+        assert!(e.contains("is inside upperdir"), "{e}");
+        let e = s.validate_err(&s.rw(), &s.p("l1/m"));
+        assert!(e.contains("is inside lowerdir"), "{e}");
+        let e = s.validate_err(&s.rw(), &s.p("u"));
+        assert!(e.contains("is inside upperdir"), "{e}");
+        let e = s.validate_err(&s.rw(), &s.p("w"));
+        assert!(e.contains("is inside workdir"), "{e}");
+        let opts = format!("lowerdir={}", s.p("m/l"));
+        let e = s.validate_err(&opts, &s.p("m"));
+        assert!(e.contains("is inside mount point"), "{e}");
+        // Mounting over a lower, as kernel overlayfs allows, is fine.
+        s.validate(&s.rw(), &s.p("l1")).unwrap();
+    }
+
+    #[test]
+    fn mount_point_must_exist_and_be_a_directory() {
+        let s = Stack::new();
+        let e = s.validate_err(&s.rw(), &s.p("nope"));
+        assert!(e.contains("does not exist") && e.contains("mkdir"), "{e}");
+        fs::write(s.p("file"), b"").unwrap();
+        let e = s.validate_err(&s.rw(), &s.p("file"));
+        assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn busy_mount_point() {
+        let s = Stack::new();
+        let e = s.validate_err(&s.rw(), "/proc");
+        assert!(
+            e.contains("already a mount point") && e.contains("umount"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mountinfo_parsing_unescapes() {
+        let table =
+            b"36 35 98:0 / /mnt/my\\040dir rw - ext3 /dev/root rw\n22 1 0:5 / / rw - ext4 x rw\n";
+        assert!(mountinfo_has(table, b"/mnt/my dir"));
+        assert!(mountinfo_has(table, b"/"));
+        assert!(!mountinfo_has(table, b"/mnt"));
+    }
+
+    #[test]
+    fn from_options_validates() {
+        let s = Stack::new();
+        let c = Config::from_options(&s.rw(), s.p("m")).unwrap();
+        assert_eq!(c.lowers.len(), 2);
+        assert!(Config::from_options("upperdir=/x", s.p("m")).is_err());
+    }
 }
