@@ -255,8 +255,10 @@ pub fn fuse_config(config: &Config) -> fuser::Config {
         // drops Subtype, and the type must read fuse.layerfs in /proc/self/mountinfo for
         // tools that look for it. fusermount3 understands the same option.
         MountOption::CUSTOM("subtype=layerfs".to_string()),
-        MountOption::DefaultPermissions,
     ];
+    if config.default_permissions {
+        options.push(MountOption::DefaultPermissions);
+    }
     options.push(if config.read_only {
         MountOption::RO
     } else {
