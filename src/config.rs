@@ -1,8 +1,17 @@
 //! Mount options (fuse-overlayfs compatible) turned into a validated [`Config`].
 //!
 //! Parsing and validation live here so that `main.rs` only hands a `Config` to the library.
+//! The command line is `layerfs [-f] [-d] [-o OPTIONS]... MOUNTPOINT`; every problem is
+//! reported as one line that names the option and says how to fix it.
 
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
 
 /// How deletions are recorded in the upper layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +68,8 @@ pub struct Config {
     pub timeout: f64,
     /// Worker threads serving FUSE requests.
     pub threads: usize,
+    /// Source shown in /proc/self/mountinfo (`fsname=`); "layerfs" unless given.
+    pub fsname: String,
 }
 
 impl Config {
@@ -86,6 +97,1213 @@ impl Config {
             squash_to_gid: None,
             timeout: 1.0,
             threads: 2,
+            fsname: "layerfs".to_string(),
         }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    Mount(Box<Config>),
+    Help,
+    Version,
+}
+
+pub const USAGE: &str = "\
+usage: layerfs [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=UPPER,workdir=WORK][,OPTIONS] MOUNTPOINT
+
+Merges read-only lower directories (top-most first) with one writable upper directory
+at MOUNTPOINT. Without upperdir the mount is read-only. Several -o are merged; a colon
+inside a path is written \\: and a comma \\,.
+
+flags:
+    -f               stay in the foreground
+    -d               debug logging (implies -f); RUST_LOG overrides the level
+    -s               serve requests on a single thread
+    -o OPTIONS       comma-separated mount options (below)
+    -h, --help       print this help
+    -V, --version    print the version
+
+layer options:
+    lowerdir=DIRS        read-only layers separated by ':', top-most first
+    upperdir=DIR         writable layer
+    workdir=DIR          scratch directory on the same filesystem as upperdir
+    redirect_dir=on|off  allow renaming directories that come from a lower layer (on)
+    whiteout=auto|chardev|file  how deletions are recorded (auto)
+    volatile, fsync=0|1  skip fsync on copy-up and ignore fsync requests
+    uidmapping=FROM:TO:LEN[:FROM:TO:LEN...], gidmapping=...
+    squash_to_root, squash_to_uid=UID, squash_to_gid=GID
+
+FUSE and kernel options:
+    allow_other, allow_root, default_permissions, ro, rw, dev, nodev, suid, nosuid,
+    exec, noexec, atime, noatime, sync, async, dirsync, fsname=NAME,
+    timeout=SECONDS (entry and attribute cache, default 1), threads=N (default 2)
+
+Options of fuse-overlayfs that do not apply (noacl, fast_ino=, static_nlink, plugins=,
+xattr_permissions=, index=, metacopy=, xino=, userxattr, context=, ...) are accepted
+and ignored. Running as root turns on allow_other, suid and default_permissions.
+";
+
+/// Parses the arguments after the program name and validates the result against the
+/// file system (layers exist, mount point usable).
+pub fn parse_args<I, S>(args: I) -> Result<Invocation>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    match parse_args_unchecked(args, crate::sys::process::geteuid() == 0)? {
+        Invocation::Mount(mut config) => {
+            config.validate()?;
+            Ok(Invocation::Mount(config))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Parses the arguments without looking at the file system. `as_root` turns on the
+/// defaults fuse-overlayfs uses when run by root.
+pub fn parse_args_unchecked<I, S>(args: I, as_root: bool) -> Result<Invocation>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut parser = OptionParser::default();
+    let mut mountpoint: Option<PathBuf> = None;
+    let mut only_positional = false;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = arg.as_ref();
+        let bytes = arg.as_bytes();
+        if only_positional || !bytes.starts_with(b"-") || bytes == b"-" {
+            if let Some(first) = &mountpoint {
+                return Err(Error::usage(format!(
+                    "unexpected argument `{}` after mount point `{}`; give exactly one MOUNTPOINT",
+                    arg.to_string_lossy(),
+                    first.display()
+                )));
+            }
+            mountpoint = Some(PathBuf::from(arg));
+            continue;
+        }
+        match bytes {
+            b"--" => only_positional = true,
+            b"-h" | b"--help" => return Ok(Invocation::Help),
+            b"-V" | b"--version" => return Ok(Invocation::Version),
+            b"-f" => parser.foreground = true,
+            b"-d" | b"--debug" => parser.debug = true,
+            b"-s" => parser.threads = Some(1),
+            b"-o" => match args.next() {
+                Some(opts) => parser.parse(opts.as_ref().as_bytes())?,
+                None => {
+                    return Err(Error::usage(
+                        "-o needs a value; write -o lowerdir=DIR,... before the mount point",
+                    ))
+                }
+            },
+            _ if bytes.starts_with(b"-o") => parser.parse(&bytes[2..])?,
+            _ => {
+                return Err(Error::usage(format!(
+                    "unknown flag `{}`; see layerfs --help",
+                    arg.to_string_lossy()
+                )))
+            }
+        }
+    }
+    let Some(mountpoint) = mountpoint else {
+        return Err(Error::usage(
+            "missing MOUNTPOINT; usage is layerfs [-f] [-d] -o lowerdir=DIRS[,upperdir=DIR,workdir=DIR] MOUNTPOINT",
+        ));
+    };
+    Ok(Invocation::Mount(Box::new(
+        parser.finish(mountpoint, as_root)?,
+    )))
+}
+
+impl Config {
+    /// Builds and validates a config from one `-o` style option string, as a program that
+    /// mounts without going through the command line would.
+    pub fn from_options(options: &str, mountpoint: impl Into<PathBuf>) -> Result<Config> {
+        let mut parser = OptionParser::default();
+        parser.parse(options.as_bytes())?;
+        let as_root = crate::sys::process::geteuid() == 0;
+        let mut config = parser.finish(mountpoint.into(), as_root)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every path against the file system and replaces them by their canonical form
+    /// (symlinks resolved), so that the daemon never depends on the caller's directory.
+    pub fn validate(&mut self) -> Result<()> {
+        self.validate_paths()?;
+        let lowers = std::mem::take(&mut self.lowers);
+        for lower in lowers {
+            self.lowers.push(existing_dir("lowerdir", &lower)?);
+        }
+        if let (Some(upper), Some(work)) = (&self.upper, &self.work) {
+            let upper = existing_dir("upperdir", upper)?;
+            let work = existing_dir("workdir", work)?;
+            let (udev, wdev) = (dev_of(&upper)?, dev_of(&work)?);
+            if udev != wdev {
+                return Err(Error::usage(format!(
+                    "workdir {} is not on the same filesystem as upperdir {}; choose a workdir next to the upperdir",
+                    work.display(),
+                    upper.display()
+                )));
+            }
+            if overlaps(&upper, &work) {
+                return Err(Error::usage(format!(
+                    "workdir {} and upperdir {} overlap; use two separate sibling directories",
+                    work.display(),
+                    upper.display()
+                )));
+            }
+            for (kind, dir) in [("upperdir", &upper), ("workdir", &work)] {
+                for lower in &self.lowers {
+                    if overlaps(dir, lower) {
+                        return Err(Error::usage(format!(
+                            "{kind} {} overlaps lowerdir {}; writable directories must lie outside every lower layer",
+                            dir.display(),
+                            lower.display()
+                        )));
+                    }
+                }
+            }
+            self.upper = Some(upper);
+            self.work = Some(work);
+        }
+        self.mountpoint = self.check_mountpoint()?;
+        Ok(())
+    }
+
+    /// Checks that need no file system access.
+    fn validate_paths(&self) -> Result<()> {
+        if self.lowers.is_empty() {
+            return Err(Error::usage(
+                "missing lowerdir; pass -o lowerdir=DIR (several layers separated by colons, top-most first)",
+            ));
+        }
+        match (&self.upper, &self.work) {
+            (Some(_), None) => Err(Error::usage(
+                "upperdir given without workdir; add -o workdir=DIR on the same filesystem as upperdir",
+            )),
+            (None, Some(_)) => Err(Error::usage(
+                "workdir given without upperdir; add -o upperdir=DIR, or drop workdir for a read-only mount",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_mountpoint(&self) -> Result<PathBuf> {
+        let raw = &self.mountpoint;
+        let shown = raw.display();
+        let meta = match fs::metadata(raw) {
+            Ok(meta) => meta,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                return Err(Error::usage(format!(
+                    "mount point {shown} is a stale FUSE mount whose daemon is gone; run `fusermount3 -u {shown}` and retry"
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::usage(format!(
+                    "mount point {shown} does not exist; create it with `mkdir -p {shown}`"
+                )))
+            }
+            Err(e) => {
+                // A live mount whose daemon refuses the stat is still busy; say so rather
+                // than blame permissions.
+                if is_mount_point(&absolute(raw)).unwrap_or(false) {
+                    return Err(busy(raw));
+                }
+                return Err(Error::usage(format!(
+                    "mount point {shown} cannot be used ({e}); check its permissions"
+                )));
+            }
+        };
+        if !meta.is_dir() {
+            return Err(Error::usage(format!(
+                "mount point {shown} is not a directory; mount on a directory"
+            )));
+        }
+        let mountpoint = fs::canonicalize(raw).map_err(|e| {
+            Error::usage(format!(
+                "mount point {shown} cannot be resolved ({e}); check its permissions"
+            ))
+        })?;
+        let shown = mountpoint.display();
+        // The mount point may be a lower itself, as with kernel overlayfs: the layers are
+        // opened before the mount covers them. Anything else nested would loop through the
+        // mount or hide a layer behind it.
+        let writable = self.upper.iter().map(|p| ("upperdir", p));
+        let work = self.work.iter().map(|p| ("workdir", p));
+        for (kind, layer) in self
+            .lowers
+            .iter()
+            .map(|p| ("lowerdir", p))
+            .chain(writable)
+            .chain(work)
+        {
+            let same = layer == &mountpoint;
+            if same && kind == "lowerdir" {
+                continue;
+            }
+            if same || mountpoint.starts_with(layer) {
+                return Err(Error::usage(format!(
+                    "mount point {shown} is inside {kind} {}; choose a mount point outside every layer",
+                    layer.display()
+                )));
+            }
+            if layer.starts_with(&mountpoint) {
+                return Err(Error::usage(format!(
+                    "{kind} {} is inside mount point {shown}, which would hide it; choose a mount point outside every layer",
+                    layer.display()
+                )));
+            }
+        }
+        if is_mount_point(&mountpoint)? {
+            return Err(busy(&mountpoint));
+        }
+        Ok(mountpoint)
+    }
+}
+
+fn busy(mountpoint: &Path) -> Error {
+    let shown = mountpoint.display();
+    Error::usage(format!(
+        "mount point {shown} is already a mount point; unmount it first (`umount {shown}`) or choose another directory"
+    ))
+}
+
+/// `path` made absolute without touching it (it may not answer a stat), with `.` and `..`
+/// removed lexically.
+fn absolute(path: &Path) -> PathBuf {
+    let joined = match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => cwd.join(path),
+        _ => path.to_path_buf(),
+    };
+    let mut out = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Accumulates `-o` options; later options override earlier ones, as with mount(8).
+#[derive(Default)]
+struct OptionParser {
+    lowers: Option<Vec<PathBuf>>,
+    upper: Option<PathBuf>,
+    work: Option<PathBuf>,
+    foreground: bool,
+    debug: bool,
+    ro: bool,
+    redirect_dir: Option<bool>,
+    whiteout: Option<WhiteoutMode>,
+    volatile: bool,
+    allow_other: bool,
+    allow_root: bool,
+    kernel_flags: Vec<&'static str>,
+    uid_mapping: Vec<IdRange>,
+    gid_mapping: Vec<IdRange>,
+    squash_to_root: bool,
+    squash_to_uid: Option<u32>,
+    squash_to_gid: Option<u32>,
+    timeout: Option<f64>,
+    threads: Option<usize>,
+    fsname: Option<String>,
+}
+
+/// Kernel mount flags the daemon passes on, each with the flag it cancels.
+const KERNEL_FLAGS: &[(&str, &str)] = &[
+    ("dev", "nodev"),
+    ("nodev", "dev"),
+    ("suid", "nosuid"),
+    ("nosuid", "suid"),
+    ("exec", "noexec"),
+    ("noexec", "exec"),
+    ("atime", "noatime"),
+    ("noatime", "atime"),
+    ("sync", "async"),
+    ("async", "sync"),
+    ("dirsync", ""),
+];
+
+/// Options that only make sense for other file systems, for mount(8) itself, or for
+/// features of fuse-overlayfs that layerfs does not need; podman may pass any of them.
+const IGNORED: &[&str] = &[
+    "defaults",
+    "auto",
+    "noauto",
+    "nofail",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "lazytime",
+    "nolazytime",
+    "diratime",
+    "nodiratime",
+    "iversion",
+    "noiversion",
+    "mand",
+    "nomand",
+    "silent",
+    "loud",
+    "acl",
+    "noacl",
+    "userxattr",
+    "static_nlink",
+    "clone_fd",
+    "auto_unmount",
+    "kernel_cache",
+    "auto_cache",
+    "noauto_cache",
+    "hard_remove",
+    "use_ino",
+    "readdir_ino",
+    "direct_io",
+    "writeback_cache",
+    "no_writeback_cache",
+];
+
+/// `KEY=` options accepted and ignored, for the same reasons as [`IGNORED`].
+const IGNORED_KEYS: &[&str] = &[
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+    "xattr_permissions",
+    "fast_ino",
+    "plugins",
+    "index",
+    "metacopy",
+    "xino",
+    "nfs_export",
+    "uuid",
+    "max_idle_threads",
+    "subtype",
+    "max_read",
+    "max_write",
+    "max_readahead",
+    "entry_timeout",
+    "attr_timeout",
+    "negative_timeout",
+];
+
+impl OptionParser {
+    fn parse(&mut self, options: &[u8]) -> Result<()> {
+        for option in split_unescaped(options, b',', true) {
+            // A trailing comma (`...,workdir=W,`) leaves an empty option; podman passes one.
+            if option.is_empty() {
+                continue;
+            }
+            self.parse_one(option)?;
+        }
+        Ok(())
+    }
+
+    fn parse_one(&mut self, option: &[u8]) -> Result<()> {
+        let (key, value) = match option.iter().position(|&b| b == b'=') {
+            Some(i) => (&option[..i], Some(&option[i + 1..])),
+            None => (option, None),
+        };
+        let key = std::str::from_utf8(key).map_err(|_| {
+            Error::usage(format!(
+                "unknown option `{}`; see layerfs --help",
+                String::from_utf8_lossy(key)
+            ))
+        })?;
+        let Some(value) = value else {
+            return self.parse_flag(key);
+        };
+        if x_option(key) || IGNORED_KEYS.contains(&key) {
+            log::debug!("ignoring option {key}");
+            return Ok(());
+        }
+        match key {
+            "lowerdir" => self.lowers = Some(parse_lowerdir(value)?),
+            "upperdir" => self.upper = Some(parse_dir("upperdir", value)?),
+            "workdir" => self.work = Some(parse_dir("workdir", value)?),
+            "redirect_dir" => {
+                self.redirect_dir = Some(match text(key, value)? {
+                    "on" => true,
+                    // follow/nofollow never create redirects, so renames of lower
+                    // directories fail with EXDEV, as with off.
+                    "off" | "follow" | "nofollow" => false,
+                    v => return Err(bad_value(key, v, "on or off")),
+                })
+            }
+            "whiteout" => {
+                self.whiteout = Some(match text(key, value)? {
+                    "auto" => WhiteoutMode::Auto,
+                    "chardev" => WhiteoutMode::CharDev,
+                    "file" => WhiteoutMode::File,
+                    v => return Err(bad_value(key, v, "auto, chardev or file")),
+                })
+            }
+            "fsync" => {
+                self.volatile = match text(key, value)? {
+                    "0" => true,
+                    "1" => false,
+                    v => return Err(bad_value(key, v, "0 or 1")),
+                }
+            }
+            "timeout" => {
+                let v = text(key, value)?;
+                match v.parse::<f64>() {
+                    Ok(t) if t.is_finite() && t >= 0.0 => self.timeout = Some(t),
+                    _ => return Err(bad_value(key, v, "a number of seconds such as 1 or 0.5")),
+                }
+            }
+            "threads" | "max_threads" => {
+                let v = text(key, value)?;
+                match v.parse::<usize>() {
+                    Ok(n) if (1..=1024).contains(&n) => self.threads = Some(n),
+                    _ => return Err(bad_value(key, v, "a whole number from 1 to 1024")),
+                }
+            }
+            "uidmapping" => self.uid_mapping = parse_mapping(key, value)?,
+            "gidmapping" => self.gid_mapping = parse_mapping(key, value)?,
+            "squash_to_uid" => self.squash_to_uid = Some(parse_id(key, value)?),
+            "squash_to_gid" => self.squash_to_gid = Some(parse_id(key, value)?),
+            "fsname" => {
+                let v = text(key, value)?;
+                if v.is_empty() || v.contains(',') {
+                    return Err(bad_value(key, v, "a name without commas"));
+                }
+                self.fsname = Some(v.to_string());
+            }
+            "debug"
+            | "ro"
+            | "rw"
+            | "volatile"
+            | "squash_to_root"
+            | "allow_other"
+            | "allow_root"
+            | "default_permissions" => {
+                return Err(Error::usage(format!(
+                    "option {key} takes no value; write {key} alone"
+                )))
+            }
+            _ => return Err(unknown(key)),
+        }
+        Ok(())
+    }
+
+    fn parse_flag(&mut self, key: &str) -> Result<()> {
+        match key {
+            "ro" => self.ro = true,
+            "rw" => self.ro = false,
+            "debug" => self.debug = true,
+            "volatile" => self.volatile = true,
+            "allow_other" => self.allow_other = true,
+            "allow_root" => self.allow_root = true,
+            // The kernel always checks permissions on a layerfs mount: the daemon acts with
+            // its own credentials on the layers, so it must not be the one deciding access.
+            "default_permissions" => {}
+            "squash_to_root" => self.squash_to_root = true,
+            "lowerdir" | "upperdir" | "workdir" | "redirect_dir" | "whiteout" | "fsync"
+            | "timeout" | "threads" | "uidmapping" | "gidmapping" | "squash_to_uid"
+            | "squash_to_gid" | "fsname" => {
+                return Err(Error::usage(format!(
+                    "option {key} needs a value; write {key}=VALUE"
+                )))
+            }
+            _ => {
+                if let Some(&(flag, opposite)) = KERNEL_FLAGS.iter().find(|(f, _)| *f == key) {
+                    self.kernel_flags.retain(|f| *f != flag && *f != opposite);
+                    self.kernel_flags.push(flag);
+                } else if IGNORED.contains(&key) || x_option(key) {
+                    log::debug!("ignoring option {key}");
+                } else {
+                    return Err(unknown(key));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, mountpoint: PathBuf, as_root: bool) -> Result<Config> {
+        let mut config = Config::new(self.lowers.take().unwrap_or_default(), mountpoint);
+        // fuse-overlayfs mounts with noatime always, and as root with allow_other and suid
+        // so that a container's setuid programs work; explicit options win.
+        let has = |flags: &[&str], f: &str| flags.contains(&f);
+        if !has(&self.kernel_flags, "atime") && !has(&self.kernel_flags, "noatime") {
+            self.kernel_flags.push("noatime");
+        }
+        if as_root && !has(&self.kernel_flags, "suid") && !has(&self.kernel_flags, "nosuid") {
+            self.kernel_flags.push("suid");
+        }
+        config.read_only = self.ro || self.upper.is_none();
+        config.upper = self.upper;
+        config.work = self.work;
+        config.foreground = self.foreground || self.debug;
+        config.debug = self.debug;
+        if let Some(r) = self.redirect_dir {
+            config.redirect_dir = r;
+        }
+        if let Some(w) = self.whiteout {
+            config.whiteout = w;
+        }
+        config.volatile = self.volatile;
+        config.allow_other = self.allow_other || as_root;
+        // allow_other already admits root; keeping both would only confuse the ACL.
+        config.allow_root = self.allow_root && !config.allow_other;
+        config.default_permissions = true;
+        config.kernel_flags = self.kernel_flags.iter().map(|f| f.to_string()).collect();
+        config.uid_mapping = self.uid_mapping;
+        config.gid_mapping = self.gid_mapping;
+        config.squash_to_root = self.squash_to_root;
+        config.squash_to_uid = self.squash_to_uid;
+        config.squash_to_gid = self.squash_to_gid;
+        if let Some(t) = self.timeout {
+            config.timeout = t;
+        }
+        if let Some(n) = self.threads {
+            config.threads = n;
+        }
+        if let Some(name) = self.fsname {
+            config.fsname = name;
+        }
+        Ok(config)
+    }
+}
+
+fn x_option(key: &str) -> bool {
+    key.starts_with("x-")
+}
+
+fn unknown(key: &str) -> Error {
+    Error::usage(format!(
+        "unknown option `{key}`; see layerfs --help for the supported options"
+    ))
+}
+
+fn bad_value(key: &str, value: &str, expected: &str) -> Error {
+    Error::usage(format!(
+        "invalid value `{value}` for option {key}; expected {expected}"
+    ))
+}
+
+fn text<'a>(key: &str, value: &'a [u8]) -> Result<&'a str> {
+    std::str::from_utf8(value)
+        .map_err(|_| bad_value(key, &String::from_utf8_lossy(value), "plain text"))
+}
+
+fn parse_id(key: &str, value: &[u8]) -> Result<u32> {
+    let v = text(key, value)?;
+    v.parse::<u32>()
+        .map_err(|_| bad_value(key, v, "a numeric id such as 0 or 1000"))
+}
+
+/// `FROM:TO:LEN[:FROM:TO:LEN...]`, as fuse-overlayfs writes id mappings.
+fn parse_mapping(key: &str, value: &[u8]) -> Result<Vec<IdRange>> {
+    let v = text(key, value)?;
+    let expected = "groups of three numbers FROM:TO:LEN joined by colons";
+    let numbers = v
+        .split(':')
+        .map(|n| n.parse::<u32>())
+        .collect::<std::result::Result<Vec<u32>, _>>()
+        .map_err(|_| bad_value(key, v, expected))?;
+    if numbers.is_empty() || numbers.len() % 3 != 0 {
+        return Err(bad_value(key, v, expected));
+    }
+    let mut ranges = Vec::new();
+    for triple in numbers.chunks_exact(3) {
+        let (from, to, len) = (triple[0], triple[1], triple[2]);
+        let fits = |start: u32| u64::from(start) + u64::from(len) <= 1 << 32;
+        if len == 0 || !fits(from) || !fits(to) {
+            return Err(bad_value(
+                key,
+                v,
+                "ranges of length at least 1 that end below 2^32",
+            ));
+        }
+        ranges.push(IdRange { from, to, len });
+    }
+    Ok(ranges)
+}
+
+fn parse_dir(key: &str, value: &[u8]) -> Result<PathBuf> {
+    let path = unescape(value);
+    if path.is_empty() {
+        return Err(Error::usage(format!(
+            "option {key} is empty; write {key}=DIR"
+        )));
+    }
+    Ok(PathBuf::from(OsString::from_vec(path)))
+}
+
+fn parse_lowerdir(value: &[u8]) -> Result<Vec<PathBuf>> {
+    let mut lowers = Vec::new();
+    for entry in split_unescaped(value, b':', false) {
+        if entry.is_empty() {
+            return Err(Error::usage(
+                "lowerdir has an empty entry; separate layers with single colons and write a colon inside a path as \\:",
+            ));
+        }
+        lowers.push(PathBuf::from(OsString::from_vec(unescape(entry))));
+    }
+    if lowers.is_empty() {
+        return Err(Error::usage("option lowerdir is empty; write lowerdir=DIR"));
+    }
+    Ok(lowers)
+}
+
+/// Splits at `sep` unless it is escaped by a backslash or, with `quotes`, inside double
+/// quotes (SELinux labels such as `context="...:c1,c2"` contain commas). Escapes are kept
+/// for the next level to remove.
+fn split_unescaped(s: &[u8], sep: u8, quotes: bool) -> Vec<&[u8]> {
+    let mut parts = Vec::new();
+    let (mut start, mut i, mut quoted) = (0, 0, false);
+    while i < s.len() {
+        match s[i] {
+            b'\\' => i += 1,
+            b'"' if quotes => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(&s[start.min(s.len())..]);
+    parts
+}
+
+/// Removes backslash escapes: `\X` stands for `X`.
+fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.iter();
+    while let Some(&b) = bytes.next() {
+        if b == b'\\' {
+            out.push(*bytes.next().unwrap_or(&b'\\'));
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+fn existing_dir(kind: &str, path: &Path) -> Result<PathBuf> {
+    let shown = path.display();
+    let resolved = fs::canonicalize(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::usage(format!(
+            "{kind} {shown} does not exist; check the path or create the directory"
+        )),
+        _ => Error::usage(format!(
+            "{kind} {shown} cannot be opened ({e}); check its permissions"
+        )),
+    })?;
+    let meta = fs::metadata(&resolved).map_err(|e| {
+        Error::usage(format!(
+            "{kind} {shown} cannot be opened ({e}); check its permissions"
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::usage(format!(
+            "{kind} {shown} is not a directory; every layer must be a directory"
+        )));
+    }
+    Ok(resolved)
+}
+
+fn dev_of(path: &Path) -> Result<u64> {
+    fs::metadata(path).map(|m| m.dev()).map_err(|e| {
+        Error::usage(format!(
+            "{} cannot be opened ({e}); check its permissions",
+            path.display()
+        ))
+    })
+}
+
+/// Two canonical paths overlap when one is the other or lies beneath it.
+fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// Whether something is mounted at `path` (a canonical path), from /proc/self/mountinfo.
+fn is_mount_point(path: &Path) -> Result<bool> {
+    match fs::read("/proc/self/mountinfo") {
+        Ok(table) => Ok(mountinfo_has(&table, path.as_os_str().as_bytes())),
+        // Without /proc, a mount point is a directory on another device than its parent;
+        // this misses bind mounts within one file system, which is the best we can do.
+        Err(_) => {
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            Ok(path == Path::new("/") || dev_of(path)? != dev_of(parent)?)
+        }
+    }
+}
+
+/// Whether the mount table (mountinfo format) lists `mountpoint`.
+pub fn mountinfo_has(table: &[u8], mountpoint: &[u8]) -> bool {
+    table
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .any(|field| unescape_octal(field) == mountpoint)
+}
+
+/// Mount tables write space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let digits = s.get(i + 1..i + 4);
+        match digits {
+            Some(d) if s[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) => {
+                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                out.push(v as u8);
+                i += 4;
+            }
+            _ => {
+                out.push(s[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use tempfile::TempDir;
+
+    fn parse(args: &[&str]) -> Result<Config> {
+        parse_as(args, false)
+    }
+
+    fn parse_as(args: &[&str], root: bool) -> Result<Config> {
+        match parse_args_unchecked(args, root)? {
+            Invocation::Mount(config) => Ok(*config),
+            other => panic!("expected a mount, got {other:?}"),
+        }
+    }
+
+    fn err(args: &[&str]) -> String {
+        parse(args).unwrap_err().to_string()
+    }
+
+    /// A stack of fresh directories: l1, l2, u, w, m.
+    struct Stack {
+        dir: TempDir,
+    }
+
+    impl Stack {
+        fn new() -> Stack {
+            let dir = TempDir::new().unwrap();
+            for d in ["l1", "l2", "u", "w", "m"] {
+                fs::create_dir(dir.path().join(d)).unwrap();
+            }
+            Stack { dir }
+        }
+
+        fn p(&self, name: &str) -> String {
+            self.dir.path().join(name).to_str().unwrap().to_string()
+        }
+
+        fn validate(&self, opts: &str, mountpoint: &str) -> Result<Config> {
+            let mut config = parse(&["-o", opts, mountpoint])?;
+            config.validate()?;
+            Ok(config)
+        }
+
+        fn validate_err(&self, opts: &str, mountpoint: &str) -> String {
+            let message = self.validate(opts, mountpoint).unwrap_err().to_string();
+            assert!(!message.contains('\n'), "not one line: {message}");
+            message
+        }
+
+        fn rw(&self) -> String {
+            format!(
+                "lowerdir={}:{},upperdir={},workdir={}",
+                self.p("l1"),
+                self.p("l2"),
+                self.p("u"),
+                self.p("w")
+            )
+        }
+    }
+
+    #[test]
+    fn parses_layers_in_order() {
+        let c = parse(&["-o", "lowerdir=/a:/b:/c,upperdir=/u,workdir=/w", "/m"]).unwrap();
+        assert_eq!(c.lowers, ["/a", "/b", "/c"].map(PathBuf::from));
+        assert_eq!(c.upper, Some(PathBuf::from("/u")));
+        assert_eq!(c.work, Some(PathBuf::from("/w")));
+        assert_eq!(c.mountpoint, PathBuf::from("/m"));
+        assert!(!c.read_only);
+        assert!(!c.foreground);
+        assert!(c.default_permissions);
+    }
+
+    #[test]
+    fn escaped_colon_and_comma_stay_in_paths() {
+        let c = parse(&[
+            "-o",
+            r"lowerdir=/a\:b:/c\,d,upperdir=/u\:x,workdir=/w",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(c.lowers, ["/a:b", "/c,d"].map(PathBuf::from));
+        assert_eq!(c.upper, Some(PathBuf::from("/u:x")));
+    }
+
+    #[test]
+    fn several_o_are_merged_and_trailing_comma_is_accepted() {
+        let c = parse(&[
+            "-o",
+            "lowerdir=/a",
+            "-oupperdir=/u,",
+            "-o",
+            "workdir=/w,",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(c.lowers, [PathBuf::from("/a")]);
+        assert_eq!(c.work, Some(PathBuf::from("/w")));
+        assert!(!c.read_only);
+    }
+
+    #[test]
+    fn options_may_follow_the_mount_point() {
+        let c = parse(&["/m", "-o", "lowerdir=/a", "-f"]).unwrap();
+        assert_eq!(c.mountpoint, PathBuf::from("/m"));
+        assert!(c.foreground);
+    }
+
+    #[test]
+    fn without_upperdir_or_with_ro_the_mount_is_read_only() {
+        assert!(parse(&["-o", "lowerdir=/a", "/m"]).unwrap().read_only);
+        let c = parse(&["-o", "lowerdir=/a,upperdir=/u,workdir=/w,ro", "/m"]).unwrap();
+        assert!(c.read_only);
+        let c = parse(&["-o", "lowerdir=/a,upperdir=/u,workdir=/w,ro,rw", "/m"]).unwrap();
+        assert!(!c.read_only);
+    }
+
+    #[test]
+    fn flags() {
+        let c = parse(&["-d", "-o", "lowerdir=/a", "/m"]).unwrap();
+        assert!(c.debug && c.foreground);
+        let c = parse(&["-o", "lowerdir=/a,debug", "/m"]).unwrap();
+        assert!(c.debug && c.foreground);
+        let c = parse(&["-s", "-o", "lowerdir=/a", "/m"]).unwrap();
+        assert_eq!(c.threads, 1);
+        let c = parse(&["-o", "lowerdir=/a", "--", "-m"]).unwrap();
+        assert_eq!(c.mountpoint, PathBuf::from("-m"));
+        for help in ["-h", "--help"] {
+            assert!(matches!(
+                parse_args_unchecked([help], false),
+                Ok(Invocation::Help)
+            ));
+        }
+        for version in ["-V", "--version"] {
+            assert!(matches!(
+                parse_args_unchecked([version], false),
+                Ok(Invocation::Version)
+            ));
+        }
+    }
+
+    #[test]
+    fn overlay_options() {
+        let c = parse(&[
+            "-o",
+            "lowerdir=/a,redirect_dir=off,whiteout=file,fsync=0,timeout=2.5,threads=8,fsname=img",
+            "/m",
+        ])
+        .unwrap();
+        assert!(!c.redirect_dir);
+        assert_eq!(c.whiteout, WhiteoutMode::File);
+        assert!(c.volatile);
+        assert_eq!(c.timeout, 2.5);
+        assert_eq!(c.threads, 8);
+        assert_eq!(c.fsname, "img");
+        let c = parse(&["-o", "lowerdir=/a,volatile,whiteout=chardev", "/m"]).unwrap();
+        assert!(c.volatile && c.redirect_dir);
+        assert_eq!(c.whiteout, WhiteoutMode::CharDev);
+        let c = parse(&["-o", "lowerdir=/a,volatile,fsync=1", "/m"]).unwrap();
+        assert!(!c.volatile);
+    }
+
+    #[test]
+    fn id_mappings_and_squash() {
+        let c = parse(&[
+            "-o",
+            "lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1,squash_to_uid=7,squash_to_gid=8,squash_to_root",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.uid_mapping,
+            [
+                IdRange {
+                    from: 0,
+                    to: 1000,
+                    len: 1
+                },
+                IdRange {
+                    from: 1,
+                    to: 100_000,
+                    len: 65536
+                }
+            ]
+        );
+        assert_eq!(
+            c.gid_mapping,
+            [IdRange {
+                from: 0,
+                to: 1000,
+                len: 1
+            }]
+        );
+        assert_eq!((c.squash_to_uid, c.squash_to_gid), (Some(7), Some(8)));
+        assert!(c.squash_to_root);
+        for bad in [
+            "uidmapping=0:1",
+            "uidmapping=a:b:c",
+            "uidmapping=0:0:0",
+            "gidmapping=4294967295:0:2",
+        ] {
+            let e = err(&["-o", &format!("lowerdir=/a,{bad}"), "/m"]);
+            assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
+        }
+    }
+
+    #[test]
+    fn kernel_flags_last_one_wins_with_fuse_overlayfs_defaults() {
+        let c = parse(&["-o", "lowerdir=/a,nodev,dev,nosuid,noexec,dirsync", "/m"]).unwrap();
+        assert_eq!(
+            c.kernel_flags,
+            ["dev", "nosuid", "noexec", "dirsync", "noatime"]
+        );
+        let c = parse(&["-o", "lowerdir=/a,atime", "/m"]).unwrap();
+        assert_eq!(c.kernel_flags, ["atime"]);
+        assert!(!c.allow_other);
+    }
+
+    #[test]
+    fn root_gets_allow_other_and_suid() {
+        let c = parse_as(&["-o", "lowerdir=/a,allow_root", "/m"], true).unwrap();
+        assert!(c.allow_other && c.default_permissions && !c.allow_root);
+        assert!(c.kernel_flags.contains(&"suid".to_string()));
+        let c = parse_as(&["-o", "lowerdir=/a,nosuid", "/m"], true).unwrap();
+        assert!(!c.kernel_flags.contains(&"suid".to_string()));
+        let c = parse_as(&["-o", "lowerdir=/a,allow_root", "/m"], false).unwrap();
+        assert!(c.allow_root && !c.allow_other);
+    }
+
+    #[test]
+    fn podman_options_are_accepted() {
+        let c = parse(&[
+            "-o",
+            r#"lowerdir=/a,upperdir=/u,workdir=/w,noacl,xattr_permissions=2,fast_ino=1,static_nlink,plugins=/p,context="system_u:object_r:container_file_t:s0:c1,c2",index=off,metacopy=on,userxattr,xino=auto,x-gvfs-hide,"#,
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(c.lowers, [PathBuf::from("/a")]);
+    }
+
+    #[test]
+    fn usage_errors_name_the_problem() {
+        assert!(err(&["-o", "lowerdir=/a,bogus", "/m"]).contains("unknown option `bogus`"));
+        assert!(err(&["-o", "lowerdir=/a,bogus=1", "/m"]).contains("unknown option `bogus`"));
+        assert!(err(&["-x", "/m"]).contains("unknown flag `-x`"));
+        assert!(err(&["-o", "lowerdir=/a"]).contains("missing MOUNTPOINT"));
+        assert!(err(&["-o", "lowerdir=/a", "/m", "/n"]).contains("unexpected argument `/n`"));
+        assert!(err(&["/m", "-o"]).contains("-o needs a value"));
+        assert!(err(&["-o", "lowerdir=/a::/b", "/m"]).contains("lowerdir has an empty entry"));
+        assert!(err(&["-o", "lowerdir=", "/m"]).contains("lowerdir"));
+        assert!(err(&["-o", "lowerdir=/a,redirect_dir=maybe", "/m"]).contains("redirect_dir"));
+        assert!(err(&["-o", "lowerdir=/a,whiteout=x", "/m"]).contains("whiteout"));
+        assert!(err(&["-o", "lowerdir=/a,threads=0", "/m"]).contains("threads"));
+        assert!(err(&["-o", "lowerdir=/a,timeout=-1", "/m"]).contains("timeout"));
+        assert!(err(&["-o", "lowerdir=/a,fsync=2", "/m"]).contains("fsync"));
+        assert!(err(&["-o", "lowerdir=/a,upperdir", "/m"]).contains("upperdir needs a value"));
+        assert!(err(&["-o", "lowerdir=/a,ro=1", "/m"]).contains("ro takes no value"));
+    }
+
+    #[test]
+    fn valid_stack_is_canonicalized() {
+        let s = Stack::new();
+        let link = s.p("link");
+        symlink(s.p("l2"), &link).unwrap();
+        let opts = format!(
+            "lowerdir={}:{link},upperdir={},workdir={}",
+            s.p("l1"),
+            s.p("u"),
+            s.p("w")
+        );
+        let c = s.validate(&opts, &s.p("m")).unwrap();
+        let real = |n: &str| fs::canonicalize(s.p(n)).unwrap();
+        assert_eq!(c.lowers, [real("l1"), real("l2")]);
+        assert_eq!(c.upper, Some(real("u")));
+        assert_eq!(c.mountpoint, real("m"));
+    }
+
+    #[test]
+    fn missing_lowerdir() {
+        let s = Stack::new();
+        let e = s.validate_err(
+            &format!("upperdir={},workdir={}", s.p("u"), s.p("w")),
+            &s.p("m"),
+        );
+        assert!(e.starts_with("missing lowerdir"), "{e}");
+    }
+
+    #[test]
+    fn layer_missing_or_not_a_directory() {
+        let s = Stack::new();
+        let e = s.validate_err(
+            &format!("lowerdir={}:{}", s.p("l1"), s.p("nope")),
+            &s.p("m"),
+        );
+        assert!(
+            e.contains("lowerdir") && e.contains("does not exist"),
+            "{e}"
+        );
+        fs::write(s.p("file"), b"").unwrap();
+        let e = s.validate_err(&format!("lowerdir={}", s.p("file")), &s.p("m"));
+        assert!(
+            e.contains("lowerdir") && e.contains("not a directory"),
+            "{e}"
+        );
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            s.p("l1"),
+            s.p("nope"),
+            s.p("w")
+        );
+        let e = s.validate_err(&opts, &s.p("m"));
+        assert!(
+            e.contains("upperdir") && e.contains("does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn upper_and_work_come_together() {
+        let s = Stack::new();
+        let e = s.validate_err(
+            &format!("lowerdir={},upperdir={}", s.p("l1"), s.p("u")),
+            &s.p("m"),
+        );
+        assert!(
+            e.contains("without workdir") && e.contains("workdir=DIR"),
+            "{e}"
+        );
+        let e = s.validate_err(
+            &format!("lowerdir={},workdir={}", s.p("l1"), s.p("w")),
+            &s.p("m"),
+        );
+        assert!(e.contains("without upperdir"), "{e}");
+    }
+
+    #[test]
+    fn workdir_on_another_filesystem() {
+        let s = Stack::new();
+        let other = TempDir::new_in("/dev/shm").unwrap();
+        assert_ne!(dev_of(other.path()).unwrap(), dev_of(s.dir.path()).unwrap());
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            s.p("l1"),
+            s.p("u"),
+            other.path().display()
+        );
+        let e = s.validate_err(&opts, &s.p("m"));
+        assert!(e.contains("not on the same filesystem as upperdir"), "{e}");
+    }
+
+    #[test]
+    fn writable_layers_must_not_overlap_lowers_or_each_other() {
+        let s = Stack::new();
+        fs::create_dir(s.p("l1/u")).unwrap();
+        fs::create_dir(s.p("u/l")).unwrap();
+        fs::create_dir(s.p("u/w")).unwrap();
+        let cases = [
+            (s.p("l1"), s.p("l1/u"), s.p("w"), "upperdir"),
+            (s.p("u/l"), s.p("u"), s.p("w"), "upperdir"),
+            (s.p("l1"), s.p("u"), s.p("l1"), "workdir"),
+            (s.p("l1"), s.p("u"), s.p("u/w"), "overlap"),
+            (s.p("l1"), s.p("u"), s.p("u"), "overlap"),
+        ];
+        for (lower, upper, work, expect) in cases {
+            let opts = format!("lowerdir={lower},upperdir={upper},workdir={work}");
+            let e = s.validate_err(&opts, &s.p("m"));
+            assert!(
+                e.contains(expect) && e.contains("overlap"),
+                "{opts} gave {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn mount_point_must_be_outside_layers() {
+        let s = Stack::new();
+        fs::create_dir(s.p("u/m")).unwrap();
+        fs::create_dir(s.p("l1/m")).unwrap();
+        fs::create_dir(s.p("m/l")).unwrap();
+        let e = s.validate_err(&s.rw(), &s.p("u/m"));
+        assert!(e.contains("is inside upperdir"), "{e}");
+        let e = s.validate_err(&s.rw(), &s.p("l1/m"));
+        assert!(e.contains("is inside lowerdir"), "{e}");
+        let e = s.validate_err(&s.rw(), &s.p("u"));
+        assert!(e.contains("is inside upperdir"), "{e}");
+        let e = s.validate_err(&s.rw(), &s.p("w"));
+        assert!(e.contains("is inside workdir"), "{e}");
+        let opts = format!("lowerdir={}", s.p("m/l"));
+        let e = s.validate_err(&opts, &s.p("m"));
+        assert!(e.contains("is inside mount point"), "{e}");
+        // Mounting over a lower, as kernel overlayfs allows, is fine.
+        s.validate(&s.rw(), &s.p("l1")).unwrap();
+    }
+
+    #[test]
+    fn mount_point_must_exist_and_be_a_directory() {
+        let s = Stack::new();
+        let e = s.validate_err(&s.rw(), &s.p("nope"));
+        assert!(e.contains("does not exist") && e.contains("mkdir"), "{e}");
+        fs::write(s.p("file"), b"").unwrap();
+        let e = s.validate_err(&s.rw(), &s.p("file"));
+        assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn busy_mount_point() {
+        let s = Stack::new();
+        let e = s.validate_err(&s.rw(), "/proc");
+        assert!(
+            e.contains("already a mount point") && e.contains("umount"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mountinfo_parsing_unescapes() {
+        let table =
+            b"36 35 98:0 / /mnt/my\\040dir rw - ext3 /dev/root rw\n22 1 0:5 / / rw - ext4 x rw\n";
+        assert!(mountinfo_has(table, b"/mnt/my dir"));
+        assert!(mountinfo_has(table, b"/"));
+        assert!(!mountinfo_has(table, b"/mnt"));
+    }
+
+    #[test]
+    fn from_options_validates() {
+        let s = Stack::new();
+        let c = Config::from_options(&s.rw(), s.p("m")).unwrap();
+        assert_eq!(c.lowers.len(), 2);
+        assert!(Config::from_options("upperdir=/x", s.p("m")).is_err());
     }
 }

@@ -8,6 +8,8 @@ use std::io;
 pub struct Error {
     errno: i32,
     context: String,
+    /// A message for the user that stands on its own (no errno text appended).
+    usage: bool,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -17,6 +19,7 @@ impl Error {
         Error {
             errno,
             context: context.into(),
+            usage: false,
         }
     }
 
@@ -27,7 +30,10 @@ impl Error {
 
     /// A configuration or usage problem; the message is shown to the user as it is.
     pub fn usage(message: impl Into<String>) -> Error {
-        Error::new(libc::EINVAL, message)
+        Error {
+            usage: true,
+            ..Error::new(libc::EINVAL, message)
+        }
     }
 
     pub fn errno(&self) -> i32 {
@@ -55,7 +61,7 @@ impl fmt::Display for Error {
         let os = io::Error::from_raw_os_error(self.errno);
         if self.context.is_empty() {
             write!(f, "{os}")
-        } else if self.errno == libc::EINVAL && !self.context.contains(':') {
+        } else if self.usage {
             write!(f, "{}", self.context)
         } else {
             write!(f, "{}: {os}", self.context)

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod copy_up;
+pub mod daemon;
 pub mod error;
 pub mod fs;
 pub mod handles;

@@ -12,6 +12,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
+pub mod process;
+
 pub type Stat = libc::stat;
 
 fn cstr(s: &OsStr) -> io::Result<CString> {
@@ -404,16 +406,6 @@ pub fn reopen(fd: BorrowedFd, flags: i32) -> io::Result<OwnedFd> {
     let r = check(unsafe { libc::open(p.as_ptr(), (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW, 0) })?;
     // SAFETY: the kernel just returned this fd to us.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
-}
-
-pub fn set_umask(mask: u32) -> u32 {
-    // SAFETY: umask cannot fail.
-    unsafe { libc::umask(mask) }
-}
-
-pub fn geteuid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
 }
 
 pub fn makedev(major: u32, minor: u32) -> u64 {
