@@ -119,8 +119,9 @@ pub fn extract(r: impl Read, out: &Path, what: &str, tick: &dyn Fn()) -> Result<
         }
         let h = entry.header().clone();
         let mode = h.mode().ctx(|| format!("tar entry {shown}: bad mode"))? & 0o7777;
-        let uid = h.uid().ctx(|| format!("tar entry {shown}: bad uid"))? as u32;
-        let gid = h.gid().ctx(|| format!("tar entry {shown}: bad gid"))? as u32;
+        // Some writers leave uid/gid blank; GNU tar reads that as 0, and so do we.
+        let uid = h.uid().unwrap_or(0) as u32;
+        let gid = h.gid().unwrap_or(0) as u32;
         let mtime = h.mtime().ctx(|| format!("tar entry {shown}: bad mtime"))?;
         let ty = h.entry_type();
         // A later entry of the same name replaces an earlier one, except dir over dir.
