@@ -214,18 +214,14 @@ pub fn commit(
     let lowers = lower_view(store, &c.image_config)?;
     let _lock = store.lock()?;
     if let Some(mp) = &c.mountpoint {
-        match fs::metadata(mp) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                return Err(err!(
-                    "container {name} has a stale mount at {} (daemon gone): run `layerctl umount {name}`, then commit again",
-                    mp.display()
-                ))
-            }
-            _ => {
-                if mount::mount_fstype(mp)?.is_some() {
-                    mount::flush(mp)?;
-                }
-            }
+        if mount::is_stale(mp) {
+            return Err(err!(
+                "container {name} has a stale mount at {} (daemon gone): run `layerctl umount {name}`, then commit again",
+                mp.display()
+            ));
+        }
+        if mount::mount_fstype(mp)?.is_some() {
+            mount::flush(mp)?;
         }
     }
     let tmp = store.tmp_dir()?;

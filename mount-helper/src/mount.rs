@@ -179,8 +179,26 @@ pub fn mount_fstype(target: &Path) -> Result<Option<String>> {
     Ok(found)
 }
 
+/// True when `p` is a FUSE mount whose daemon is gone ("transport endpoint is not
+/// connected"). stat may still answer from the kernel's cache, so opening is tried too.
+pub fn is_stale(p: &Path) -> bool {
+    let enotconn = |e: &io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
+    match fs::metadata(p) {
+        Err(e) => enotconn(&e),
+        Ok(m) if m.is_dir() => fs::read_dir(p).err().is_some_and(|e| enotconn(&e)),
+        Ok(_) => fs::File::open(p).err().is_some_and(|e| enotconn(&e)),
+    }
+}
+
 /// Checks that `target` is an empty directory we can mount on; names the fix otherwise.
 pub fn check_target(target: &Path) -> Result<PathBuf> {
+    if is_stale(target) {
+        return Err(err!(
+            "{} is a stale mount left by a killed daemon (transport endpoint is not connected): run `fusermount3 -u {}` or `layerctl umount` on its container",
+            target.display(),
+            target.display()
+        ));
+    }
     match fs::metadata(target) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             return Err(err!(

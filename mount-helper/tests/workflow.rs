@@ -13,8 +13,17 @@ use std::time::Duration;
 use common::*;
 
 fn sh(cwd: &Path, script: &str) {
-    let o = Command::new("sh").arg("-ec").arg(script).current_dir(cwd).output().unwrap();
-    assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// The change every test applies, through a mount or to a plain directory. Times of
@@ -64,7 +73,10 @@ fn expected_changes() -> BTreeSet<String> {
 
 fn layer_names(tar_path: &Path) -> Vec<String> {
     let mut ar = tar::Archive::new(fs::File::open(tar_path).unwrap());
-    ar.entries().unwrap().map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned()).collect()
+    ar.entries()
+        .unwrap()
+        .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+        .collect()
 }
 
 #[test]
@@ -76,7 +88,10 @@ fn import_mount_change_commit_remount() {
 
     // The expected result: the same change on a plain copy.
     let expected = env.path("expected");
-    sh(env.dir.path(), &format!("cp -a {} {}", rootfs.display(), expected.display()));
+    sh(
+        env.dir.path(),
+        &format!("cp -a {} {}", rootfs.display(), expected.display()),
+    );
     sh(&expected, CHANGE);
 
     let m1 = env.path("m1");
@@ -84,17 +99,37 @@ fn import_mount_change_commit_remount() {
     let _guard = MountGuard(vec![m1.clone(), env.path("m2"), env.path("m3")]);
     let name = env.ok(&["mount", "base", m1.to_str().unwrap(), "--name", "c1"]);
     assert_eq!(name, "c1");
-    assert_eq!(snapshot(&m1), snapshot(&rootfs), "fresh mount shows the image");
+    assert_eq!(
+        snapshot(&m1),
+        snapshot(&rootfs),
+        "fresh mount shows the image"
+    );
     sh(&m1, CHANGE);
 
     // Mounted-state faults.
-    env.fails(&["mount", "base", m1.to_str().unwrap()], "already a mount point");
-    env.fails(&["mount", "base", env.path("m2").to_str().unwrap(), "--name", "c1"], "");
+    env.fails(
+        &["mount", "base", m1.to_str().unwrap()],
+        "already a mount point",
+    );
+    env.fails(
+        &[
+            "mount",
+            "base",
+            env.path("m2").to_str().unwrap(),
+            "--name",
+            "c1",
+        ],
+        "",
+    );
     let ps = env.json(&["ps", "-s", "--json"]);
     assert_eq!(ps[0]["state"], "mounted");
     assert!(ps[0]["size_rw"].as_u64().unwrap() > 0);
 
-    let diff: BTreeSet<String> = env.ok(&["diff", "c1"]).lines().map(str::to_string).collect();
+    let diff: BTreeSet<String> = env
+        .ok(&["diff", "c1"])
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(diff, expected_changes());
 
     // Commit while mounted.
@@ -118,11 +153,18 @@ fn import_mount_change_commit_remount() {
     assert_eq!(diff_ids.len(), 2);
     assert_eq!(cfg["config"]["Cmd"][0], "/bin/sh");
     assert_eq!(cfg["config"]["WorkingDir"], "/etc");
-    assert!(cfg["config"]["Env"].as_array().unwrap().iter().any(|e| e == "FOO=bar"));
+    assert!(cfg["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "FOO=bar"));
     assert_eq!(cfg["history"][1]["created_by"], "test script");
     assert_eq!(cfg["history"][1]["comment"], "the change");
     let hist = env.ok(&["history", "img:2"]);
-    assert!(hist.lines().nth(1).unwrap().contains("test script"), "{hist}");
+    assert!(
+        hist.lines().nth(1).unwrap().contains("test script"),
+        "{hist}"
+    );
 
     // diff_id == sha256 of the layer tar, with OCI whiteouts and the renamed dir expanded.
     let new_layer = diff_ids[1].as_str().unwrap().to_string();
@@ -140,15 +182,27 @@ fn import_mount_change_commit_remount() {
         "etc/new",
         "etc/new.hard",
     ] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
-    assert!(!names.iter().any(|n| n.starts_with("var/lib/app/data")), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("var/lib/app/data")),
+        "{names:?}"
+    );
 
     // Committing the same upper again gives the same layer, stored once.
     let layers_before = env.json(&["layers", "--json"]).as_array().unwrap().len();
     let id2 = env.ok(&["commit", "c1", "img:again"]);
-    assert_eq!(env.json(&["inspect", &id2])["image"]["config"]["rootfs"]["diff_ids"][1], new_layer.as_str());
-    assert_eq!(env.json(&["layers", "--json"]).as_array().unwrap().len(), layers_before);
+    assert_eq!(
+        env.json(&["inspect", &id2])["image"]["config"]["rootfs"]["diff_ids"][1],
+        new_layer.as_str()
+    );
+    assert_eq!(
+        env.json(&["layers", "--json"]).as_array().unwrap().len(),
+        layers_before
+    );
 
     env.ok(&["umount", "c1"]);
     assert_eq!(env.json(&["ps", "--json"])[0]["state"], "unmounted");
@@ -156,7 +210,14 @@ fn import_mount_change_commit_remount() {
     // The committed image mounts to the expected tree.
     let m2 = env.path("m2");
     fs::create_dir(&m2).unwrap();
-    env.ok(&["mount", "img:2", m2.to_str().unwrap(), "--name", "check", "--read-only"]);
+    env.ok(&[
+        "mount",
+        "img:2",
+        m2.to_str().unwrap(),
+        "--name",
+        "check",
+        "--read-only",
+    ]);
     assert_eq!(snapshot(&m2), snapshot(&expected));
     assert_eq!(link_groups(&m2), link_groups(&expected));
     env.ok(&["umount", m2.to_str().unwrap()]);
@@ -168,8 +229,14 @@ fn import_mount_change_commit_remount() {
     sh(&m3, CHANGE);
     env.ok(&["umount", "c2"]);
     let id3 = env.ok(&["commit", "c2", "img:3"]);
-    assert_eq!(env.json(&["inspect", &id3])["image"]["config"]["rootfs"]["diff_ids"][1], new_layer.as_str());
-    assert_eq!(env.json(&["layers", "--json"]).as_array().unwrap().len(), layers_before);
+    assert_eq!(
+        env.json(&["inspect", &id3])["image"]["config"]["rootfs"]["diff_ids"][1],
+        new_layer.as_str()
+    );
+    assert_eq!(
+        env.json(&["layers", "--json"]).as_array().unwrap().len(),
+        layers_before
+    );
 
     // rmi refuses while a container uses the image; gc keeps what is referenced.
     env.fails(&["rmi", "base"], "used by container");
@@ -191,10 +258,17 @@ fn daemon_pids(target: &Path) -> Vec<i32> {
     let want = target.to_str().unwrap();
     let mut out = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.split('\0').any(|a| a == want) && !cmd.contains("layerctl") && pid != std::process::id() as i32 {
+        if cmd.split('\0').any(|a| a == want)
+            && !cmd.split('\0').next().unwrap_or("").ends_with("layerctl")
+            && pid != std::process::id() as i32
+        {
             out.push(pid);
         }
     }
@@ -218,9 +292,16 @@ fn stale_mount_and_kill_during_commit() {
 
     // Kill the daemon: the mount goes stale.
     let pids = daemon_pids(&m);
-    assert!(!pids.is_empty(), "no daemon process found for {}", m.display());
+    assert!(
+        !pids.is_empty(),
+        "no daemon process found for {}",
+        m.display()
+    );
     for p in pids {
-        Command::new("kill").args(["-9", &p.to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status()
+            .unwrap();
     }
     std::thread::sleep(Duration::from_millis(200));
     let before = store_state(&env.root);
@@ -241,7 +322,11 @@ fn stale_mount_and_kill_during_commit() {
         let _ = child.kill();
         let _ = child.wait();
         let o = env.run(&["fsck"]);
-        assert!(o.status.success(), "after kill at {delay}ms: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "after kill at {delay}ms: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     env.ok(&["commit", "s", "k:final"]);
     assert!(env.ok(&["fsck"]).contains("store is clean"));
