@@ -293,7 +293,8 @@ fn list_lower_tree(
     for (n, layer) in lowers.list(&from.join(sub)).ctx(|| show(&from.join(sub)))? {
         let rel = sub.join(&n);
         out.push(rel.clone().into_os_string());
-        if lowers.layer_path(layer).join(from).join(&rel).is_dir() {
+        let p = lowers.layer_path(layer).join(from).join(&rel);
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
             list_lower_tree(lowers, from, &rel, out)?;
         }
     }

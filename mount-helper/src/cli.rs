@@ -50,7 +50,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Create a container from IMAGE and mount it on TARGET (prints the container name)
+    /// Create a container from IMAGE (or take an existing unmounted container) and mount it on TARGET; prints the container name
     Mount {
         image: String,
         target: PathBuf,

@@ -38,7 +38,39 @@ fn default_name(store: &Store, image_ref: &str) -> Result<String> {
         .ok_or_else(|| err!("no free container name"))
 }
 
-/// `layerctl mount IMAGE TARGET [--name] [--read-only]`. Returns the container name.
+/// Mounts an existing (unmounted) container again, with its changes.
+fn remount(store: &Store, mut rec: ContainerRecord, target: &Path) -> Result<String> {
+    if let Some(mp) = &rec.mountpoint {
+        if mount::mount_fstype(mp)?.is_some() {
+            return Err(err!(
+                "container {} is already mounted at {}: use that mount or run `layerctl umount {}` first",
+                rec.name,
+                mp.display(),
+                rec.name
+            ));
+        }
+    }
+    let prog = mount::program()?;
+    let target = mount::check_target(target)?;
+    let lowers = lower_dirs(store, &rec.image_config)?;
+    let dir = store.container_dir(&rec.name);
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    let rw = if rec.read_only {
+        None
+    } else {
+        Some((upper.as_path(), work.as_path()))
+    };
+    mount::mount(&prog, &lowers, rw, &target)?;
+    rec.mountpoint = Some(target.clone());
+    if let Err(e) = store.write_container(&rec) {
+        let _ = mount::umount(&target);
+        return Err(e);
+    }
+    Ok(rec.name)
+}
+
+/// `layerctl mount IMAGE|CONTAINER TARGET [--name] [--read-only]`: a new container from
+/// an image, or an existing container mounted again. Returns the container name.
 pub fn mount(
     store: &Store,
     image_ref: &str,
@@ -46,6 +78,11 @@ pub fn mount(
     name: Option<&str>,
     read_only: bool,
 ) -> Result<String> {
+    if valid_container_name(image_ref).is_ok() && store.container_dir(image_ref).exists() {
+        let _lock = store.lock()?;
+        let rec = store.read_container(image_ref)?;
+        return remount(store, rec, target);
+    }
     let prog = mount::program()?;
     let target = mount::check_target(target)?;
     let _lock = store.lock()?;

@@ -207,6 +207,14 @@ fn import_mount_change_commit_remount() {
     env.ok(&["umount", "c1"]);
     assert_eq!(env.json(&["ps", "--json"])[0]["state"], "unmounted");
 
+    // An existing container mounts again with its changes; twice is refused.
+    env.ok(&["mount", "c1", m1.to_str().unwrap()]);
+    assert_eq!(fs::read_to_string(m1.join("etc/new")).unwrap(), "new\n");
+    let m4 = env.path("m4");
+    fs::create_dir(&m4).unwrap();
+    env.fails(&["mount", "c1", m4.to_str().unwrap()], "already mounted");
+    env.ok(&["umount", m1.to_str().unwrap()]);
+
     // The committed image mounts to the expected tree.
     let m2 = env.path("m2");
     fs::create_dir(&m2).unwrap();
