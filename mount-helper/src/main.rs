@@ -1,6 +1,5 @@
-//! layerctl: the image helper. Filled in by the layerctl issue.
+//! layerctl: the image helper. Argument parsing and dispatch live in `cli`.
 
 fn main() {
-    eprintln!("layerctl: not implemented yet");
-    std::process::exit(1);
+    std::process::exit(layerctl::cli::main());
 }

@@ -1,0 +1,447 @@
+//! Command line: parsing, dispatch and output formatting. The work happens in the modules
+//! named after each job (images, container, store, ...).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::container::{self, CommitOptions};
+use crate::err;
+use crate::error::{Context, Result};
+use crate::images::{self, human};
+use crate::store::{self, Store};
+use crate::tarfile;
+
+#[derive(Parser)]
+#[command(
+    name = "layerctl",
+    version,
+    about = "Layer store and image helper for the layerfs union filesystem"
+)]
+struct Cli {
+    /// Store directory [default: $LAYERFS_ROOT, else /var/lib/layerfs as root, else $XDG_DATA_HOME/layerfs]
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Import a rootfs directory or tar(.gz) as a one-layer image
+    Import { source: PathBuf, image: String },
+    /// List images
+    Images {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List layers with their size and how many images use them
+    Layers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an image's or a container's record as JSON
+    Inspect { what: String },
+    /// Show the history of an image, newest first
+    History {
+        image: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a container from IMAGE (or take an existing unmounted container) and mount it on TARGET; prints the container name
+    Mount {
+        image: String,
+        target: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Unmount a container (by name or mount point); its changes are kept
+    Umount { what: String },
+    /// List containers
+    Ps {
+        /// Show the size of the writable layer and the virtual size
+        #[arg(short, long)]
+        size: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a container and its changes
+    Rm {
+        name: String,
+        /// Unmount it first if mounted
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List a container's changes (A added, C changed, D deleted)
+    Diff {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit a container's changes as a new layer and image
+    Commit {
+        name: String,
+        image: String,
+        /// Comment stored in the history entry
+        #[arg(short, long)]
+        message: Option<String>,
+        /// created_by of the history entry
+        #[arg(long)]
+        created_by: Option<String>,
+        /// Config change: 'CMD ...', 'ENTRYPOINT ...', 'ENV K=V', 'WORKDIR /p', 'USER u'
+        #[arg(short, long)]
+        change: Vec<String>,
+    },
+    /// Remove an image name (and the image once unnamed)
+    Rmi {
+        image: String,
+        /// Remove even while containers use it
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Remove images and layers nothing references
+    Gc,
+    /// Re-hash every layer and check every reference (exit 1 on damage)
+    Fsck,
+    /// Write a layer's canonical changeset tar (its sha256 is the diff_id)
+    #[command(hide = true)]
+    LayerTar {
+        diff_id: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("layerctl: {e}");
+            1
+        }
+    }
+}
+
+fn out(s: impl AsRef<str>) {
+    let mut o = std::io::stdout().lock();
+    // A closed pipe (`layerctl images | head`) is not an error worth reporting.
+    let _ = writeln!(o, "{}", s.as_ref());
+}
+
+fn short(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
+/// Prints rows as aligned columns.
+fn table(head: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let n = cells.len();
+        cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == n {
+                    c
+                } else {
+                    format!("{c:<width$}", width = w[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("   ")
+    };
+    out(line(head.iter().map(|s| s.to_string()).collect()));
+    for r in rows {
+        out(line(r));
+    }
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    out(serde_json::to_string_pretty(v).map_err(|e| err!("encoding JSON: {e}"))?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let store = Store::open(cli.root.unwrap_or_else(store::default_root))?;
+    match cli.cmd {
+        Cmd::Import { source, image } => {
+            let (r, id, diff_id) = images::import(&store, &source, &image)?;
+            eprintln!(
+                "imported {} as {r} (layer {})",
+                source.display(),
+                short(&diff_id)
+            );
+            out(id);
+        }
+        Cmd::Images { json } => {
+            let refs = store.refs()?;
+            let mut rows = Vec::new();
+            let mut js = Vec::new();
+            for (r, id) in &refs {
+                let (name, tag) = store::parse_ref(r)?;
+                let cfg = store.read_image(id)?;
+                let size: u64 = cfg
+                    .rootfs
+                    .diff_ids
+                    .iter()
+                    .map(|d| store.layer_record(d).map(|l| l.size).unwrap_or(0))
+                    .sum();
+                let created = cfg.created.clone().unwrap_or_default();
+                js.push(json!({"name": name, "tag": tag, "id": id, "created": created, "size": size, "layers": cfg.rootfs.diff_ids.len()}));
+                rows.push(vec![name, tag, short(id).to_string(), created, human(size)]);
+            }
+            if json {
+                print_json(&json!(js))?;
+            } else {
+                table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows);
+            }
+        }
+        Cmd::Layers { json } => {
+            let mut uses = std::collections::BTreeMap::<String, usize>::new();
+            for id in store.image_ids()? {
+                for d in store.read_image(&id)?.rootfs.diff_ids {
+                    *uses.entry(d).or_default() += 1;
+                }
+            }
+            let mut rows = Vec::new();
+            let mut js = Vec::new();
+            for l in store.layer_ids()? {
+                let size = store.layer_record(&l)?.size;
+                let n = uses.get(&l).copied().unwrap_or(0);
+                js.push(json!({"diff_id": l, "size": size, "images": n}));
+                rows.push(vec![l.clone(), human(size), n.to_string()]);
+            }
+            if json {
+                print_json(&json!(js))?;
+            } else {
+                table(&["DIFF ID", "SIZE", "IMAGES"], rows);
+            }
+        }
+        Cmd::Inspect { what } => {
+            if let Ok(c) = container::find(&store, &what) {
+                let mut v = serde_json::to_value(&c).map_err(|e| err!("encoding JSON: {e}"))?;
+                v["state"] = json!(container::state(&c));
+                v["upper_dir"] = json!(container::upper_dir(&store, &c.name));
+                print_json(&json!({"container": v}))?;
+            } else {
+                let id = store.resolve_image(&what).map_err(|_| err!("no such image or container: {what} (see `layerctl images` and `layerctl ps`)"))?;
+                let cfg = store.read_image(&id)?;
+                let names: Vec<String> = store
+                    .refs()?
+                    .into_iter()
+                    .filter(|(_, v)| *v == id)
+                    .map(|(k, _)| k)
+                    .collect();
+                print_json(&json!({"image": {"id": id, "names": names, "config": cfg}}))?;
+            }
+        }
+        Cmd::History { image, json } => {
+            let id = store.resolve_image(&image)?;
+            let cfg = store.read_image(&id)?;
+            let mut rows = Vec::new();
+            let mut js = Vec::new();
+            for (h, layer) in cfg.layered_history().into_iter().rev() {
+                let size = layer
+                    .as_ref()
+                    .map(|d| store.layer_record(d).map(|r| r.size).unwrap_or(0))
+                    .unwrap_or(0);
+                js.push(json!({"layer": layer, "created": h.created, "created_by": h.created_by, "comment": h.comment, "empty_layer": h.empty_layer, "size": size}));
+                rows.push(vec![
+                    layer
+                        .as_deref()
+                        .map(|l| short(l).to_string())
+                        .unwrap_or_else(|| "<empty>".to_string()),
+                    h.created.unwrap_or_default(),
+                    h.created_by.unwrap_or_default(),
+                    human(size),
+                    h.comment.unwrap_or_default(),
+                ]);
+            }
+            if json {
+                print_json(&json!(js))?;
+            } else {
+                table(&["LAYER", "CREATED", "CREATED BY", "SIZE", "COMMENT"], rows);
+            }
+        }
+        Cmd::Mount {
+            image,
+            target,
+            name,
+            read_only,
+        } => {
+            let n = container::mount(&store, &image, &target, name.as_deref(), read_only)?;
+            out(n);
+        }
+        Cmd::Umount { what } => {
+            out(container::umount(&store, &what)?);
+        }
+        Cmd::Ps { size, json } => {
+            let mut rows = Vec::new();
+            let mut js = Vec::new();
+            for n in store.container_names()? {
+                let c = match store.read_container(&n) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("layerctl: {e}");
+                        continue;
+                    }
+                };
+                let st = container::state(&c);
+                let mp = c
+                    .mountpoint
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let mut row = vec![
+                    c.name.clone(),
+                    c.image_ref.clone(),
+                    short(&c.image_id).to_string(),
+                    c.created.clone(),
+                    st.clone(),
+                    mp.clone(),
+                ];
+                let mut j = json!({"name": c.name, "image": c.image_ref, "image_id": c.image_id, "created": c.created, "state": st, "mountpoint": c.mountpoint});
+                if size {
+                    let rw = container::tree_size(&container::upper_dir(&store, &c.name));
+                    let base: u64 = c
+                        .image_config
+                        .rootfs
+                        .diff_ids
+                        .iter()
+                        .map(|d| store.layer_record(d).map(|r| r.size).unwrap_or(0))
+                        .sum();
+                    row.push(format!("{} (virtual {})", human(rw), human(rw + base)));
+                    j["size_rw"] = json!(rw);
+                    j["size_virtual"] = json!(rw + base);
+                }
+                rows.push(row);
+                js.push(j);
+            }
+            if json {
+                print_json(&json!(js))?;
+            } else if size {
+                table(
+                    &[
+                        "NAME",
+                        "IMAGE",
+                        "IMAGE ID",
+                        "CREATED",
+                        "STATE",
+                        "MOUNTPOINT",
+                        "SIZE",
+                    ],
+                    rows,
+                );
+            } else {
+                table(
+                    &[
+                        "NAME",
+                        "IMAGE",
+                        "IMAGE ID",
+                        "CREATED",
+                        "STATE",
+                        "MOUNTPOINT",
+                    ],
+                    rows,
+                );
+            }
+        }
+        Cmd::Rm { name, force } => {
+            container::rm(&store, &name, force)?;
+            out(name);
+        }
+        Cmd::Diff { name, json } => {
+            let changes = container::diff(&store, &name)?;
+            if json {
+                let v: Vec<_> = changes
+                    .iter()
+                    .map(|c| json!({"kind": c.kind.to_string(), "path": c.path}))
+                    .collect();
+                print_json(&json!(v))?;
+            } else {
+                for c in changes {
+                    out(format!("{} {}", c.kind, c.path));
+                }
+            }
+        }
+        Cmd::Commit {
+            name,
+            image,
+            message,
+            created_by,
+            change,
+        } => {
+            let opts = CommitOptions {
+                message: message.as_deref(),
+                created_by: created_by.as_deref(),
+                changes: &change,
+            };
+            let (r, id, diff_id, fresh) = container::commit(&store, &name, &image, &opts)?;
+            eprintln!(
+                "committed {name} as {r} (layer {}{})",
+                short(&diff_id),
+                if fresh { "" } else { ", already stored" }
+            );
+            out(id);
+        }
+        Cmd::Rmi { image, force } => {
+            for l in images::rmi(&store, &image, force)? {
+                out(l);
+            }
+        }
+        Cmd::Gc => {
+            for l in images::gc(&store)? {
+                out(l);
+            }
+        }
+        Cmd::Fsck => {
+            let (bad, notes) = images::fsck(&store)?;
+            for n in notes {
+                out(n);
+            }
+            for b in &bad {
+                eprintln!("layerctl: fsck: {b}");
+            }
+            if !bad.is_empty() {
+                return Ok(1);
+            }
+            out("store is clean");
+        }
+        Cmd::LayerTar { diff_id, output } => {
+            store::hex_of(&diff_id)?;
+            if !store.has_layer(&diff_id) {
+                return Err(err!("no such layer: {diff_id} (see `layerctl layers`)"));
+            }
+            let dir = store.layer_dir(&diff_id)?;
+            match output {
+                Some(p) => {
+                    let f =
+                        std::fs::File::create(&p).ctx(|| format!("creating {}", p.display()))?;
+                    tarfile::write_tar(&dir, std::io::BufWriter::new(f), &|| {})?;
+                }
+                None => {
+                    tarfile::write_tar(&dir, std::io::stdout().lock(), &|| {})?;
+                }
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,292 @@
+//! Containers: an image's layer chain plus a private upper (and work) directory, mounted
+//! by the mount program; diff and commit of that upper directory.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::changeset::{self, Change};
+use crate::err;
+use crate::error::{Context, Result};
+use crate::image::{apply_change, now_rfc3339, History};
+use crate::images::{self, lower_dirs, lower_view};
+use crate::mount;
+use crate::progress;
+use crate::store::{parse_ref, valid_container_name, ContainerRecord, Store};
+
+pub fn upper_dir(store: &Store, name: &str) -> PathBuf {
+    store.container_dir(name).join("upper")
+}
+
+fn default_name(store: &Store, image_ref: &str) -> Result<String> {
+    let base = parse_ref(image_ref)
+        .map(|(n, _)| n.rsplit('/').next().unwrap_or("c").to_string())
+        .unwrap_or_else(|_| "c".to_string());
+    let base: String = base
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_.-".contains(*c))
+        .collect();
+    let base = if base.is_empty() {
+        "c".to_string()
+    } else {
+        base
+    };
+    let taken = store.container_names()?;
+    (1..)
+        .map(|i| format!("{base}-{i}"))
+        .find(|n| !taken.contains(n))
+        .ok_or_else(|| err!("no free container name"))
+}
+
+/// Mounts an existing (unmounted) container again, with its changes.
+fn remount(store: &Store, mut rec: ContainerRecord, target: &Path) -> Result<String> {
+    if let Some(mp) = &rec.mountpoint {
+        if mount::mount_fstype(mp)?.is_some() {
+            return Err(err!(
+                "container {} is already mounted at {}: use that mount or run `layerctl umount {}` first",
+                rec.name,
+                mp.display(),
+                rec.name
+            ));
+        }
+    }
+    let prog = mount::program()?;
+    let target = mount::check_target(target)?;
+    let lowers = lower_dirs(store, &rec.image_config)?;
+    let dir = store.container_dir(&rec.name);
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    let rw = if rec.read_only {
+        None
+    } else {
+        Some((upper.as_path(), work.as_path()))
+    };
+    mount::mount(&prog, &lowers, rw, &target)?;
+    rec.mountpoint = Some(target.clone());
+    if let Err(e) = store.write_container(&rec) {
+        let _ = mount::umount(&target);
+        return Err(e);
+    }
+    Ok(rec.name)
+}
+
+/// `layerctl mount IMAGE|CONTAINER TARGET [--name] [--read-only]`: a new container from
+/// an image, or an existing container mounted again. Returns the container name.
+pub fn mount(
+    store: &Store,
+    image_ref: &str,
+    target: &Path,
+    name: Option<&str>,
+    read_only: bool,
+) -> Result<String> {
+    if valid_container_name(image_ref).is_ok() && store.container_dir(image_ref).exists() {
+        let _lock = store.lock()?;
+        let rec = store.read_container(image_ref)?;
+        return remount(store, rec, target);
+    }
+    let prog = mount::program()?;
+    let target = mount::check_target(target)?;
+    let _lock = store.lock()?;
+    let image_id = store.resolve_image(image_ref)?;
+    let cfg = store.read_image(&image_id)?;
+    let lowers = lower_dirs(store, &cfg)?;
+    let name = match name {
+        Some(n) => {
+            valid_container_name(n)?;
+            n.to_string()
+        }
+        None => default_name(store, image_ref)?,
+    };
+    let mut rec = ContainerRecord {
+        name: name.clone(),
+        image_id,
+        image_ref: image_ref.to_string(),
+        image_config: cfg,
+        created: now_rfc3339(),
+        read_only,
+        mountpoint: None,
+    };
+    store.create_container(&rec)?;
+    let dir = store.container_dir(&name);
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    let rw = if read_only {
+        None
+    } else {
+        Some((upper.as_path(), work.as_path()))
+    };
+    if let Err(e) = mount::mount(&prog, &lowers, rw, &target) {
+        // Nothing changed: the container we just made goes away again.
+        let _ = store.remove_container(&name);
+        return Err(e);
+    }
+    rec.mountpoint = Some(target.clone());
+    if let Err(e) = store.write_container(&rec) {
+        let _ = mount::umount(&target);
+        let _ = store.remove_container(&name);
+        return Err(e);
+    }
+    Ok(name)
+}
+
+/// Finds a container by name or by its mount point.
+pub fn find(store: &Store, what: &str) -> Result<ContainerRecord> {
+    if valid_container_name(what).is_ok() && store.container_dir(what).exists() {
+        return store.read_container(what);
+    }
+    let p = fs::canonicalize(what).unwrap_or_else(|_| PathBuf::from(what));
+    for n in store.container_names()? {
+        if let Ok(c) = store.read_container(&n) {
+            if c.mountpoint.as_deref() == Some(p.as_path())
+                || c.mountpoint.as_deref() == Some(Path::new(what))
+            {
+                return Ok(c);
+            }
+        }
+    }
+    Err(err!(
+        "no such container or mount point: {what} (see `layerctl ps`)"
+    ))
+}
+
+/// `layerctl umount NAME|TARGET`.
+pub fn umount(store: &Store, what: &str) -> Result<String> {
+    let _lock = store.lock()?;
+    let mut c = find(store, what)?;
+    let Some(mp) = c.mountpoint.clone() else {
+        return Err(err!("container {} is not mounted", c.name));
+    };
+    mount::umount(&mp)?;
+    c.mountpoint = None;
+    store.write_container(&c)?;
+    Ok(c.name)
+}
+
+/// `layerctl rm NAME [--force]`.
+pub fn rm(store: &Store, name: &str, force: bool) -> Result<()> {
+    let _lock = store.lock()?;
+    let dir = store.container_dir(name);
+    if valid_container_name(name).is_err() || !dir.exists() {
+        return Err(err!("no such container: {name} (see `layerctl ps`)"));
+    }
+    match store.read_container(name) {
+        Ok(c) => {
+            if let Some(mp) = &c.mountpoint {
+                if mount::mount_fstype(mp)?.is_some() {
+                    if !force {
+                        return Err(err!(
+                            "container {name} is mounted at {}: run `layerctl umount {name}` first or use --force",
+                            mp.display()
+                        ));
+                    }
+                    mount::umount(mp)?;
+                }
+            }
+        }
+        Err(e) if !force => return Err(err!("{e}")),
+        Err(_) => {}
+    }
+    store.remove_container(name)
+}
+
+/// Apparent size of everything below `p` (regular files and symlinks, hard links once).
+pub fn tree_size(p: &Path) -> u64 {
+    fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        let Ok(m) = fs::symlink_metadata(p) else {
+            return 0;
+        };
+        if m.is_dir() {
+            let Ok(rd) = fs::read_dir(p) else { return 0 };
+            return rd.flatten().map(|e| walk(&e.path(), seen)).sum();
+        }
+        if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
+            return 0;
+        }
+        m.len()
+    }
+    walk(p, &mut Default::default())
+}
+
+/// State of a container's mount for `ps`.
+pub fn state(c: &ContainerRecord) -> String {
+    match &c.mountpoint {
+        None => "unmounted".to_string(),
+        Some(mp) => match fs::metadata(mp) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                "stale (run `layerctl umount`)".to_string()
+            }
+            _ => match mount::mount_fstype(mp) {
+                Ok(Some(_)) => "mounted".to_string(),
+                _ => "not mounted (record stale)".to_string(),
+            },
+        },
+    }
+}
+
+/// `layerctl diff NAME`.
+pub fn diff(store: &Store, name: &str) -> Result<Vec<Change>> {
+    let c = store.read_container(name)?;
+    let lowers = lower_view(store, &c.image_config)?;
+    changeset::diff(&upper_dir(store, name), &lowers)
+}
+
+pub struct CommitOptions<'a> {
+    pub message: Option<&'a str>,
+    pub created_by: Option<&'a str>,
+    pub changes: &'a [String],
+}
+
+/// `layerctl commit NAME NEWIMAGE[:TAG]`. Returns (ref, image id, diff_id, new layer?).
+pub fn commit(
+    store: &Store,
+    name: &str,
+    new_ref: &str,
+    opts: &CommitOptions,
+) -> Result<(String, String, String, bool)> {
+    parse_ref(new_ref)?;
+    let c = store.read_container(name)?;
+    let mut cfg = c.image_config.clone();
+    // Apply --change first: a bad instruction must fail before any work.
+    for ch in opts.changes {
+        apply_change(&mut cfg.config, ch)?;
+    }
+    let lowers = lower_view(store, &c.image_config)?;
+    let _lock = store.lock()?;
+    if let Some(mp) = &c.mountpoint {
+        if mount::is_stale(mp) {
+            return Err(err!(
+                "container {name} has a stale mount at {} (daemon gone): run `layerctl umount {name}`, then commit again",
+                mp.display()
+            ));
+        }
+        if mount::mount_fstype(mp)?.is_some() {
+            mount::flush(mp)?;
+        }
+    }
+    let tmp = store.tmp_dir()?;
+    let out = tmp.join("diff");
+    fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
+    let pb = progress::spinner("collecting changes");
+    let tick = || pb.inc(1);
+    let res = changeset::Builder::new(&lowers, &tick).build(&upper_dir(store, name), &out);
+    pb.finish_and_clear();
+    if let Err(e) = res {
+        let _ = crate::copytree::remove_any(&tmp);
+        return Err(e);
+    }
+    let (diff_id, _, fresh) = images::store_layer(store, &tmp, "hashing")?;
+    let now = now_rfc3339();
+    cfg.created = Some(now.clone());
+    cfg.rootfs.diff_ids.push(diff_id.clone());
+    cfg.history.push(History {
+        created: Some(now),
+        created_by: Some(
+            opts.created_by
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("layerctl commit {name}")),
+        ),
+        comment: opts.message.map(str::to_string),
+        ..History::default()
+    });
+    let id = store.write_image(&cfg)?;
+    let full = images::tag(store, new_ref, &id)?;
+    Ok((full, id, diff_id, fresh))
+}

@@ -1,0 +1,306 @@
+//! Image-level operations: import a rootfs, remove images, garbage-collect, check.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+use crate::changeset;
+use crate::copytree::Copier;
+use crate::err;
+use crate::error::{Context, Result};
+use crate::extract;
+use crate::image::{now_rfc3339, ImageConfig};
+use crate::lowerview::LowerView;
+use crate::progress;
+use crate::store::{hex_of, parse_ref, Store};
+use crate::tarfile;
+
+/// Hashes the finished layer in `tmp/diff` and moves it into the store.
+/// Returns (diff_id, size, newly stored).
+pub fn store_layer(store: &Store, tmp: &Path, msg: &str) -> Result<(String, u64, bool)> {
+    let pb = progress::spinner(msg);
+    let tick = || pb.inc(1);
+    let (diff_id, size) = tarfile::digest(&tmp.join("diff"), &tick)?;
+    pb.finish_and_clear();
+    let fresh = store.insert_layer(tmp, &diff_id, size)?;
+    Ok((diff_id, size, fresh))
+}
+
+/// Points NAME:TAG at `id` (the old target, if any, becomes dangling until gc).
+pub fn tag(store: &Store, reference: &str, id: &str) -> Result<String> {
+    let (name, t) = parse_ref(reference)?;
+    let full = format!("{name}:{t}");
+    let mut refs = store.refs()?;
+    refs.insert(full.clone(), id.to_string());
+    store.write_refs(&refs)?;
+    Ok(full)
+}
+
+/// `layerctl import SOURCE NAME[:TAG]`: a directory or tar(.gz) becomes a base layer and
+/// a one-layer image. Returns (image ref, image id, diff_id).
+pub fn import(store: &Store, source: &Path, reference: &str) -> Result<(String, String, String)> {
+    // Validate everything cheap before any work, so bad input changes nothing.
+    parse_ref(reference)?;
+    let meta = fs::metadata(source).ctx(|| {
+        format!(
+            "import source {} cannot be read (give a directory or a .tar/.tar.gz file)",
+            source.display()
+        )
+    })?;
+    let _lock = store.lock()?;
+    let tmp = store.tmp_dir()?;
+    let diff = tmp.join("diff");
+    fs::create_dir(&diff).ctx(|| format!("creating {}", diff.display()))?;
+    let pb = progress::spinner("importing");
+    let tick = || pb.inc(1);
+    let res = if meta.is_dir() {
+        let mut c = Copier::default();
+        c.copy_tree_into(source, &diff, &tick)
+            .and_then(|_| c.finish())
+    } else {
+        let what = source.display().to_string();
+        extract::open_tar(source).and_then(|r| extract::extract(r, &diff, &what, &tick))
+    };
+    pb.finish_and_clear();
+    if let Err(e) = res {
+        let _ = crate::copytree::remove_any(&tmp);
+        return Err(e);
+    }
+    let (diff_id, _, _) = store_layer(store, &tmp, "hashing")?;
+    let now = now_rfc3339();
+    let cfg = ImageConfig::base(
+        diff_id.clone(),
+        now,
+        format!("layerctl import {}", source.display()),
+        Some(format!("Imported from {}", source.display())),
+    );
+    let id = store.write_image(&cfg)?;
+    let full = tag(store, reference, &id)?;
+    Ok((full, id, diff_id))
+}
+
+/// `layerctl rmi IMAGE [--force]`. Removes the name (or, given an id, every name of it)
+/// and the image record once nothing names it. Returns what was removed, one per line.
+pub fn rmi(store: &Store, reference: &str, force: bool) -> Result<Vec<String>> {
+    let _lock = store.lock()?;
+    let id = store.resolve_image(reference)?;
+    let users: Vec<String> = store
+        .container_names()?
+        .into_iter()
+        .filter(|n| {
+            store
+                .read_container(n)
+                .map(|c| c.image_id == id)
+                .unwrap_or(false)
+        })
+        .collect();
+    if !users.is_empty() && !force {
+        return Err(err!(
+            "image {reference} is used by container(s) {}: remove them first (`layerctl rm`) or use --force",
+            users.join(", ")
+        ));
+    }
+    let mut refs = store.refs()?;
+    let mut out = Vec::new();
+    let by_name = parse_ref(reference)
+        .ok()
+        .map(|(n, t)| format!("{n}:{t}"))
+        .filter(|r| refs.get(r) == Some(&id));
+    match by_name {
+        Some(r) => {
+            refs.remove(&r);
+            out.push(format!("Untagged: {r}"));
+        }
+        None => {
+            let names: Vec<String> = refs
+                .iter()
+                .filter(|(_, v)| **v == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for n in names {
+                refs.remove(&n);
+                out.push(format!("Untagged: {n}"));
+            }
+        }
+    }
+    store.write_refs(&refs)?;
+    if !refs.values().any(|v| *v == id) && store.image_ids()?.contains(&id) {
+        // Containers keep a copy of their image's config, so deleting the record
+        // (with --force) does not break their commit.
+        store.remove_image(&id)?;
+        out.push(format!("Deleted: {id}"));
+    }
+    Ok(out)
+}
+
+/// `layerctl gc`: drops image records no name or container uses and layers no image or
+/// container uses. Returns the lines to print.
+pub fn gc(store: &Store) -> Result<Vec<String>> {
+    let _lock = store.lock()?;
+    let mut out = Vec::new();
+    let refs = store.refs()?;
+    let mut keep_layers = BTreeSet::new();
+    let mut keep_images: BTreeSet<String> = refs.values().cloned().collect();
+    for n in store.container_names()? {
+        // An unreadable container record keeps everything: never delete what might be used.
+        let c = store
+            .read_container(&n)
+            .map_err(|e| err!("{e}; gc refuses to run until that is fixed"))?;
+        keep_images.insert(c.image_id.clone());
+        keep_layers.extend(c.image_config.rootfs.diff_ids.iter().cloned());
+    }
+    for id in store.image_ids()? {
+        if !keep_images.contains(&id) {
+            store.remove_image(&id)?;
+            out.push(format!("deleted image {id}"));
+            continue;
+        }
+        let cfg = store
+            .read_image(&id)
+            .map_err(|e| err!("{e}; gc refuses to run until that is fixed"))?;
+        keep_layers.extend(cfg.rootfs.diff_ids);
+    }
+    let mut freed = 0u64;
+    for l in store.layer_ids()? {
+        if keep_layers.contains(&l) {
+            continue;
+        }
+        freed += store.layer_record(&l).map(|r| r.size).unwrap_or(0);
+        store.remove_layer(&l)?;
+        out.push(format!("deleted layer {l}"));
+    }
+    out.push(format!(
+        "freed {} in {} layer(s)",
+        human(freed),
+        out.iter()
+            .filter(|l| l.starts_with("deleted layer"))
+            .count()
+    ));
+    Ok(out)
+}
+
+/// `layerctl fsck`: re-hashes every layer and checks every reference. Returns
+/// (problems, notes); any problem means exit 1.
+pub fn fsck(store: &Store) -> Result<(Vec<String>, Vec<String>)> {
+    let _lock = store.lock()?; // also clears leftovers of killed writers
+    let mut bad = Vec::new();
+    let mut notes = Vec::new();
+    let layers = store.layer_ids()?;
+    let pb = progress::bar("checking layers", layers.len() as u64);
+    let mut good_layers = BTreeSet::new();
+    for l in &layers {
+        pb.inc(1);
+        if hex_of(l).is_err() {
+            bad.push(format!("stray entry in layers/: {l}"));
+            continue;
+        }
+        let rec = match store.layer_record(l) {
+            Ok(r) => r,
+            Err(e) => {
+                bad.push(e.to_string());
+                continue;
+            }
+        };
+        match tarfile::digest(&store.layer_dir(l)?, &|| {}) {
+            Ok((d, size)) if d == *l && rec.diff_id == *l => {
+                if size != rec.size {
+                    bad.push(format!(
+                        "layer {l}: recorded size {} but tar is {size} bytes",
+                        rec.size
+                    ));
+                } else {
+                    good_layers.insert(l.clone());
+                }
+            }
+            Ok((d, _)) => bad.push(format!("layer {l} is damaged: its content hashes to {d}")),
+            Err(e) => bad.push(format!("layer {l} is damaged: {e}")),
+        }
+    }
+    pb.finish_and_clear();
+    let mut used: BTreeMap<String, usize> = BTreeMap::new();
+    let images = store.image_ids()?;
+    for id in &images {
+        match store.read_image(id) {
+            Ok(cfg) => {
+                let path = store
+                    .root
+                    .join("images")
+                    .join(format!("{}.json", hex_of(id)?));
+                let bytes = fs::read(&path).unwrap_or_default();
+                if crate::store::sha256_id(&bytes) != *id {
+                    bad.push(format!(
+                        "image record {id} does not match its id (edited or damaged)"
+                    ));
+                }
+                for d in &cfg.rootfs.diff_ids {
+                    *used.entry(d.clone()).or_default() += 1;
+                    if !store.has_layer(d) {
+                        bad.push(format!("image {id} needs missing layer {d}"));
+                    }
+                }
+            }
+            Err(e) => bad.push(e.to_string()),
+        }
+    }
+    for (name, id) in store.refs()? {
+        if !images.contains(&id) {
+            bad.push(format!("name {name} points at missing image {id}"));
+        }
+    }
+    for n in store.container_names()? {
+        match store.read_container(&n) {
+            Ok(c) => {
+                for d in &c.image_config.rootfs.diff_ids {
+                    if !store.has_layer(d) {
+                        bad.push(format!("container {n} needs missing layer {d}"));
+                    }
+                }
+                if !store.container_dir(&n).join("upper").is_dir() {
+                    bad.push(format!("container {n} has no upper directory"));
+                }
+            }
+            Err(e) => bad.push(e.to_string()),
+        }
+    }
+    let unused = layers.iter().filter(|l| !used.contains_key(*l)).count();
+    notes.push(format!(
+        "{} layer(s) ok, {} image(s), {} unused layer(s) (`layerctl gc` removes them)",
+        good_layers.len(),
+        images.len(),
+        unused
+    ));
+    Ok((bad, notes))
+}
+
+pub fn human(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", units[i])
+    }
+}
+
+/// Layer chain of an image as lower dirs, top-most first.
+pub fn lower_dirs(store: &Store, cfg: &ImageConfig) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for d in cfg.rootfs.diff_ids.iter().rev() {
+        if !store.has_layer(d) {
+            return Err(err!("layer {d} is missing from the store: run `layerctl fsck`, then re-import the image"));
+        }
+        out.push(store.layer_dir(d)?);
+    }
+    Ok(out)
+}
+
+pub fn lower_view(store: &Store, cfg: &ImageConfig) -> Result<LowerView> {
+    Ok(LowerView::new(lower_dirs(store, cfg)?))
+}
+
+pub use changeset::Change;

@@ -1,0 +1,20 @@
+//! layerctl: a content-addressed layer store for layerfs. Imports root filesystems as
+//! layers, mounts an image's layer chain with the layerfs daemon, and commits a
+//! container's upper directory back as a new layer and image.
+
+pub mod error;
+
+pub mod changeset;
+pub mod cli;
+pub mod container;
+pub mod copytree;
+pub mod encoding;
+pub mod extract;
+pub mod image;
+pub mod images;
+pub mod lowerview;
+pub mod mount;
+pub mod progress;
+pub mod store;
+pub mod sys;
+pub mod tarfile;

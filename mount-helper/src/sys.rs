@@ -1,0 +1,181 @@
+//! Raw syscalls the standard library does not wrap: xattrs, mknod, lchown, utimensat,
+//! flock, syncfs, umount2. Every `unsafe` block of the crate lives here.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
+}
+
+/// Names of the extended attributes of `path` (not following symlinks). Filesystems
+/// without xattr support answer with an empty list.
+pub fn list_xattrs(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let p = cpath(path)?;
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: `p` is NUL-terminated; `buf` is valid for `buf.len()` bytes.
+        let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(e),
+        }
+    }
+    Ok(buf
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_vec())
+        .collect())
+}
+
+/// Value of one extended attribute, `None` when it is absent.
+pub fn get_xattr(path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    let p = cpath(path)?;
+    let n = cstr(OsStr::from_bytes(name))?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `p`/`n` are NUL-terminated; `buf` is valid for `buf.len()` bytes.
+        let r =
+            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if r >= 0 {
+            buf.truncate(r as usize);
+            return Ok(Some(buf));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+pub fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let p = cpath(path)?;
+    let n = cstr(OsStr::from_bytes(name))?;
+    // SAFETY: pointers are valid for the lengths given.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Creates a device node or FIFO. `kind` is `libc::S_IFCHR`, `S_IFBLK` or `S_IFIFO`.
+pub fn mknod(path: &Path, kind: u32, perm: u32, major: u32, minor: u32) -> io::Result<()> {
+    let p = cpath(path)?;
+    let dev = libc::makedev(major, minor);
+    // SAFETY: `p` is NUL-terminated.
+    let r = unsafe { libc::mknod(p.as_ptr(), (kind | (perm & 0o7777)) as libc::mode_t, dev) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+pub fn dev_major(rdev: u64) -> u32 {
+    libc::major(rdev)
+}
+
+pub fn dev_minor(rdev: u64) -> u32 {
+    libc::minor(rdev)
+}
+
+pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// Sets atime and mtime (seconds + nanoseconds) without following a final symlink.
+pub fn set_times(path: &Path, mtime: i64, mtime_nsec: i64) -> io::Result<()> {
+    let p = cpath(path)?;
+    let ts = libc::timespec {
+        tv_sec: mtime as libc::time_t,
+        tv_nsec: mtime_nsec as libc::c_long,
+    };
+    let times = [ts, ts];
+    // SAFETY: `p` is NUL-terminated; `times` holds two timespecs as utimensat requires.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Blocks until this process holds an exclusive flock on `file`. Released on close, so a
+/// killed writer never leaves the store locked.
+pub fn flock_exclusive(file: &File) -> io::Result<()> {
+    loop {
+        // SAFETY: the fd is open for the lifetime of `file`.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Flushes the whole filesystem that `file` lives on. One syncfs before a rename is far
+/// cheaper than an fsync per file of a large layer and gives the same guarantee.
+pub fn syncfs(file: &File) -> io::Result<()> {
+    // SAFETY: the fd is open for the lifetime of `file`.
+    let r = unsafe { libc::syncfs(file.as_raw_fd()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Detaches a kernel (non-FUSE) mount, e.g. kernel overlayfs used as the mount program.
+pub fn umount(path: &Path) -> io::Result<()> {
+    let p = cpath(path)?;
+    // SAFETY: `p` is NUL-terminated.
+    let r = unsafe { libc::umount2(p.as_ptr(), 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
