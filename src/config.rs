@@ -72,6 +72,11 @@ pub struct Config {
     pub fsname: String,
 }
 
+/// How long the kernel may cache entries and attributes by default. Lower layers are
+/// immutable while mounted and the upper one changes only through the mount, which tells
+/// the kernel of every change it makes, so there is nothing to expire.
+pub const DEFAULT_TIMEOUT: f64 = 86400.0;
+
 impl Config {
     /// A config with defaults for everything but the layers and mount point.
     pub fn new(lowers: Vec<PathBuf>, mountpoint: PathBuf) -> Config {
@@ -95,7 +100,7 @@ impl Config {
             squash_to_root: false,
             squash_to_uid: None,
             squash_to_gid: None,
-            timeout: 1.0,
+            timeout: DEFAULT_TIMEOUT,
             threads: 2,
             fsname: "layerfs".to_string(),
         }
@@ -138,7 +143,7 @@ layer options:
 FUSE and kernel options:
     allow_other, allow_root, default_permissions, ro, rw, dev, nodev, suid, nosuid,
     exec, noexec, atime, noatime, sync, async, dirsync, fsname=NAME,
-    timeout=SECONDS (entry and attribute cache, default 1), threads=N (default 2)
+    timeout=SECONDS (entry and attribute cache, default 86400), threads=N (default 2)
 
 Options of fuse-overlayfs that do not apply (noacl, fast_ino=, static_nlink, plugins=,
 xattr_permissions=, index=, metacopy=, xino=, userxattr, context=, ...) are accepted

@@ -138,7 +138,13 @@ impl Filesystem for LayerFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.overlay.lookup(parent.0, name) {
             Ok((_, st)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), GEN),
-            Err(e) if e.errno() == libc::ENOENT => reply.error(Errno::ENOENT),
+            Err(e) if e.errno() == libc::ENOENT => {
+                // A negative entry (node id 0) lets the kernel remember the absence too;
+                // anything created through the mount replaces it.
+                let mut attr = to_attr(&zero_stat());
+                attr.ino = INodeNo(0);
+                reply.entry_with_ttls(&self.ttl, &self.ttl, &attr, GEN)
+            }
             Err(e) => reply.error(fail(e)),
         }
     }
@@ -307,7 +313,9 @@ impl Filesystem for LayerFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.overlay.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // Every change of a file's data goes through this mount (lower layers are
+            // immutable), so the kernel's page cache stays valid across opens.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(fail(e)),
         }
     }
@@ -614,7 +622,7 @@ impl Filesystem for LayerFs {
                     &self.attr(&st),
                     GEN,
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    FopenFlags::FOPEN_KEEP_CACHE,
                 );
             }
             Ok((_, _, None)) => reply.error(Errno::EIO),

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub const ROOT: u64 = 1;
@@ -39,7 +40,8 @@ pub struct Node {
     pub pinned: Option<Arc<OwnedFd>>,
     /// FUSE generation: distinguishes objects that reused one inode number.
     pub generation: u64,
-    lookups: u64,
+    /// Lookups the kernel holds; atomic so that a repeated lookup needs only the shared lock.
+    lookups: AtomicU64,
 }
 
 impl Node {
@@ -54,7 +56,7 @@ impl Node {
             index: None,
             pinned: None,
             generation: 0,
-            lookups: 0,
+            lookups: AtomicU64::new(0),
         }
     }
 
@@ -68,7 +70,8 @@ impl Node {
 /// Guarded by the overlay's namespace lock.
 pub struct Tree {
     nodes: HashMap<u64, Node>,
-    dentries: HashMap<(u64, OsString), u64>,
+    /// Names in each directory: parent id -> name -> child id.
+    dentries: HashMap<u64, HashMap<OsString, u64>>,
     /// Bumped when an inode number comes back for a different object while the kernel
     /// may still know the old one (an upper inode freed and reused).
     next_generation: u64,
@@ -78,7 +81,7 @@ impl Tree {
     pub fn new(root: Node) -> Tree {
         let mut nodes = HashMap::new();
         let mut root = root;
-        root.lookups = 1;
+        root.lookups = AtomicU64::new(1);
         nodes.insert(ROOT, root);
         Tree {
             nodes,
@@ -96,7 +99,7 @@ impl Tree {
     }
 
     pub fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
-        self.dentries.get(&(parent, name.to_os_string())).copied()
+        self.dentries.get(&parent)?.get(name).copied()
     }
 
     /// Adds the object `node` (id `node.st_ino`) named `name` in `parent`. An existing node
@@ -114,27 +117,49 @@ impl Tree {
                 }
                 return id;
             }
-            node.lookups = old.lookups;
+            node.lookups = AtomicU64::new(old.lookups.load(Ordering::Relaxed));
             node.generation = self.next_generation;
             self.next_generation += 1;
         }
         node.aliases.push((parent, name.to_os_string()));
-        node.lookups += u64::from(counted);
+        node.lookups
+            .fetch_add(u64::from(counted), Ordering::Relaxed);
         self.nodes.insert(id, node);
-        self.dentries.insert((parent, name.to_os_string()), id);
+        self.link_name(parent, name.to_os_string(), id);
         id
+    }
+
+    fn link_name(&mut self, parent: u64, name: OsString, id: u64) {
+        self.dentries.entry(parent).or_default().insert(name, id);
+    }
+
+    fn unlink_name(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
+        let children = self.dentries.get_mut(&parent)?;
+        let id = children.remove(name);
+        if children.is_empty() {
+            self.dentries.remove(&parent);
+        }
+        id
+    }
+
+    /// Counts one more lookup of a name the table already has; the shared lock suffices.
+    pub fn count_lookup(&self, id: u64) {
+        if let Some(node) = self.nodes.get(&id) {
+            node.lookups.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Records one more lookup of `id` reached as `name` in `parent`.
     pub fn add_lookup(&mut self, id: u64, parent: u64, name: &OsStr) {
         let key = (parent, name.to_os_string());
         if let Some(node) = self.nodes.get_mut(&id) {
-            node.lookups += 1;
+            node.lookups.fetch_add(1, Ordering::Relaxed);
             if !node.aliases.contains(&key) {
                 node.aliases.push(key.clone());
             }
         }
-        self.dentries.insert(key, id);
+        let (parent, name) = key;
+        self.link_name(parent, name, id);
     }
 
     /// Adds a name to an existing node (link) without counting a lookup.
@@ -145,13 +170,14 @@ impl Tree {
                 node.aliases.push(key.clone());
             }
         }
-        self.dentries.insert(key, id);
+        let (parent, name) = key;
+        self.link_name(parent, name, id);
     }
 
     /// Forgets the name `name` in `parent` (after unlink, rmdir, or being renamed over).
     pub fn remove_name(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
         let key = (parent, name.to_os_string());
-        let id = self.dentries.remove(&key)?;
+        let id = self.unlink_name(parent, name)?;
         if let Some(node) = self.nodes.get_mut(&id) {
             node.aliases.retain(|a| *a != key);
         }
@@ -162,7 +188,7 @@ impl Tree {
     pub fn rename(&mut self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
         let key = (parent, name.to_os_string());
         let newkey = (newparent, newname.to_os_string());
-        if let Some(id) = self.dentries.remove(&key) {
+        if let Some(id) = self.unlink_name(parent, name) {
             if let Some(node) = self.nodes.get_mut(&id) {
                 for a in node.aliases.iter_mut() {
                     if *a == key {
@@ -170,7 +196,7 @@ impl Tree {
                     }
                 }
             }
-            self.dentries.insert(newkey, id);
+            self.link_name(newparent, newname.to_os_string(), id);
         }
     }
 
@@ -182,14 +208,15 @@ impl Tree {
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
-        node.lookups = node.lookups.saturating_sub(n);
-        if node.lookups > 0 {
+        let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
+        node.lookups.store(left, Ordering::Relaxed);
+        if left > 0 {
             return;
         }
         if let Some(node) = self.nodes.remove(&id) {
             for a in node.aliases {
-                if self.dentries.get(&a) == Some(&id) {
-                    self.dentries.remove(&a);
+                if self.child(a.0, &a.1) == Some(id) {
+                    self.unlink_name(a.0, &a.1);
                 }
             }
         }

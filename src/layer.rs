@@ -2,18 +2,30 @@
 //! resolved relative to it with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so
 //! nothing a layer contains can lead the daemon outside it.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
+
+/// How many directory handles one layer keeps open at most; past that the cache starts
+/// over, so open fds stay bounded whatever the size of the tree.
+const DIR_CACHE_MAX: usize = 4096;
 
 pub struct Layer {
     /// Where the user said the layer is (for messages).
     pub path: PathBuf,
     root: OwnedFd,
     pub dev: u64,
+    /// O_PATH handles of directories looked at recently, so that a lookup costs one
+    /// `fstatat` instead of a path walk. A handle follows its directory, not its path:
+    /// whoever renames or removes a directory in this layer calls `forget_dirs`.
+    dirs: RwLock<HashMap<PathBuf, Arc<OwnedFd>>>,
 }
 
 impl Layer {
@@ -32,6 +44,7 @@ impl Layer {
             path: path.to_path_buf(),
             root,
             dev: st.st_dev,
+            dirs: RwLock::new(HashMap::new()),
         })
     }
 
@@ -40,9 +53,24 @@ impl Layer {
     }
 
     /// An `O_PATH` handle on the directory `rel` (empty: the layer root).
-    pub fn dir(&self, rel: &Path) -> Result<OwnedFd> {
-        sys::openat_beneath(self.root(), rel, libc::O_PATH | libc::O_DIRECTORY, 0)
-            .map_err(|e| Error::from(e).context(self.describe(rel)))
+    pub fn dir(&self, rel: &Path) -> Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.dirs.read().get(rel) {
+            return Ok(fd.clone());
+        }
+        let fd = sys::openat_beneath(self.root(), rel, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(|e| Error::from(e).context(self.describe(rel)))?;
+        let fd = Arc::new(fd);
+        let mut dirs = self.dirs.write();
+        if dirs.len() >= DIR_CACHE_MAX {
+            dirs.clear();
+        }
+        dirs.insert(rel.to_path_buf(), fd.clone());
+        Ok(fd)
+    }
+
+    /// Drops every cached directory handle: a directory of this layer moved or went.
+    pub fn forget_dirs(&self) {
+        self.dirs.write().clear();
     }
 
     /// `lstat` of `rel`, without following a final symlink.

@@ -72,6 +72,9 @@ pub struct Overlay {
     /// Counts copy-ups, so a read handle opened on a lower file notices cheaply that it
     /// may have to move on to the upper copy.
     copyups: AtomicU64,
+    /// Counts changes of the namespace, so a lookup resolved under the shared lock knows
+    /// whether it may still trust its answer once it holds the exclusive one.
+    changes: AtomicU64,
     redirect_dir: bool,
     read_only: bool,
     volatile: bool,
@@ -127,6 +130,7 @@ impl Overlay {
             tree: RwLock::new(Tree::new(root)),
             handles: Handles::default(),
             copyups: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
             redirect_dir: config.redirect_dir,
             read_only,
             volatile: config.volatile,
@@ -135,6 +139,13 @@ impl Overlay {
 
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// The exclusive namespace lock, for an operation that may change names or layers.
+    fn change_tree(&self) -> parking_lot::RwLockWriteGuard<'_, Tree> {
+        let guard = self.tree.write();
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        guard
     }
 
     fn upper(&self) -> Result<&Layer> {
@@ -152,33 +163,27 @@ impl Overlay {
 
     /// Looks `name` up in `parent` and counts a lookup of the result.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<(u64, Stat)> {
-        let found = {
+        let (found, seen) = {
             let tree = self.tree.read();
+            let seen = self.changes.load(Ordering::Acquire);
             if let Some(id) = tree.child(parent, name) {
-                drop(tree);
-                let mut tree = self.tree.write();
-                if tree.child(parent, name) == Some(id) {
-                    let st = self.stat_node(&tree, id)?;
-                    tree.add_lookup(id, parent, name);
-                    return Ok((id, st));
-                }
-                None
-            } else {
-                Some(self.resolve_child(&tree, parent, name)?)
+                let st = self.stat_node(&tree, id)?;
+                tree.count_lookup(id);
+                return Ok((id, st));
             }
+            (self.resolve_child(&tree, parent, name)?, seen)
         };
         let mut tree = self.tree.write();
-        let found = match found {
-            Some(f) if tree.child(parent, name).is_none() => f,
-            // Someone changed the directory meanwhile: look again under the write lock.
-            _ => match tree.child(parent, name) {
-                Some(id) => {
-                    let st = self.stat_node(&tree, id)?;
-                    tree.add_lookup(id, parent, name);
-                    return Ok((id, st));
-                }
-                None => self.resolve_child(&tree, parent, name)?,
-            },
+        // The directory may have changed while no lock was held: trust only what is
+        // looked up under the exclusive lock.
+        let found = match tree.child(parent, name) {
+            Some(id) => {
+                let st = self.stat_node(&tree, id)?;
+                tree.count_lookup(id);
+                return Ok((id, st));
+            }
+            None if self.changes.load(Ordering::Acquire) == seen => found,
+            None => self.resolve_child(&tree, parent, name)?,
         };
         let found = found.ok_or_else(|| errno(libc::ENOENT))?;
         let id = self.insert_found(&mut tree, parent, name, found, true);
@@ -519,7 +524,7 @@ impl Overlay {
     }
 
     /// The upper directory handle of directory `id`, copying it up first.
-    fn upper_dir(&self, tree: &mut Tree, id: u64) -> Result<OwnedFd> {
+    fn upper_dir(&self, tree: &mut Tree, id: u64) -> Result<Arc<OwnedFd>> {
         self.copy_up(tree, id)?;
         let path = self.path(tree, id)?;
         self.upper()?.dir(&path)
@@ -540,7 +545,7 @@ impl Overlay {
         let upper = self.upper()?;
         let work = self.work()?;
         check_new_name(name)?;
-        let mut tree = self.tree.write();
+        let mut tree = self.change_tree();
         if self.child(&mut tree, parent, name)?.is_some() {
             return Err(errno(libc::EEXIST));
         }
@@ -605,7 +610,7 @@ impl Overlay {
         self.upper()?;
         let work = self.work()?;
         check_new_name(newname)?;
-        let mut tree = self.tree.write();
+        let mut tree = self.change_tree();
         if tree.get(id).ok_or_else(|| errno(libc::ENOENT))?.is_dir() {
             return Err(errno(libc::EPERM));
         }
@@ -643,7 +648,7 @@ impl Overlay {
 
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
         self.upper()?;
-        let mut tree = self.tree.write();
+        let mut tree = self.change_tree();
         let id = self
             .child(&mut tree, parent, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
@@ -669,6 +674,9 @@ impl Overlay {
         self.ensure_index(&mut tree, id)?;
         self.pin_if_last_name(&mut tree, id)?;
         self.remove_upper_name(pdir.as_fd(), name, dir, need_whiteout)?;
+        if dir {
+            self.upper()?.forget_dirs();
+        }
         self.adjust_index_nlink(&tree, id, -1)?;
         tree.remove_name(parent, name);
         forget_upper_if_gone(&mut tree, id);
@@ -754,7 +762,7 @@ impl Overlay {
         if flags & !(sys::RENAME_EXCHANGE | sys::RENAME_NOREPLACE) != 0 {
             return Err(errno(libc::EINVAL));
         }
-        let mut tree = self.tree.write();
+        let mut tree = self.change_tree();
         let src = self
             .child(&mut tree, parent, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
@@ -832,6 +840,7 @@ impl Overlay {
                 newname,
                 sys::RENAME_EXCHANGE,
             )?;
+            self.upper()?.forget_dirs();
             tree.remove_name(parent, name);
             tree.remove_name(newparent, newname);
             tree.add_alias(src, newparent, newname);
@@ -902,6 +911,9 @@ impl Overlay {
             forget_upper_if_gone(&mut tree, dst);
         }
         tree.rename(parent, name, newparent, newname);
+        if src_dir || dst_present {
+            self.upper()?.forget_dirs();
+        }
         let _ = work;
         Ok(())
     }
@@ -951,7 +963,7 @@ impl Overlay {
 
     pub fn setattr(&self, id: u64, attr: &SetAttr) -> Result<Stat> {
         self.upper()?;
-        let mut tree = self.tree.write();
+        let mut tree = self.change_tree();
         self.copy_up(&mut tree, id)?;
         let loc = self.loc(&tree, id)?;
         if let Some(size) = attr.size {
@@ -1029,7 +1041,7 @@ impl Overlay {
             return Err(errno(libc::EPERM));
         }
         self.upper()?;
-        let mut tree = self.tree.write();
+        let mut tree = self.change_tree();
         self.copy_up(&mut tree, id)?;
         self.at_loc(&self.loc(&tree, id)?, |dir, name| {
             sys::setxattr(dir, name, attr, value, flags)
@@ -1041,7 +1053,7 @@ impl Overlay {
             return Err(errno(libc::ENODATA));
         }
         self.upper()?;
-        let mut tree = self.tree.write();
+        let mut tree = self.change_tree();
         // Nothing to remove is answered without a copy-up.
         let has = self
             .at_loc(&self.loc(&tree, id)?, |dir, name| {
@@ -1065,7 +1077,7 @@ impl Overlay {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
         let (loc, seen) = if writes {
             self.upper()?;
-            let mut tree = self.tree.write();
+            let mut tree = self.change_tree();
             self.copy_up(&mut tree, id)?;
             (self.loc(&tree, id)?, self.copyups.load(Ordering::Acquire))
         } else {
