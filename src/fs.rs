@@ -14,12 +14,14 @@ use fuser::{
 };
 
 use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
+use crate::passthrough::{Mode, Passthrough};
 use crate::sys::{self, Stat};
 use crate::{Config, Error, Result};
 
 pub struct LayerFs {
     overlay: Overlay,
     ttl: Duration,
+    passthrough: Passthrough,
 }
 
 impl LayerFs {
@@ -28,6 +30,7 @@ impl LayerFs {
         Ok(LayerFs {
             overlay: Overlay::new(config)?,
             ttl: Duration::from_secs_f64(config.timeout.max(0.0)),
+            passthrough: Passthrough::new(),
         })
     }
 
@@ -132,6 +135,19 @@ impl Filesystem for LayerFs {
         // The overlay applies the caller's umask itself, exactly once.
         let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
         let _ = config.add_capabilities(InitFlags::FUSE_EXPORT_SUPPORT);
+        // Lookups in one directory need not wait for each other: the overlay locks itself.
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        // Depth 1: the layers are on an ordinary filesystem, and the mount may itself be a
+        // layer of kernel overlayfs.
+        if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.enable();
+        } else {
+            log::debug!("kernel offers no FUSE passthrough: I/O goes through the daemon");
+        }
         Ok(())
     }
 
@@ -312,11 +328,26 @@ impl Filesystem for LayerFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.overlay.open(ino.0, flags.0) {
+        let fh = match self.overlay.open(ino.0, flags.0) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(fail(e)),
+        };
+        let mode = match self.overlay.file_fd(fh) {
+            Ok(fd) => {
+                let on_lower = self.overlay.handle_on_lower(fh);
+                self.passthrough
+                    .open(ino.0, fh, fd.as_fd(), on_lower, |fd| reply.open_backing(fd))
+            }
+            Err(_) => Mode::Cached,
+        };
+        match mode {
+            Mode::Passthrough(id) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+            }
+            Mode::DirectIo => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             // Every change of a file's data goes through this mount (lower layers are
             // immutable), so the kernel's page cache stays valid across opens.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(fail(e)),
+            Mode::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
         }
     }
 
@@ -400,6 +431,7 @@ impl Filesystem for LayerFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.release(fh.0);
         self.overlay.release(fh.0);
         reply.ok();
     }
@@ -420,7 +452,12 @@ impl Filesystem for LayerFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.overlay.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // Listings change only through this mount, and the kernel drops a directory's
+            // cached listing whenever it changes one of its entries.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(fail(e)),
         }
     }
@@ -617,13 +654,22 @@ impl Filesystem for LayerFs {
         ) {
             Ok((id, st, Some(fd))) => {
                 let fh = self.overlay.add_open_file(id, fd);
-                reply.created(
-                    &self.ttl,
-                    &self.attr(&st),
-                    GEN,
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                );
+                let mode = match self.overlay.file_fd(fh) {
+                    Ok(fd) => self
+                        .passthrough
+                        .open(id, fh, fd.as_fd(), false, |fd| reply.open_backing(fd)),
+                    Err(_) => Mode::Cached,
+                };
+                let (ttl, attr, fh) = (&self.ttl, &self.attr(&st), FileHandle(fh));
+                match mode {
+                    Mode::Passthrough(b) => {
+                        reply.created_passthrough(ttl, attr, GEN, fh, FopenFlags::empty(), &b)
+                    }
+                    Mode::DirectIo => {
+                        reply.created(ttl, attr, GEN, fh, FopenFlags::FOPEN_DIRECT_IO)
+                    }
+                    Mode::Cached => reply.created(ttl, attr, GEN, fh, FopenFlags::FOPEN_KEEP_CACHE),
+                }
             }
             Ok((_, _, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(fail(e)),

@@ -13,6 +13,7 @@ pub mod handles;
 pub mod inode;
 pub mod layer;
 pub mod overlay;
+pub mod passthrough;
 pub mod readdir;
 pub mod stack;
 pub mod sys;

@@ -186,8 +186,16 @@ impl Overlay {
             None => self.resolve_child(&tree, parent, name)?,
         };
         let found = found.ok_or_else(|| errno(libc::ENOENT))?;
+        let st = found.stat;
         let id = self.insert_found(&mut tree, parent, name, found, true);
-        let st = self.stat_node(&tree, id)?;
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        // A fresh node's stat is the one lookup just took; a second name of a known inode
+        // (or its index copy) is stated where its data is.
+        let st = if node.aliases.len() == 1 && node.index.is_none() {
+            self.adjust_stat(node, st)
+        } else {
+            self.stat_node(&tree, id)?
+        };
         Ok((id, st))
     }
 
@@ -340,7 +348,12 @@ impl Overlay {
 
     fn stat_node(&self, tree: &Tree, id: u64) -> Result<Stat> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
-        let mut st = self.stat_loc(&self.loc(tree, id)?)?;
+        let st = self.stat_loc(&self.loc(tree, id)?)?;
+        Ok(self.adjust_stat(node, st))
+    }
+
+    /// What the mount reports for `node` from the stat of its layer object.
+    fn adjust_stat(&self, node: &Node, mut st: Stat) -> Stat {
         st.st_ino = node.st_ino;
         if node.is_dir() {
             // A merged directory's link count cannot be known without listing every layer;
@@ -355,7 +368,7 @@ impl Overlay {
                 .map(u64::from)
                 .unwrap_or(st.st_nlink.saturating_sub(1));
         }
-        Ok(st)
+        st
     }
 
     pub fn getattr(&self, id: u64, fh: Option<u64>) -> Result<Stat> {
@@ -1121,6 +1134,11 @@ impl Overlay {
             }
         }
         Ok(f.fd())
+    }
+
+    /// Whether handle `fh` was opened on a lower layer's file.
+    pub fn handle_on_lower(&self, fh: u64) -> bool {
+        self.handles.file(fh).map(|f| f.on_lower).unwrap_or(false)
     }
 
     pub fn file_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
