@@ -101,6 +101,21 @@ fn mounted(env: &Env, image: &str) -> Tree {
     t
 }
 
+/// The tree of `multi:1` really carries the second layer's changes (so that comparing
+/// trees below compares something).
+fn sane(t: &Tree) {
+    let (files, links) = t;
+    assert!(files["etc/owned"].contains(" 4750 1234:5678 "), "{files:?}");
+    assert!(files["tmp"].starts_with("dir 1777 "), "{files:?}");
+    assert!(files["etc/passwd"].contains("user.note"), "{files:?}");
+    assert!(files.contains_key("var/lib/app/fresh"));
+    assert!(files.contains_key("opt/tool2/bin/run"));
+    for gone in ["usr/share/doc/a.txt", "var/lib/app/data", "var/lib/app/sub", "opt/tool"] {
+        assert!(!files.contains_key(gone), "{gone} should be deleted");
+    }
+    assert!(links.contains(&vec!["etc/new".to_string(), "etc/new.hard".to_string()]));
+}
+
 fn sha(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
@@ -274,6 +289,7 @@ fn save_formats_are_right_and_deterministic() {
 
     // Every format loads back into a fresh store as the same image and the same tree.
     let want = mounted(&env, "multi:1");
+    sane(&want);
     for (src, name) in [
         (lay.clone(), None),
         (env.path("oci-archive-a.tar"), None),
@@ -368,6 +384,7 @@ fn interop_skopeo_umoci_podman() {
     let env = Env::new();
     let id = build_image(&env);
     let want = mounted(&env, "multi:1");
+    sane(&want);
     let lay = env.path("lay");
     env.ok(&["save", "multi:1", "-o", lay.to_str().unwrap()]);
     let lays = lay.to_str().unwrap();
@@ -554,6 +571,7 @@ fn registry_round_trip() {
     let env = Env::new();
     let id = build_image(&env);
     let want = mounted(&env, "multi:1");
+    sane(&want);
     let reg = Registry::start(env.dir.path());
     let lay = env.path("lay");
     env.ok(&["save", "multi:1", "-o", lay.to_str().unwrap()]);
