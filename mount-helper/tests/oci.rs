@@ -110,7 +110,12 @@ fn sane(t: &Tree) {
     assert!(files["etc/passwd"].contains("user.note"), "{files:?}");
     assert!(files.contains_key("var/lib/app/fresh"));
     assert!(files.contains_key("opt/tool2/bin/run"));
-    for gone in ["usr/share/doc/a.txt", "var/lib/app/data", "var/lib/app/sub", "opt/tool"] {
+    for gone in [
+        "usr/share/doc/a.txt",
+        "var/lib/app/data",
+        "var/lib/app/sub",
+        "opt/tool",
+    ] {
         assert!(!files.contains_key(gone), "{gone} should be deleted");
     }
     assert!(links.contains(&vec!["etc/new".to_string(), "etc/new.hard".to_string()]));
