@@ -38,7 +38,7 @@ fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
 
 /// How `openat2` may resolve a relative path inside a layer: never above the layer root,
 /// never through a symlink or a /proc magic link.
-const RESOLVE_INSIDE: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+const RESOLVE_INSIDE: u64 = (libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS) as u64;
 
 /// `openat2(dir, path, flags, mode)` confined to `dir`.
 pub fn openat_beneath(dir: BorrowedFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
