@@ -29,7 +29,11 @@ fi
 
 # pjdfstest switches to two dummy users; `nobody` exists, `tests` may not.
 getent group nogroup >/dev/null || groupadd -r nogroup
-getent passwd tests >/dev/null || useradd -M -U -s /usr/sbin/nologin tests
+if ! getent passwd tests >/dev/null; then
+    # A `tests` group may exist without the user (left by another tool): join it then.
+    if getent group tests >/dev/null; then useradd -M -g tests -s /usr/sbin/nologin tests
+    else useradd -M -U -s /usr/sbin/nologin tests; fi
+fi
 
 bin=${LAYERFS_BIN:-$root/target/debug/layerfs}
 if [ "$backend" != kernel ] && [ -z "${LAYERFS_BIN:-}" ] && [ ! -x "$bin" ]; then

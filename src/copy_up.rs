@@ -34,14 +34,23 @@ impl WorkDir {
     pub fn open(work: BorrowedFd, fsync: bool) -> Result<WorkDir> {
         let open_sub = |name: &str| -> Result<OwnedFd> {
             match sys::mkdirat(work, OsStr::new(name), 0o700) {
-                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(Error::from(e).context(format!("workdir: creating {name}"))),
+                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                    return Err(Error::from(e).context(format!("workdir: creating {name}")))
+                }
                 _ => {}
             }
-            sys::openat(work, OsStr::new(name), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).context(format!("workdir: opening {name}"))
+            sys::openat(
+                work,
+                OsStr::new(name),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )
+            .context(format!("workdir: opening {name}"))
         };
         let temp = open_sub("work")?;
         let index = open_sub("index")?;
-        remove_contents(temp.as_fd()).context("workdir: clearing leftovers of an earlier daemon")?;
+        remove_contents(temp.as_fd())
+            .context("workdir: clearing leftovers of an earlier daemon")?;
         Ok(WorkDir {
             temp,
             index,
@@ -73,8 +82,14 @@ impl WorkDir {
                     sys::symlinkat(&target, self.temp(), &tmp)?;
                 }
                 libc::S_IFREG => {
-                    let input = sys::openat(src.dir, src.name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
-                    let output = sys::openat(self.temp(), &tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW, 0o600)?;
+                    let input =
+                        sys::openat(src.dir, src.name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+                    let output = sys::openat(
+                        self.temp(),
+                        &tmp,
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                        0o600,
+                    )?;
                     copy_data(input.as_fd(), output.as_fd(), src.stat.st_size as u64)?;
                     if self.fsync {
                         sys::fsync(output.as_fd(), false)?;
@@ -104,7 +119,12 @@ impl WorkDir {
     pub fn install(&self, tmp: &OsStr, dir: BorrowedFd, name: &OsStr) -> Result<()> {
         if self.fsync {
             // The rename must not reach the disk before the directory entry of the copy.
-            if let Ok(fd) = sys::openat(self.temp(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+            if let Ok(fd) = sys::openat(
+                self.temp(),
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            ) {
                 let _ = sys::fsync(fd.as_fd(), false);
             }
         }
@@ -132,7 +152,10 @@ pub fn copy_data(input: BorrowedFd, output: BorrowedFd, len: u64) -> Result<()> 
         if data >= len {
             break;
         }
-        let hole = sys::lseek(input, data as i64, libc::SEEK_HOLE).map(|h| h as u64).unwrap_or(len).min(len);
+        let hole = sys::lseek(input, data as i64, libc::SEEK_HOLE)
+            .map(|h| h as u64)
+            .unwrap_or(len)
+            .min(len);
         copy_range(input, output, data, hole - data)?;
         off = hole;
     }
@@ -146,7 +169,12 @@ fn copy_range(input: BorrowedFd, output: BorrowedFd, mut off: u64, mut len: u64)
         let chunk = len.min(1 << 30) as usize;
         let n = match sys::copy_file_range(input, off, output, off, chunk) {
             Ok(n) => n,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS)
+                ) =>
+            {
                 if buf.is_empty() {
                     buf.resize(1 << 20, 0);
                 }
@@ -218,10 +246,17 @@ pub fn copy_xattrs(sdir: BorrowedFd, sname: &OsStr, ddir: BorrowedFd, dname: &Os
         let value = match sys::getxattr(sdir, sname, &attr) {
             Ok(v) => v,
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
-            Err(e) => return Err(Error::from(e).context(format!("reading xattr {}", attr.to_string_lossy()))),
+            Err(e) => {
+                return Err(
+                    Error::from(e).context(format!("reading xattr {}", attr.to_string_lossy()))
+                )
+            }
         };
         if let Err(e) = sys::setxattr(ddir, dname, &attr, &value, 0) {
-            if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP | libc::EACCES)) {
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM | libc::ENOTSUP | libc::EACCES)
+            ) {
                 log::debug!("copy-up: xattr {} not kept: {e}", attr.to_string_lossy());
                 continue;
             }
@@ -243,13 +278,22 @@ pub fn remove_contents(dir: BorrowedFd) -> std::io::Result<()> {
 /// Removes `name` in `dir`, recursively when it is a directory.
 pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> std::io::Result<()> {
     let st = sys::fstatat(dir, name)?;
-    let dtype = if st.st_mode & libc::S_IFMT == libc::S_IFDIR { libc::DT_DIR } else { libc::DT_REG };
+    let dtype = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        libc::DT_DIR
+    } else {
+        libc::DT_REG
+    };
     remove_entry(dir, name, dtype)
 }
 
 fn remove_entry(dir: BorrowedFd, name: &OsStr, dtype: u8) -> std::io::Result<()> {
     if dtype == libc::DT_DIR {
-        let sub = sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+        let sub = sys::openat(
+            dir,
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
         remove_contents(sub.as_fd())?;
         sys::unlinkat(dir, name, true)
     } else {

@@ -248,7 +248,10 @@ mod tests {
         let a = t.insert(ROOT, OsStr::new("a"), Node::new(libc::S_IFDIR, 2), true);
         let b = t.insert(a, OsStr::new("b"), Node::new(libc::S_IFREG, 3), true);
         // A second name of inode 3 is the same node.
-        assert_eq!(t.insert(ROOT, OsStr::new("b2"), Node::new(libc::S_IFREG, 3), true), b);
+        assert_eq!(
+            t.insert(ROOT, OsStr::new("b2"), Node::new(libc::S_IFREG, 3), true),
+            b
+        );
         assert_eq!(t.remove_name(ROOT, OsStr::new("b2")), Some(b));
         assert_eq!(t.path(b), Some(PathBuf::from("a/b")));
         t.rename(ROOT, OsStr::new("a"), ROOT, OsStr::new("c"));
@@ -256,7 +259,8 @@ mod tests {
         assert_eq!(t.child(ROOT, OsStr::new("c")), Some(a));
         assert_eq!(t.remove_name(a, OsStr::new("b")), Some(b));
         assert_eq!(t.path(b), None);
-        t.forget(b, 1);
+        // Looked up twice (as b and b2): gone after both are forgotten.
+        t.forget(b, 2);
         assert!(t.get(b).is_none());
     }
 

@@ -23,7 +23,10 @@ impl Layer {
             .context(format!("layer {}", path.display()))?;
         let st = sys::fstat(root.as_fd()).context(format!("layer {}", path.display()))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            return Err(Error::new(libc::ENOTDIR, format!("layer {}", path.display())));
+            return Err(Error::new(
+                libc::ENOTDIR,
+                format!("layer {}", path.display()),
+            ));
         }
         Ok(Layer {
             path: path.to_path_buf(),
@@ -49,7 +52,8 @@ impl Layer {
             None => sys::fstat(self.root()).map_err(|e| Error::from(e).context(self.describe(rel))),
             Some(name) => {
                 let dir = self.dir(parent)?;
-                sys::fstatat(dir.as_fd(), name).map_err(|e| Error::from(e).context(self.describe(rel)))
+                sys::fstatat(dir.as_fd(), name)
+                    .map_err(|e| Error::from(e).context(self.describe(rel)))
             }
         }
     }

@@ -83,16 +83,26 @@ fn errno(e: i32) -> Error {
 
 impl Overlay {
     pub fn new(config: &Config) -> Result<Overlay> {
-        let lowers = config.lowers.iter().map(|p| Layer::open(p)).collect::<Result<Vec<_>>>()?;
+        let lowers = config
+            .lowers
+            .iter()
+            .map(|p| Layer::open(p))
+            .collect::<Result<Vec<_>>>()?;
         if lowers.is_empty() {
-            return Err(Error::usage("no lowerdir given: pass -o lowerdir=DIR[:DIR...]"));
+            return Err(Error::usage(
+                "no lowerdir given: pass -o lowerdir=DIR[:DIR...]",
+            ));
         }
         let upper = config.upper.as_deref().map(Layer::open).transpose()?;
         let work_layer = config.work.as_deref().map(Layer::open).transpose()?;
         let read_only = config.read_only || upper.is_none();
         let work = match (&upper, &work_layer) {
             (Some(_), Some(w)) => Some(WorkDir::open(w.root(), !config.volatile)?),
-            (Some(_), None) => return Err(Error::usage("upperdir needs a workdir: add -o workdir=DIR on the upper's filesystem")),
+            (Some(_), None) => {
+                return Err(Error::usage(
+                    "upperdir needs a workdir: add -o workdir=DIR on the upper's filesystem",
+                ))
+            }
             _ => None,
         };
         let (whiteout, xattr_ns) = match &work {
@@ -188,15 +198,26 @@ impl Overlay {
         }
     }
 
-    fn insert_found(&self, tree: &mut Tree, parent: u64, name: &OsStr, found: Found, counted: bool) -> u64 {
+    fn insert_found(
+        &self,
+        tree: &mut Tree,
+        parent: u64,
+        name: &OsStr,
+        found: Found,
+        counted: bool,
+    ) -> u64 {
         let mut node = Node::new(found.kind(), found.st_ino);
         node.upper = found.upper;
         node.lower = found.lower;
         node.lower_dirs = found.lower_dirs;
-        if let (Some((layer, ino)), Some(work)) = (found.hardlink, &self.work) {
-            let idx = index_name(layer, ino);
-            if sys::fstatat(work.index.as_fd(), &idx).is_ok() {
-                node.index = Some(idx);
+        // A name of a hard-linked lower inode, in either layer, shares the index entry once
+        // one exists (the reported inode number names it).
+        if let Some(work) = &self.work {
+            if node.kind != libc::S_IFDIR && found.stat.st_nlink > 1 {
+                let idx = index_name(found.st_ino);
+                if sys::fstatat(work.index.as_fd(), &idx).is_ok() {
+                    node.index = Some(idx);
+                }
             }
         }
         tree.insert(parent, name, node, counted)
@@ -207,8 +228,13 @@ impl Overlay {
         if !pnode.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
-        let upper_path = if pnode.upper { Some(self.path(tree, parent)?) } else { None };
-        self.stack.resolve(upper_path.as_deref(), &pnode.lower_dirs, name)
+        let upper_path = if pnode.upper {
+            Some(self.path(tree, parent)?)
+        } else {
+            None
+        };
+        self.stack
+            .resolve(upper_path.as_deref(), &pnode.lower_dirs, name)
     }
 
     /// Whether any lower layer below `parent` still shows `name` (so removing it from the
@@ -232,21 +258,39 @@ impl Overlay {
             return Ok(Loc::Index(idx.clone()));
         }
         if node.aliases.is_empty() && id != ROOT {
-            return node.pinned.clone().map(Loc::Pinned).ok_or_else(|| errno(libc::ENOENT));
+            return node
+                .pinned
+                .clone()
+                .map(Loc::Pinned)
+                .ok_or_else(|| errno(libc::ENOENT));
         }
         if node.upper {
             return Ok(Loc::Upper(self.path(tree, id)?));
         }
-        let lower = if node.is_dir() { node.lower_dirs.first() } else { node.lower.as_ref() };
+        let lower = if node.is_dir() {
+            node.lower_dirs.first()
+        } else {
+            node.lower.as_ref()
+        };
         let lower = lower.ok_or_else(|| errno(libc::ENOENT))?;
         Ok(Loc::Lower(lower.layer, lower.path.clone()))
     }
 
     /// Runs `f` with the directory handle and name that reach `loc` (empty name: the
     /// handle itself is the object).
-    fn at_loc<T>(&self, loc: &Loc, f: impl FnOnce(BorrowedFd, &OsStr) -> std::io::Result<T>) -> Result<T> {
+    fn at_loc<T>(
+        &self,
+        loc: &Loc,
+        f: impl FnOnce(BorrowedFd, &OsStr) -> std::io::Result<T>,
+    ) -> Result<T> {
         let (layer, path) = match loc {
-            Loc::Upper(p) => (self.stack.upper.as_ref().ok_or_else(|| errno(libc::EROFS))?, p),
+            Loc::Upper(p) => (
+                self.stack
+                    .upper
+                    .as_ref()
+                    .ok_or_else(|| errno(libc::EROFS))?,
+                p,
+            ),
             Loc::Lower(i, p) => (&self.stack.lowers[*i], p),
             Loc::Index(idx) => return f(self.work()?.index.as_fd(), idx).map_err(Error::from),
             // An O_PATH handle cannot be chmod-ed or chown-ed: reopen the (regular, open)
@@ -257,7 +301,8 @@ impl Overlay {
             }
         };
         match split(path) {
-            (_, None) => f(layer.root(), OsStr::new("")).map_err(|e| Error::from(e).context(layer.describe(path))),
+            (_, None) => f(layer.root(), OsStr::new(""))
+                .map_err(|e| Error::from(e).context(layer.describe(path))),
             (parent, Some(name)) => {
                 let dir = layer.dir(parent)?;
                 f(dir.as_fd(), name).map_err(|e| Error::from(e).context(layer.describe(path)))
@@ -279,7 +324,13 @@ impl Overlay {
     }
 
     fn stat_loc(&self, loc: &Loc) -> Result<Stat> {
-        self.at_loc(loc, |dir, name| if name.is_empty() { sys::fstat(dir) } else { sys::fstatat(dir, name) })
+        self.at_loc(loc, |dir, name| {
+            if name.is_empty() {
+                sys::fstat(dir)
+            } else {
+                sys::fstatat(dir, name)
+            }
+        })
     }
 
     fn stat_node(&self, tree: &Tree, id: u64) -> Result<Stat> {
@@ -294,7 +345,10 @@ impl Overlay {
                 st.st_nlink = 1;
             }
         } else if let Some(idx) = &node.index {
-            st.st_nlink = self.index_nlink(idx).map(u64::from).unwrap_or(st.st_nlink.saturating_sub(1));
+            st.st_nlink = self
+                .index_nlink(idx)
+                .map(u64::from)
+                .unwrap_or(st.st_nlink.saturating_sub(1));
         }
         Ok(st)
     }
@@ -342,7 +396,10 @@ impl Overlay {
                 let pdir = self.upper_dir(tree, parent)?;
                 let present = matches!(sys::fstatat(pdir.as_fd(), &name), Ok(st) if !whiteout::is_chardev_whiteout(&st));
                 if !present {
-                    sys::linkat(work.index.as_fd(), &idx, pdir.as_fd(), &name).context(format!("linking {} from the workdir index", name.to_string_lossy()))?;
+                    sys::linkat(work.index.as_fd(), &idx, pdir.as_fd(), &name).context(format!(
+                        "linking {} from the workdir index",
+                        name.to_string_lossy()
+                    ))?;
                 }
             }
             if let Some(n) = tree.get_mut(id) {
@@ -358,7 +415,11 @@ impl Overlay {
         let name = name.ok_or_else(|| errno(libc::EINVAL))?;
         let updir = upper.dir(ppath)?;
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
-        let lower = if node.is_dir() { node.lower_dirs.first() } else { node.lower.as_ref() };
+        let lower = if node.is_dir() {
+            node.lower_dirs.first()
+        } else {
+            node.lower.as_ref()
+        };
         let lower = lower.ok_or_else(|| errno(libc::ENOENT))?.clone();
         let layer = &self.stack.lowers[lower.layer];
         let (lparent, lname) = split(&lower.path);
@@ -373,7 +434,8 @@ impl Overlay {
         let tmp = work
             .prepare(&src, Some((self.stack.xattr_ns.ino(), node.st_ino)))
             .map_err(|e| e.context(format!("copy-up of {}", layer.describe(&lower.path))))?;
-        work.install(&tmp, updir.as_fd(), name).context(format!("copy-up to {}", upper.describe(&path)))?;
+        work.install(&tmp, updir.as_fd(), name)
+            .context(format!("copy-up to {}", upper.describe(&path)))?;
         if let Some(n) = tree.get_mut(id) {
             n.upper = true;
         }
@@ -410,8 +472,14 @@ impl Overlay {
             .prepare(&src, Some((self.stack.xattr_ns.ino(), node.st_ino)))
             .map_err(|e| e.context(format!("copy-up of {}", layer.describe(&lower.path))))?;
         let nlink = (st.st_nlink as u32).to_le_bytes();
-        sys::setxattr(work.temp(), &tmp, OsStr::new(self.stack.xattr_ns.nlink()), &nlink, 0)?;
-        let idx = index_name(lower.layer, st.st_ino);
+        sys::setxattr(
+            work.temp(),
+            &tmp,
+            OsStr::new(self.stack.xattr_ns.nlink()),
+            &nlink,
+            0,
+        )?;
+        let idx = index_name(node.st_ino);
         sys::linkat(work.temp(), &tmp, work.index.as_fd(), &idx).context("workdir index")?;
         sys::unlinkat(work.temp(), &tmp, false)?;
         if let Some(n) = tree.get_mut(id) {
@@ -422,7 +490,12 @@ impl Overlay {
 
     /// The merged link count of an indexed hard link, as recorded on its index entry.
     fn index_nlink(&self, idx: &OsStr) -> Option<u32> {
-        let v = sys::getxattr(self.work.as_ref()?.index.as_fd(), idx, OsStr::new(self.stack.xattr_ns.nlink())).ok()?;
+        let v = sys::getxattr(
+            self.work.as_ref()?.index.as_fd(),
+            idx,
+            OsStr::new(self.stack.xattr_ns.nlink()),
+        )
+        .ok()?;
         Some(u32::from_le_bytes(v.try_into().ok()?))
     }
 
@@ -435,7 +508,13 @@ impl Overlay {
         let work = self.work()?;
         let cur = self.index_nlink(&idx).unwrap_or(1);
         let new = (cur as i64 + delta as i64).max(0) as u32;
-        sys::setxattr(work.index.as_fd(), &idx, OsStr::new(self.stack.xattr_ns.nlink()), &new.to_le_bytes(), 0)?;
+        sys::setxattr(
+            work.index.as_fd(),
+            &idx,
+            OsStr::new(self.stack.xattr_ns.nlink()),
+            &new.to_le_bytes(),
+            0,
+        )?;
         Ok(())
     }
 
@@ -449,7 +528,15 @@ impl Overlay {
     // ----- creating -----
 
     /// Creates `name` in `parent`; for files also returns the open fd.
-    pub fn create(&self, parent: u64, name: &OsStr, kind: NewKind, mode: u32, umask: u32, caller: Caller) -> Result<(u64, Stat, Option<OwnedFd>)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        kind: NewKind,
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> Result<(u64, Stat, Option<OwnedFd>)> {
         let upper = self.upper()?;
         let work = self.work()?;
         check_new_name(name)?;
@@ -460,7 +547,11 @@ impl Overlay {
         let pdir = self.upper_dir(&mut tree, parent)?;
         let pst = sys::fstat(pdir.as_fd())?;
         // New objects take the group of a setgid directory, and directories inherit the bit.
-        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { caller.gid };
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            caller.gid
+        };
         let mut perm = mode & 0o7777 & !umask;
         let fmt = match kind {
             NewKind::Dir => {
@@ -474,10 +565,15 @@ impl Overlay {
             NewKind::Symlink { .. } => libc::S_IFLNK,
         };
         let whiteout_here = has_whiteout(pdir.as_fd(), name);
-        let opaque = fmt == libc::S_IFDIR && whiteout_here && self.lower_has(&tree, parent, name)?;
+        let opaque =
+            fmt == libc::S_IFDIR && whiteout_here && self.lower_has(&tree, parent, name)?;
         // Without a whiteout in the way the object is made in place; over one it is built
         // in the workdir and swapped in, so the deleted lower entry never shows through.
-        let (dir, tmp) = if whiteout_here { (work.temp(), work.temp_name()) } else { (pdir.as_fd(), name.to_os_string()) };
+        let (dir, tmp) = if whiteout_here {
+            (work.temp(), work.temp_name())
+        } else {
+            (pdir.as_fd(), name.to_os_string())
+        };
         let fd = make_object(dir, &tmp, &kind, fmt)?;
         let finish = (|| -> Result<()> {
             sys::fchownat(dir, &tmp, caller.uid, gid)?;
@@ -520,7 +616,11 @@ impl Overlay {
         let ndir = self.upper_dir(&mut tree, newparent)?;
         let src = self.loc(&tree, id)?;
         let whiteout_here = has_whiteout(ndir.as_fd(), newname);
-        let (dir, tmp) = if whiteout_here { (work.temp(), work.temp_name()) } else { (ndir.as_fd(), newname.to_os_string()) };
+        let (dir, tmp) = if whiteout_here {
+            (work.temp(), work.temp_name())
+        } else {
+            (ndir.as_fd(), newname.to_os_string())
+        };
         self.at_loc(&src, |sdir, sname| sys::linkat(sdir, sname, dir, &tmp))?;
         if whiteout_here {
             replace_whiteout(work, &tmp, ndir.as_fd(), newname, false)?;
@@ -544,13 +644,19 @@ impl Overlay {
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
         self.upper()?;
         let mut tree = self.tree.write();
-        let id = self.child(&mut tree, parent, name)?.ok_or_else(|| errno(libc::ENOENT))?;
+        let id = self
+            .child(&mut tree, parent, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
         match (dir, node.is_dir()) {
             (false, true) => return Err(errno(libc::EISDIR)),
             (true, false) => return Err(errno(libc::ENOTDIR)),
             (true, true) => {
-                let upath = if node.upper { Some(self.path(&tree, id)?) } else { None };
+                let upath = if node.upper {
+                    Some(self.path(&tree, id)?)
+                } else {
+                    None
+                };
                 if !readdir::is_empty(&self.stack, upath.as_deref(), &node.lower_dirs)? {
                     return Err(errno(libc::ENOTEMPTY));
                 }
@@ -572,11 +678,23 @@ impl Overlay {
     /// Removes whatever the upper layer has at `name` and leaves a whiteout there when a
     /// lower layer still has the name; with the char-device encoding the two happen in one
     /// rename, so the lower entry never shows through.
-    fn remove_upper_name(&self, pdir: BorrowedFd, name: &OsStr, is_dir: bool, need_whiteout: bool) -> Result<()> {
+    fn remove_upper_name(
+        &self,
+        pdir: BorrowedFd,
+        name: &OsStr,
+        is_dir: bool,
+        need_whiteout: bool,
+    ) -> Result<()> {
         let work = self.work()?;
-        let present = matches!(sys::fstatat(pdir, name), Ok(st) if !whiteout::is_chardev_whiteout(&st));
+        let present =
+            matches!(sys::fstatat(pdir, name), Ok(st) if !whiteout::is_chardev_whiteout(&st));
         if present && is_dir {
-            let sub = sys::openat(pdir, name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+            let sub = sys::openat(
+                pdir,
+                name,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
             // Only whiteouts and markers are left in a directory that lists as empty.
             copy_up::remove_contents(sub.as_fd())?;
         }
@@ -620,7 +738,14 @@ impl Overlay {
 
     // ----- rename -----
 
-    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
         self.upper()?;
         let work = self.work()?;
         check_new_name(newname)?;
@@ -630,7 +755,9 @@ impl Overlay {
             return Err(errno(libc::EINVAL));
         }
         let mut tree = self.tree.write();
-        let src = self.child(&mut tree, parent, name)?.ok_or_else(|| errno(libc::ENOENT))?;
+        let src = self
+            .child(&mut tree, parent, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
         let dst = self.child(&mut tree, newparent, newname)?;
         if src == ROOT {
             return Err(errno(libc::EBUSY));
@@ -649,7 +776,11 @@ impl Overlay {
                     (true, false) => return Err(errno(libc::ENOTDIR)),
                     (false, true) => return Err(errno(libc::EISDIR)),
                     (true, true) => {
-                        let upath = if dnode.upper { Some(self.path(&tree, dst)?) } else { None };
+                        let upath = if dnode.upper {
+                            Some(self.path(&tree, dst)?)
+                        } else {
+                            None
+                        };
                         if !readdir::is_empty(&self.stack, upath.as_deref(), &dnode.lower_dirs)? {
                             return Err(errno(libc::ENOTEMPTY));
                         }
@@ -667,7 +798,11 @@ impl Overlay {
                 if cur == src {
                     return Err(errno(libc::EINVAL));
                 }
-                cur = tree.get(cur).and_then(|n| n.aliases.first()).map(|a| a.0).unwrap_or(ROOT);
+                cur = tree
+                    .get(cur)
+                    .and_then(|n| n.aliases.first())
+                    .map(|a| a.0)
+                    .unwrap_or(ROOT);
             }
         }
 
@@ -690,7 +825,13 @@ impl Overlay {
             let dst = dst.ok_or_else(|| errno(libc::ENOENT))?;
             self.copy_up(&mut tree, dst)?;
             self.mark_moved_dir(&mut tree, dst, parent, name)?;
-            sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, sys::RENAME_EXCHANGE)?;
+            sys::renameat2(
+                sdir.as_fd(),
+                name,
+                ddir.as_fd(),
+                newname,
+                sys::RENAME_EXCHANGE,
+            )?;
             tree.remove_name(parent, name);
             tree.remove_name(newparent, newname);
             tree.add_alias(src, newparent, newname);
@@ -708,26 +849,45 @@ impl Overlay {
         // Clear the target: an empty merged directory may still hold whiteouts in upper.
         let dst_present = matches!(sys::fstatat(ddir.as_fd(), newname), Ok(st) if !whiteout::is_chardev_whiteout(&st));
         if dst_present && src_dir {
-            let sub = sys::openat(ddir.as_fd(), newname, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+            let sub = sys::openat(
+                ddir.as_fd(),
+                newname,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
             copy_up::remove_contents(sub.as_fd())?;
         }
         let dst_whiteout = !dst_present && has_whiteout(ddir.as_fd(), newname);
         if dst_whiteout && src_dir && self.stack.whiteout == Encoding::CharDev {
             // A directory cannot replace a char device: swap them, and the whiteout lands
             // where the directory was, which is what the old name needs if a lower has it.
-            sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, sys::RENAME_EXCHANGE)?;
+            sys::renameat2(
+                sdir.as_fd(),
+                name,
+                ddir.as_fd(),
+                newname,
+                sys::RENAME_EXCHANGE,
+            )?;
             if !need_whiteout {
                 sys::unlinkat(sdir.as_fd(), name, false)?;
             }
         } else {
             let atomic_whiteout = need_whiteout && self.stack.whiteout == Encoding::CharDev;
-            let rflags = if atomic_whiteout { libc::RENAME_WHITEOUT } else { 0 };
+            let rflags = if atomic_whiteout {
+                libc::RENAME_WHITEOUT
+            } else {
+                0
+            };
             match sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, rflags) {
                 Err(e) if atomic_whiteout && e.raw_os_error() == Some(libc::EINVAL) => {
                     sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, 0)?;
                     whiteout::make_whiteout(sdir.as_fd(), name, Encoding::CharDev)?;
                 }
-                r => r.context(format!("rename {} -> {}", name.to_string_lossy(), newname.to_string_lossy()))?,
+                r => r.context(format!(
+                    "rename {} -> {}",
+                    name.to_string_lossy(),
+                    newname.to_string_lossy()
+                ))?,
             }
             if need_whiteout && !atomic_whiteout {
                 whiteout::make_whiteout(sdir.as_fd(), name, self.stack.whiteout)?;
@@ -749,7 +909,13 @@ impl Overlay {
     /// A directory moving to `newname` in `newparent`: one with lower content records
     /// where that content is (redirect); one without becomes opaque if a lower layer has
     /// something under the new name.
-    fn mark_moved_dir(&self, tree: &mut Tree, id: u64, newparent: u64, newname: &OsStr) -> Result<()> {
+    fn mark_moved_dir(
+        &self,
+        tree: &mut Tree,
+        id: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> Result<()> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
         if !node.is_dir() {
             return Ok(());
@@ -763,7 +929,14 @@ impl Overlay {
             if whiteout::redirect(pdir.as_fd(), name).is_none() {
                 let mut target = b"/".to_vec();
                 target.extend_from_slice(first.path.as_os_str().as_bytes());
-                sys::setxattr(pdir.as_fd(), name, OsStr::new(self.stack.xattr_ns.redirect()), &target, 0).map_err(|e| {
+                sys::setxattr(
+                    pdir.as_fd(),
+                    name,
+                    OsStr::new(self.stack.xattr_ns.redirect()),
+                    &target,
+                    0,
+                )
+                .map_err(|e| {
                     log::debug!("rename: cannot record redirect on {}: {e}", path.display());
                     errno(libc::EXDEV)
                 })?;
@@ -782,7 +955,10 @@ impl Overlay {
         self.copy_up(&mut tree, id)?;
         let loc = self.loc(&tree, id)?;
         if let Some(size) = attr.size {
-            let handle = attr.fh.and_then(|fh| self.handles.file(fh)).filter(|f| !f.on_lower);
+            let handle = attr
+                .fh
+                .and_then(|fh| self.handles.file(fh))
+                .filter(|f| !f.on_lower);
             match handle {
                 Some(f) => sys::ftruncate(f.fd().as_fd(), size)?,
                 None => {
@@ -793,10 +969,22 @@ impl Overlay {
         }
         if attr.uid.is_some() || attr.gid.is_some() {
             let (uid, gid) = (attr.uid.unwrap_or(u32::MAX), attr.gid.unwrap_or(u32::MAX));
-            self.at_loc(&loc, |dir, name| if name.is_empty() { sys::fchown(dir, uid, gid) } else { sys::fchownat(dir, name, uid, gid) })?;
+            self.at_loc(&loc, |dir, name| {
+                if name.is_empty() {
+                    sys::fchown(dir, uid, gid)
+                } else {
+                    sys::fchownat(dir, name, uid, gid)
+                }
+            })?;
         }
         if let Some(mode) = attr.mode {
-            self.at_loc(&loc, |dir, name| if name.is_empty() { sys::fchmod(dir, mode & 0o7777) } else { sys::fchmodat(dir, name, mode & 0o7777) })?;
+            self.at_loc(&loc, |dir, name| {
+                if name.is_empty() {
+                    sys::fchmod(dir, mode & 0o7777)
+                } else {
+                    sys::fchmodat(dir, name, mode & 0o7777)
+                }
+            })?;
         }
         if attr.atime.is_some() || attr.mtime.is_some() {
             let omit = sys::Timespec {
@@ -804,7 +992,13 @@ impl Overlay {
                 tv_nsec: sys::UTIME_OMIT,
             };
             let times = [attr.atime.unwrap_or(omit), attr.mtime.unwrap_or(omit)];
-            self.at_loc(&loc, |dir, name| if name.is_empty() { sys::futimens(dir, &times) } else { sys::utimensat(dir, name, &times) })?;
+            self.at_loc(&loc, |dir, name| {
+                if name.is_empty() {
+                    sys::futimens(dir, &times)
+                } else {
+                    sys::utimensat(dir, name, &times)
+                }
+            })?;
         }
         self.stat_node(&tree, id)
     }
@@ -816,13 +1010,18 @@ impl Overlay {
             return Err(errno(libc::ENODATA));
         }
         let tree = self.tree.read();
-        self.at_loc(&self.loc(&tree, id)?, |dir, name| sys::getxattr(dir, name, attr))
+        self.at_loc(&self.loc(&tree, id)?, |dir, name| {
+            sys::getxattr(dir, name, attr)
+        })
     }
 
     pub fn listxattr(&self, id: u64) -> Result<Vec<OsString>> {
         let tree = self.tree.read();
         let names = self.at_loc(&self.loc(&tree, id)?, sys::listxattr)?;
-        Ok(names.into_iter().filter(|n| !whiteout::is_private_xattr(n)).collect())
+        Ok(names
+            .into_iter()
+            .filter(|n| !whiteout::is_private_xattr(n))
+            .collect())
     }
 
     pub fn setxattr(&self, id: u64, attr: &OsStr, value: &[u8], flags: i32) -> Result<()> {
@@ -832,7 +1031,9 @@ impl Overlay {
         self.upper()?;
         let mut tree = self.tree.write();
         self.copy_up(&mut tree, id)?;
-        self.at_loc(&self.loc(&tree, id)?, |dir, name| sys::setxattr(dir, name, attr, value, flags))
+        self.at_loc(&self.loc(&tree, id)?, |dir, name| {
+            sys::setxattr(dir, name, attr, value, flags)
+        })
     }
 
     pub fn removexattr(&self, id: u64, attr: &OsStr) -> Result<()> {
@@ -842,12 +1043,18 @@ impl Overlay {
         self.upper()?;
         let mut tree = self.tree.write();
         // Nothing to remove is answered without a copy-up.
-        let has = self.at_loc(&self.loc(&tree, id)?, |dir, name| sys::getxattr(dir, name, attr)).is_ok();
+        let has = self
+            .at_loc(&self.loc(&tree, id)?, |dir, name| {
+                sys::getxattr(dir, name, attr)
+            })
+            .is_ok();
         if !has {
             return Err(errno(libc::ENODATA));
         }
         self.copy_up(&mut tree, id)?;
-        self.at_loc(&self.loc(&tree, id)?, |dir, name| sys::removexattr(dir, name, attr))
+        self.at_loc(&self.loc(&tree, id)?, |dir, name| {
+            sys::removexattr(dir, name, attr)
+        })
     }
 
     // ----- files -----
@@ -905,7 +1112,11 @@ impl Overlay {
     }
 
     pub fn file_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
-        Ok(self.handles.file(fh).ok_or_else(|| errno(libc::EBADF))?.fd())
+        Ok(self
+            .handles
+            .file(fh)
+            .ok_or_else(|| errno(libc::EBADF))?
+            .fd())
     }
 
     pub fn release(&self, fh: u64) {
@@ -939,7 +1150,11 @@ impl Overlay {
         if offset == 0 || cached.is_none() {
             let tree = self.tree.read();
             let node = tree.get(d.node).ok_or_else(|| errno(libc::ENOENT))?;
-            let upath = if node.upper { Some(self.path(&tree, d.node)?) } else { None };
+            let upath = if node.upper {
+                Some(self.path(&tree, d.node)?)
+            } else {
+                None
+            };
             let mut list = Vec::new();
             let parent_ino = node
                 .aliases
@@ -957,7 +1172,11 @@ impl Overlay {
                 dtype: libc::DT_DIR,
                 ino: parent_ino,
             });
-            list.extend(readdir::list(&self.stack, upath.as_deref(), &node.lower_dirs)?);
+            list.extend(readdir::list(
+                &self.stack,
+                upath.as_deref(),
+                &node.lower_dirs,
+            )?);
             *cached = Some(Arc::new(list));
         }
         cached.clone().ok_or_else(|| errno(libc::EIO))
@@ -992,25 +1211,40 @@ fn forget_upper_if_gone(tree: &mut Tree, id: u64) {
     }
 }
 
-fn index_name(layer: usize, ino: u64) -> OsString {
-    OsString::from(format!("{layer}-{ino}"))
+/// The index entry of a hard-linked lower inode is named by the inode number the mount
+/// reports for it, which every name of it carries (recorded on the upper copy too).
+fn index_name(st_ino: u64) -> OsString {
+    OsString::from(format!("{st_ino:016x}"))
 }
 
 /// Names the overlay reserves for its markers cannot be created through the mount: with the
 /// `.wh.` encoding they would read back as deletions.
 fn check_new_name(name: &OsStr) -> Result<()> {
     if whiteout::is_marker_name(name) {
-        return Err(Error::new(libc::EINVAL, format!("{}: names starting .wh. are reserved for whiteouts", name.to_string_lossy())));
+        return Err(Error::new(
+            libc::EINVAL,
+            format!(
+                "{}: names starting .wh. are reserved for whiteouts",
+                name.to_string_lossy()
+            ),
+        ));
     }
     Ok(())
 }
 
 fn has_whiteout(dir: BorrowedFd, name: &OsStr) -> bool {
-    matches!(sys::fstatat(dir, name), Ok(st) if whiteout::is_chardev_whiteout(&st)) || whiteout::has_whiteout_file(dir, name)
+    matches!(sys::fstatat(dir, name), Ok(st) if whiteout::is_chardev_whiteout(&st))
+        || whiteout::has_whiteout_file(dir, name)
 }
 
 /// Moves the prepared `tmp` (in work/work) onto `name`, which holds a whiteout.
-fn replace_whiteout(work: &WorkDir, tmp: &OsStr, dir: BorrowedFd, name: &OsStr, is_dir: bool) -> Result<()> {
+fn replace_whiteout(
+    work: &WorkDir,
+    tmp: &OsStr,
+    dir: BorrowedFd,
+    name: &OsStr,
+    is_dir: bool,
+) -> Result<()> {
     let chardev = matches!(sys::fstatat(dir, name), Ok(st) if whiteout::is_chardev_whiteout(&st));
     if chardev {
         if is_dir {
@@ -1032,7 +1266,12 @@ fn make_object(dir: BorrowedFd, name: &OsStr, kind: &NewKind, fmt: u32) -> Resul
         NewKind::Dir => sys::mkdirat(dir, name, 0o700)?,
         NewKind::File { flags } => {
             let acc = flags & (libc::O_ACCMODE | libc::O_APPEND);
-            let fd = sys::openat(dir, name, acc | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)?;
+            let fd = sys::openat(
+                dir,
+                name,
+                acc | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o600,
+            )?;
             return Ok(Some(fd));
         }
         NewKind::Special { rdev } => sys::mknodat(dir, name, fmt | 0o600, *rdev)?,
@@ -1041,7 +1280,14 @@ fn make_object(dir: BorrowedFd, name: &OsStr, kind: &NewKind, fmt: u32) -> Resul
     Ok(None)
 }
 
-fn swap_alias(tree: &mut Tree, id: u64, old_parent: u64, old_name: &OsStr, new_parent: u64, new_name: &OsStr) {
+fn swap_alias(
+    tree: &mut Tree,
+    id: u64,
+    old_parent: u64,
+    old_name: &OsStr,
+    new_parent: u64,
+    new_name: &OsStr,
+) {
     if let Some(n) = tree.get_mut(id) {
         let old = (old_parent, old_name.to_os_string());
         let new = (new_parent, new_name.to_os_string());
@@ -1077,7 +1323,15 @@ fn probe_whiteout(work: &WorkDir, mode: WhiteoutMode) -> Result<Encoding> {
 /// trusted.* where the daemon may write it (real root), else user.*.
 fn probe_xattr_ns(work: &WorkDir) -> XattrNs {
     let tmp = work.temp_name();
-    let ok = sys::mkdirat(work.temp(), &tmp, 0o700).is_ok() && sys::setxattr(work.temp(), &tmp, OsStr::new("trusted.overlay.layerfs-probe"), b"y", 0).is_ok();
+    let ok = sys::mkdirat(work.temp(), &tmp, 0o700).is_ok()
+        && sys::setxattr(
+            work.temp(),
+            &tmp,
+            OsStr::new("trusted.overlay.layerfs-probe"),
+            b"y",
+            0,
+        )
+        .is_ok();
     let _ = sys::unlinkat(work.temp(), &tmp, true);
     if ok {
         XattrNs::Trusted

@@ -31,7 +31,9 @@ pub fn list(stack: &Stack, upper: Option<&Path>, lowers: &[LowerRef]) -> Result<
         (Some(layer), Some(path)) => Some((layer, 0usize, path)),
         _ => None,
     };
-    let lower_parts = lowers.iter().map(|l| (&stack.lowers[l.layer], l.layer + 1, l.path.as_path()));
+    let lower_parts = lowers
+        .iter()
+        .map(|l| (&stack.lowers[l.layer], l.layer + 1, l.path.as_path()));
     for (layer, slot, path) in upper_part.into_iter().chain(lower_parts) {
         let entries = match read_layer_dir(layer, path) {
             Ok(e) => e,
@@ -85,8 +87,12 @@ fn read_layer_dir(layer: &Layer, path: &Path) -> Result<Vec<(OsString, u8, u64, 
             continue;
         }
         let is_whiteout = match dtype {
-            libc::DT_CHR => sys::fstatat(dirfd.as_fd(), &name).map(|st| whiteout::is_chardev_whiteout(&st)).unwrap_or(false),
-            libc::DT_UNKNOWN => sys::fstatat(dirfd.as_fd(), &name).map(|st| whiteout::is_chardev_whiteout(&st)).unwrap_or(false),
+            libc::DT_CHR => sys::fstatat(dirfd.as_fd(), &name)
+                .map(|st| whiteout::is_chardev_whiteout(&st))
+                .unwrap_or(false),
+            libc::DT_UNKNOWN => sys::fstatat(dirfd.as_fd(), &name)
+                .map(|st| whiteout::is_chardev_whiteout(&st))
+                .unwrap_or(false),
             _ => false,
         };
         out.push((name, dtype, ino, is_whiteout));

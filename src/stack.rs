@@ -37,8 +37,6 @@ pub struct Found {
     pub lower_dirs: Vec<LowerRef>,
     /// The inode number to report.
     pub st_ino: u64,
-    /// Lower inode with several names: (lower layer, st_ino), the key all its names share.
-    pub hardlink: Option<(usize, u64)>,
 }
 
 impl Found {
@@ -56,7 +54,12 @@ impl Stack {
 
     /// Looks `name` up in a directory whose upper part is `parent_upper` (if it exists in
     /// upper) and whose lower parts are `parent_lowers`.
-    pub fn resolve(&self, parent_upper: Option<&Path>, parent_lowers: &[LowerRef], name: &OsStr) -> Result<Option<Found>> {
+    pub fn resolve(
+        &self,
+        parent_upper: Option<&Path>,
+        parent_lowers: &[LowerRef],
+        name: &OsStr,
+    ) -> Result<Option<Found>> {
         if whiteout::is_marker_name(name) {
             return Ok(None);
         }
@@ -75,7 +78,9 @@ impl Stack {
             match sys::fstatat(dir.as_fd(), name) {
                 Ok(st) if whiteout::is_chardev_whiteout(&st) => return Ok(None),
                 Ok(st) => {
-                    let st_ino = self.recorded_ino(dir.as_fd(), name).unwrap_or_else(|| compose_ino(0, st.st_ino));
+                    let st_ino = self
+                        .recorded_ino(dir.as_fd(), name)
+                        .unwrap_or_else(|| compose_ino(0, st.st_ino));
                     if !is_dir(&st) {
                         return Ok(Some(Found {
                             stat: st,
@@ -83,7 +88,6 @@ impl Stack {
                             lower: None,
                             lower_dirs: Vec::new(),
                             st_ino,
-                            hardlink: None,
                         }));
                     }
                     if whiteout::is_opaque(dir.as_fd(), name) {
@@ -97,7 +101,6 @@ impl Stack {
                         lower: None,
                         lower_dirs: Vec::new(),
                         st_ino,
-                        hardlink: None,
                     });
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -119,7 +122,14 @@ impl Stack {
                 Ok(d) => d,
                 // A lower directory that is not there (or is not a directory) in this layer
                 // simply contributes nothing.
-                Err(e) if matches!(e.errno(), libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV) => continue,
+                Err(e)
+                    if matches!(
+                        e.errno(),
+                        libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => return Err(e),
             };
             let st = match sys::fstatat(dir.as_fd(), cname) {
@@ -137,14 +147,12 @@ impl Stack {
             }
             match &mut found {
                 None if !is_dir(&st) => {
-                    let hardlink = (st.st_nlink > 1).then_some((cand.layer, st.st_ino));
                     return Ok(Some(Found {
                         st_ino: compose_ino(cand.layer + 1, st.st_ino),
                         stat: st,
                         upper: false,
                         lower: Some(cand),
                         lower_dirs: Vec::new(),
-                        hardlink,
                     }));
                 }
                 None => {
@@ -155,7 +163,6 @@ impl Stack {
                         upper: false,
                         lower: Some(cand.clone()),
                         lower_dirs: vec![cand],
-                        hardlink: None,
                     });
                     if opaque {
                         break;

@@ -177,12 +177,18 @@ mod tests {
 
     #[test]
     fn whiteout_names() {
-        assert_eq!(whiteout_target(OsStr::new(".wh.foo")), Some(OsStr::new("foo")));
+        assert_eq!(
+            whiteout_target(OsStr::new(".wh.foo")),
+            Some(OsStr::new("foo"))
+        );
         assert_eq!(whiteout_target(OsStr::new(OPAQUE_MARKER)), None);
         assert_eq!(whiteout_target(OsStr::new(".wh.")), None);
         assert_eq!(whiteout_target(OsStr::new("foo")), None);
         assert!(is_marker_name(OsStr::new(".wh..wh..opq")));
-        assert_eq!(whiteout_file_name(OsStr::new("a b")), OsString::from(".wh.a b"));
+        assert_eq!(
+            whiteout_file_name(OsStr::new("a b")),
+            OsString::from(".wh.a b")
+        );
     }
 
     #[test]

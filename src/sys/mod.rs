@@ -38,16 +38,25 @@ fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
 
 /// How `openat2` may resolve a relative path inside a layer: never above the layer root,
 /// never through a symlink or a /proc magic link.
-const RESOLVE_INSIDE: u64 = (libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS) as u64;
+const RESOLVE_INSIDE: u64 =
+    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
 
 /// `openat2(dir, path, flags, mode)` confined to `dir`.
 pub fn openat_beneath(dir: BorrowedFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
     let c = cstr(path.as_os_str())?;
     // SAFETY: open_how is plain old data; all-zero is its documented "no options" value.
     let mut how: libc::open_how = unsafe { MaybeUninit::zeroed().assume_init() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 { mode as u64 } else { 0 };
+    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        mode as u64
+    } else {
+        0
+    };
     how.resolve = RESOLVE_INSIDE;
     loop {
         // SAFETY: `c` is a valid NUL-terminated string and `how` a valid open_how whose size
@@ -79,7 +88,8 @@ pub fn openat_beneath(dir: BorrowedFd, path: &Path, flags: i32, mode: u32) -> io
 pub fn openat(dir: BorrowedFd, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let c = cstr(name)?;
     // SAFETY: valid C string; the returned fd is fresh.
-    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    let fd =
+        check(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
     // SAFETY: the kernel just returned this fd to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -94,7 +104,13 @@ pub fn link_tmpfile(file: BorrowedFd, dir: BorrowedFd, name: &OsStr) -> io::Resu
     let c = cstr(name)?;
     // SAFETY: valid C string and fds; AT_EMPTY_PATH links the fd itself.
     check(unsafe {
-        libc::linkat(file.as_raw_fd(), c"".as_ptr(), dir.as_raw_fd(), c.as_ptr(), libc::AT_EMPTY_PATH)
+        libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
     })?;
     Ok(())
 }
@@ -103,7 +119,14 @@ pub fn fstatat(dir: BorrowedFd, name: &OsStr) -> io::Result<Stat> {
     let c = cstr(name)?;
     let mut st = MaybeUninit::<Stat>::uninit();
     // SAFETY: `st` is a valid out-pointer for one stat; the kernel fills it on success.
-    check(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
     // SAFETY: fstatat succeeded, so `st` is initialised.
     Ok(unsafe { st.assume_init() })
 }
@@ -112,7 +135,12 @@ pub fn fstat(fd: BorrowedFd) -> io::Result<Stat> {
     let mut st = MaybeUninit::<Stat>::uninit();
     // SAFETY: `st` is a valid out-pointer; AT_EMPTY_PATH stats the fd itself (O_PATH too).
     check(unsafe {
-        libc::fstatat(fd.as_raw_fd(), c"".as_ptr(), st.as_mut_ptr(), libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+        libc::fstatat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
     })?;
     // SAFETY: fstatat succeeded, so `st` is initialised.
     Ok(unsafe { st.assume_init() })
@@ -144,16 +172,36 @@ pub fn readlinkat(dir: BorrowedFd, name: &OsStr) -> io::Result<OsString> {
     let c = cstr(name)?;
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: `buf` is writable for its whole length, which we pass.
-    let n = check_size(unsafe { libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    let n = check_size(unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
     buf.truncate(n);
     Ok(OsString::from_vec(buf))
 }
 
-pub fn linkat(olddir: BorrowedFd, oldname: &OsStr, newdir: BorrowedFd, newname: &OsStr) -> io::Result<()> {
+pub fn linkat(
+    olddir: BorrowedFd,
+    oldname: &OsStr,
+    newdir: BorrowedFd,
+    newname: &OsStr,
+) -> io::Result<()> {
     let o = cstr(oldname)?;
     let n = cstr(newname)?;
     // SAFETY: valid C strings and fds; flags 0 never follows a symlink source.
-    check(unsafe { libc::linkat(olddir.as_raw_fd(), o.as_ptr(), newdir.as_raw_fd(), n.as_ptr(), 0) })?;
+    check(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })?;
     Ok(())
 }
 
@@ -168,11 +216,25 @@ pub fn unlinkat(dir: BorrowedFd, name: &OsStr, is_dir: bool) -> io::Result<()> {
 pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
 
-pub fn renameat2(olddir: BorrowedFd, oldname: &OsStr, newdir: BorrowedFd, newname: &OsStr, flags: u32) -> io::Result<()> {
+pub fn renameat2(
+    olddir: BorrowedFd,
+    oldname: &OsStr,
+    newdir: BorrowedFd,
+    newname: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
     let o = cstr(oldname)?;
     let n = cstr(newname)?;
     // SAFETY: valid C strings and fds.
-    check(unsafe { libc::renameat2(olddir.as_raw_fd(), o.as_ptr(), newdir.as_raw_fd(), n.as_ptr(), flags) })?;
+    check(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            flags,
+        )
+    })?;
     Ok(())
 }
 
@@ -180,7 +242,15 @@ pub fn renameat2(olddir: BorrowedFd, oldname: &OsStr, newdir: BorrowedFd, newnam
 pub fn fchownat(dir: BorrowedFd, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
     let c = cstr(name)?;
     // SAFETY: valid C string and fd.
-    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })?;
+    check(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
     Ok(())
 }
 
@@ -214,7 +284,14 @@ pub const UTIME_OMIT: i64 = libc::UTIME_OMIT;
 pub fn utimensat(dir: BorrowedFd, name: &OsStr, times: &[Timespec; 2]) -> io::Result<()> {
     let c = cstr(name)?;
     // SAFETY: valid C string and fd; `times` points at two timespecs.
-    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+    check(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
     Ok(())
 }
 
@@ -242,7 +319,8 @@ pub fn getxattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr) -> io::Result<Vec<u
     let mut buf = vec![0u8; 256];
     loop {
         // SAFETY: valid C strings; `buf` writable for its length.
-        let n = unsafe { libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n =
+            unsafe { libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n >= 0 {
             buf.truncate(n as usize);
             return Ok(buf);
@@ -252,16 +330,32 @@ pub fn getxattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr) -> io::Result<Vec<u
             return Err(err);
         }
         // SAFETY: a null buffer with size 0 asks for the size only.
-        let need = check_size(unsafe { libc::lgetxattr(p.as_ptr(), a.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let need = check_size(unsafe {
+            libc::lgetxattr(p.as_ptr(), a.as_ptr(), std::ptr::null_mut(), 0)
+        })?;
         buf.resize(need.max(buf.len() * 2), 0);
     }
 }
 
-pub fn setxattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+pub fn setxattr(
+    dir: BorrowedFd,
+    name: &OsStr,
+    attr: &OsStr,
+    value: &[u8],
+    flags: i32,
+) -> io::Result<()> {
     let p = proc_path(dir, name)?;
     let a = cstr(attr)?;
     // SAFETY: valid C strings; `value` readable for its length.
-    check(unsafe { libc::lsetxattr(p.as_ptr(), a.as_ptr(), value.as_ptr().cast(), value.len(), flags) })?;
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            a.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })?;
     Ok(())
 }
 
@@ -316,12 +410,20 @@ pub fn read_dir(fd: OwnedFd) -> io::Result<Vec<(OsString, u8, u64)>> {
         let ent = unsafe { libc::readdir64(dirp) };
         if ent.is_null() {
             let err = io::Error::last_os_error();
-            break if err.raw_os_error().unwrap_or(0) == 0 { Ok(()) } else { Err(err) };
+            break if err.raw_os_error().unwrap_or(0) == 0 {
+                Ok(())
+            } else {
+                Err(err)
+            };
         }
         // SAFETY: readdir64 returned a valid entry; d_name is NUL-terminated within it.
         let (name, kind, ino) = unsafe {
             let e = &*ent;
-            (CStr::from_ptr(e.d_name.as_ptr()).to_bytes().to_vec(), e.d_type, e.d_ino)
+            (
+                CStr::from_ptr(e.d_name.as_ptr()).to_bytes().to_vec(),
+                e.d_type,
+                e.d_ino,
+            )
         };
         if name == b"." || name == b".." {
             continue;
@@ -343,12 +445,26 @@ pub fn fstatvfs(fd: BorrowedFd) -> io::Result<libc::statvfs> {
 
 pub fn pread(fd: BorrowedFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     // SAFETY: `buf` is writable for its length.
-    check_size(unsafe { libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset as i64) })
+    check_size(unsafe {
+        libc::pread64(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            offset as i64,
+        )
+    })
 }
 
 pub fn pwrite(fd: BorrowedFd, buf: &[u8], offset: u64) -> io::Result<usize> {
     // SAFETY: `buf` is readable for its length.
-    check_size(unsafe { libc::pwrite64(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), offset as i64) })
+    check_size(unsafe {
+        libc::pwrite64(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            offset as i64,
+        )
+    })
 }
 
 pub fn fsync(fd: BorrowedFd, datasync: bool) -> io::Result<()> {
@@ -385,11 +501,26 @@ pub fn lseek(fd: BorrowedFd, offset: i64, whence: i32) -> io::Result<i64> {
     }
 }
 
-pub fn copy_file_range(fd_in: BorrowedFd, off_in: u64, fd_out: BorrowedFd, off_out: u64, len: usize) -> io::Result<usize> {
+pub fn copy_file_range(
+    fd_in: BorrowedFd,
+    off_in: u64,
+    fd_out: BorrowedFd,
+    off_out: u64,
+    len: usize,
+) -> io::Result<usize> {
     let mut i = off_in as i64;
     let mut o = off_out as i64;
     // SAFETY: valid fds; the offsets are local variables the kernel may update.
-    check_size(unsafe { libc::copy_file_range(fd_in.as_raw_fd(), &mut i, fd_out.as_raw_fd(), &mut o, len, 0) })
+    check_size(unsafe {
+        libc::copy_file_range(
+            fd_in.as_raw_fd(),
+            &mut i,
+            fd_out.as_raw_fd(),
+            &mut o,
+            len,
+            0,
+        )
+    })
 }
 
 /// Shares all of `src`'s blocks with `dst` (reflink), where the filesystem can.
@@ -403,7 +534,8 @@ pub fn ficlone(dst: BorrowedFd, src: BorrowedFd) -> io::Result<()> {
 pub fn reopen(fd: BorrowedFd, flags: i32) -> io::Result<OwnedFd> {
     let p = proc_path(fd, OsStr::new(""))?;
     // SAFETY: valid C string; the returned fd is fresh.
-    let r = check(unsafe { libc::open(p.as_ptr(), (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW, 0) })?;
+    let r =
+        check(unsafe { libc::open(p.as_ptr(), (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW, 0) })?;
     // SAFETY: the kernel just returned this fd to us.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
