@@ -304,21 +304,22 @@ fn load_locked(
 
     // diff_id from the archive -> (tmp dir, canonical id, canonical size)
     let mut done: BTreeMap<String, (PathBuf, String, u64)> = BTreeMap::new();
-    let pb = progress::bar("extracting layers", all.len() as u64);
     for (i, l) in all.iter().enumerate() {
-        pb.inc(1);
         if done.contains_key(&l.diff_id) {
             continue;
         }
         let dir = tmp.join(format!("layer-{i}"));
         let diff = dir.join("diff");
         fs::create_dir_all(&diff).ctx(|| format!("creating {}", diff.display()))?;
-        let used = extract_layer(l, &diff, budget, &src.shown)?;
+        // One spinner per layer (entry count), numbered against the whole load.
+        let pb = progress::spinner(&format!("extracting layer {}/{}", i + 1, all.len()));
+        let used = extract_layer(l, &diff, budget, &src.shown, &|| pb.inc(1))?;
         budget = budget.saturating_sub(used);
-        let (canon, size) = tarfile::digest(&diff, &|| {})?;
+        pb.set_message(format!("hashing layer {}/{}", i + 1, all.len()));
+        let (canon, size) = tarfile::digest(&diff, &|| pb.inc(1))?;
+        pb.finish_and_clear();
         done.insert(l.diff_id.clone(), (dir, canon, size));
     }
-    pb.finish_and_clear();
 
     // Phase 3: store. Everything above has been checked; from here on only renames.
     let mut out = Vec::new();
@@ -442,7 +443,13 @@ fn unpack_archive(
     Ok(links)
 }
 
-fn extract_layer(l: &LayerSrc, diff: &Path, budget: u64, shown: &str) -> Result<u64> {
+fn extract_layer(
+    l: &LayerSrc,
+    diff: &Path,
+    budget: u64,
+    shown: &str,
+    tick: &dyn Fn(),
+) -> Result<u64> {
     let f = fs::File::open(&l.file).ctx(|| format!("opening {}", l.file.display()))?;
     let mut r = BufReader::new(f);
     let head = r.fill_buf().ctx(|| format!("reading {}", l.what))?.to_vec();
@@ -458,9 +465,7 @@ fn extract_layer(l: &LayerSrc, diff: &Path, budget: u64, shown: &str) -> Result<
     };
     let mut hr = oci::HashingReader::new(inner, budget);
     let what = format!("{} of {shown}", l.what);
-    let pb = progress::spinner(&format!("extracting {}", l.what));
-    let used = extract::extract_limited(&mut hr, diff, &what, &|| pb.inc(1), budget)?;
-    pb.finish_and_clear();
+    let used = extract::extract_limited(&mut hr, diff, &what, tick, budget)?;
     // The tar reader stops at the end-of-archive marker; the digest covers every byte.
     io::copy(&mut hr, &mut io::sink()).ctx(|| format!("reading {what}"))?;
     let got = hr.digest();

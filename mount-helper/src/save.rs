@@ -54,6 +54,11 @@ impl Drop for Staging {
     }
 }
 
+fn short(d: &str) -> &str {
+    let hex = d.trim_start_matches("sha256:");
+    &hex[..hex.len().min(12)]
+}
+
 /// A path in the output's directory (same filesystem, so the final rename is atomic).
 fn sibling(out: &Path, tag: &str) -> Result<PathBuf> {
     let name = out.file_name().ok_or_else(|| {
@@ -283,6 +288,7 @@ fn write_oci(
         let mut layers = Vec::new();
         for d in &item.diff_ids {
             pb.inc(1);
+            pb.set_message(format!("saving layer {}", short(d)));
             if let Some(desc) = done.get(d) {
                 layers.push(desc.clone());
                 continue;
@@ -391,6 +397,7 @@ fn write_docker(
         let mut layers = Vec::new();
         for d in &item.diff_ids {
             pb.inc(1);
+            pb.set_message(format!("saving layer {}", short(d)));
             if let Some(f) = done.get(d) {
                 layers.push(f.clone());
                 continue;
