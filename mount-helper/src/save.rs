@@ -212,7 +212,8 @@ fn check_output(out: &Path, format: Format) -> Result<()> {
     }
 }
 
-/// `layerctl save IMAGE... -o OUT`. Returns one summary line per image.
+/// `layerctl save IMAGE... -o OUT`. Returns one line per name saved: `name:tag image-id`
+/// (the same shape `load` prints).
 pub fn save(
     store: &Store,
     images: &[String],
@@ -353,10 +354,10 @@ fn write_oci(
             a.insert(oci::ANNOT_REF_NAME.to_string(), t.clone());
             a.insert(oci::ANNOT_IMAGE_NAME.to_string(), format!("{n}:{t}"));
             push(Some(a));
-            lines.push(format!("{n}:{t} {mdigest}"));
+            lines.push(format!("{n}:{t} {}", item.id));
         }
         if item.names.is_empty() {
-            lines.push(format!("{} {mdigest}", item.id));
+            lines.push(item.id.clone());
         }
     }
     let idx = Index {

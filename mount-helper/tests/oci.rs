@@ -470,6 +470,20 @@ fn interop_skopeo_umoci_podman() {
     e3.ok(&["load", back.to_str().unwrap()]);
     assert_eq!(mounted(&e3, "multi:1"), pod.tree("localhost/multi:1"));
     fsck_clean(&e3);
+    // ... and so does its docker-archive (classic layout: <id>/layer.tar, VERSION, json).
+    let back = env.path("podman-save-docker.tar");
+    pod.run(&[
+        "save",
+        "--format",
+        "docker-archive",
+        "-o",
+        back.to_str().unwrap(),
+        "localhost/multi:1",
+    ]);
+    let e3 = Env::new();
+    let o = e3.ok(&["load", back.to_str().unwrap()]);
+    assert!(o.contains(&format!("multi:1 {id}")), "{o}");
+    assert_eq!(mounted(&e3, "multi:1"), want);
 
     // An image podman built itself from a GNU tar (headers unlike layerctl's): the layer is
     // stored under its canonical digest, and the tree is what podman shows.
