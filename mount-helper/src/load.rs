@@ -367,6 +367,7 @@ fn unpack_archive(
     };
     let mut counted = oci::HashingReader::new(inner, *budget);
     let mut links = HashMap::new();
+    let mut data: u64 = 0;
     {
         let mut ar = tar::Archive::new(&mut counted);
         let entries = ar
@@ -397,6 +398,14 @@ fn unpack_archive(
             }
             if comps.is_empty() {
                 continue;
+            }
+            // Checked on the header, so the member is named and never written.
+            data = data.saturating_add(e.size());
+            if data > *budget {
+                return Err(err!(
+                    "refusing archive member {name} in {shown}: it takes the content past the size limit of {} bytes (raise --max-size if the archive is trusted)",
+                    *budget
+                ));
             }
             let mut p = root.to_path_buf();
             for c in &comps {

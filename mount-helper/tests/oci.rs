@@ -793,6 +793,11 @@ fn hostile_archives_are_refused_and_change_nothing() {
             "evil",
         ),
         (
+            "whiteout-via-symlink",
+            raw_tar(&[("lnk", S, "/etc", b""), ("lnk/.wh.passwd", F, "", b"")]),
+            "lnk/.wh.passwd",
+        ),
+        (
             "whiteout-up",
             raw_tar(&[("etc/.wh...", F, "", b"")]),
             "etc/.wh...",
@@ -848,7 +853,7 @@ fn hostile_archives_are_refused_and_change_nothing() {
         &["--max-size", "1M"],
         "refusing tar entry bomb",
     );
-    // Within the bound it is an ordinary (big, sparse) layer.
+    // Within the bound it is an ordinary layer.
     let e3 = Env::new();
     e3.ok(&[
         "load",
@@ -857,6 +862,16 @@ fn hostile_archives_are_refused_and_change_nothing() {
         "--max-size",
         "100M",
     ]);
+    // The same bomb as a whole archive (the outer tar of a docker or OCI archive) is
+    // stopped by name too.
+    let outer = env.path("bomb.tar");
+    fs::write(&outer, &raw).unwrap();
+    refused(
+        &env,
+        &outer,
+        &["--max-size", "1M"],
+        "refusing archive member bomb",
+    );
 
     // zstd layers are refused with the reason.
     let mut z = vec![0x28, 0xb5, 0x2f, 0xfd];
