@@ -124,7 +124,7 @@ enum Cmd {
         path: PathBuf,
         /// Name for the image (when the archive holds one)
         image: Option<String>,
-        /// Refuse archives whose content is larger than this (bytes, or K/M/G/T)
+        /// Refuse archives whose uncompressed tar streams add up to more than this (bytes, or K/M/G/T)
         #[arg(long, default_value = "64G")]
         max_size: String,
     },

@@ -81,9 +81,9 @@ pub fn extract(r: impl Read, out: &Path, what: &str, tick: &dyn Fn()) -> Result<
     extract_limited(r, out, what, tick, u64::MAX).map(|_| ())
 }
 
-/// Like [`extract`], refusing (by name) the entry whose data would take the total past
-/// `max` bytes: a tar bomb stops at its first entry over the bound, before it is written.
-/// Returns the bytes of file data extracted.
+/// Like [`extract`], refusing (by name) the entry whose data would end past byte `max` of
+/// the tar stream: a tar bomb stops at its first entry over the bound, before it is
+/// written. Returns the stream position after the last entry's data.
 pub fn extract_limited(
     r: impl Read,
     out: &Path,
@@ -143,7 +143,9 @@ pub fn extract_limited(
         }
         let h = entry.header().clone();
         let size = entry.size();
-        total = total.saturating_add(size);
+        // Measured on the tar stream (headers included), the same bytes a layer's size
+        // and the loader's --max-size count.
+        total = entry.raw_file_position().saturating_add(size);
         if total > max {
             return Err(err!(
                 "refusing tar entry {shown} in {what}: it takes the content past the size limit of {max} bytes (raise --max-size if the archive is trusted)"

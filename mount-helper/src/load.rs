@@ -234,7 +234,7 @@ fn load_locked(
         read_docker(&src, max)?
     } else {
         return Err(err!(
-            "{} is neither an OCI image layout (no index.json) nor a docker save archive (no manifest.json)",
+            "{} is neither an OCI image layout (no index.json) nor a docker save archive (no manifest.json); for a plain rootfs use `layerctl import`",
             src.shown
         ));
     };
@@ -367,7 +367,6 @@ fn unpack_archive(
     };
     let mut counted = oci::HashingReader::new(inner, *budget);
     let mut links = HashMap::new();
-    let mut data: u64 = 0;
     {
         let mut ar = tar::Archive::new(&mut counted);
         let entries = ar
@@ -400,7 +399,7 @@ fn unpack_archive(
                 continue;
             }
             // Checked on the header, so the member is named and never written.
-            data = data.saturating_add(e.size());
+            let data = e.raw_file_position().saturating_add(e.size());
             if data > *budget {
                 return Err(err!(
                     "refusing archive member {name} in {shown}: it takes the content past the size limit of {} bytes (raise --max-size if the archive is trusted)",
@@ -474,7 +473,7 @@ fn extract_layer(
     };
     let mut hr = oci::HashingReader::new(inner, budget);
     let what = format!("{} of {shown}", l.what);
-    let used = extract::extract_limited(&mut hr, diff, &what, tick, budget)?;
+    extract::extract_limited(&mut hr, diff, &what, tick, budget)?;
     // The tar reader stops at the end-of-archive marker; the digest covers every byte.
     io::copy(&mut hr, &mut io::sink()).ctx(|| format!("reading {what}"))?;
     let got = hr.digest();
@@ -484,7 +483,7 @@ fn extract_layer(
             l.diff_id
         ));
     }
-    Ok(used)
+    Ok(hr.count)
 }
 
 fn parse_config(bytes: &[u8], what: &str, shown: &str) -> Result<ImageConfig> {
