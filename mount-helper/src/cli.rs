@@ -107,6 +107,27 @@ enum Cmd {
     Gc,
     /// Re-hash every layer and check every reference (exit 1 on damage)
     Fsck,
+    /// Save images as an OCI layout (dir), an OCI archive (tar) or a docker save archive
+    Save {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "oci")]
+        format: crate::save::Format,
+        /// Layer compression [default: gzip for OCI formats, none for docker-archive]
+        #[arg(long, value_enum)]
+        compress: Option<crate::save::Compress>,
+    },
+    /// Load images from an OCI layout (dir or tar) or a docker save archive
+    Load {
+        path: PathBuf,
+        /// Name for the image (when the archive holds one)
+        image: Option<String>,
+        /// Refuse archives whose uncompressed tar streams add up to more than this (bytes, or K/M/G/T)
+        #[arg(long, default_value = "64G")]
+        max_size: String,
+    },
     /// Write a layer's canonical changeset tar (its sha256 is the diff_id)
     #[command(hide = true)]
     LayerTar {
@@ -424,6 +445,29 @@ fn run(cli: Cli) -> Result<i32> {
                 return Ok(1);
             }
             out("store is clean");
+        }
+        Cmd::Save {
+            images,
+            output,
+            format,
+            compress,
+        } => {
+            let lines = crate::save::save(&store, &images, &output, format, compress)?;
+            eprintln!("saved {} image(s) to {}", lines.len(), output.display());
+            for l in lines {
+                out(l);
+            }
+        }
+        Cmd::Load {
+            path,
+            image,
+            max_size,
+        } => {
+            let max = crate::load::parse_size(&max_size)?;
+            for (r, id) in crate::load::load(&store, &path, image.as_deref(), max)? {
+                eprintln!("loaded {r}");
+                out(format!("{r} {id}"));
+            }
         }
         Cmd::LayerTar { diff_id, output } => {
             store::hex_of(&diff_id)?;

@@ -11,22 +11,14 @@ use std::path::Path;
 
 use crate::sys;
 
-pub const WH_PREFIX: &str = ".wh.";
-pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
-
-const OPAQUE_XATTRS: [&[u8]; 2] = [b"trusted.overlay.opaque", b"user.overlay.opaque"];
-const REDIRECT_XATTRS: [&[u8]; 2] = [b"trusted.overlay.redirect", b"user.overlay.redirect"];
+// The encodings are the daemon's: one definition (layerfs::whiteout) so that what layerctl
+// writes into a layer is exactly what the daemon reads back.
+pub use layerfs::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX as WH_PREFIX};
+use layerfs::whiteout::{OPAQUE_XATTRS, REDIRECT_XATTRS};
 
 /// Overlay bookkeeping that must never leak into a layer tar or be copied between layers.
 pub fn is_private_xattr(name: &[u8]) -> bool {
-    [
-        &b"trusted.overlay."[..],
-        b"user.overlay.",
-        b"trusted.layerfs.",
-        b"user.layerfs.",
-    ]
-    .iter()
-    .any(|p| name.starts_with(p))
+    layerfs::whiteout::is_private_xattr(OsStr::from_bytes(name))
 }
 
 /// What one directory entry of an upper or layer directory means.
@@ -61,7 +53,7 @@ pub fn is_chardev_whiteout(meta: &fs::Metadata) -> bool {
 /// True when `dir` hides the same directory in lower layers (by xattr or marker file).
 pub fn is_opaque(dir: &Path) -> io::Result<bool> {
     for name in OPAQUE_XATTRS {
-        if sys::get_xattr(dir, name)?.as_deref() == Some(b"y") {
+        if sys::get_xattr(dir, name.as_bytes())?.as_deref() == Some(b"y") {
             return Ok(true);
         }
     }
@@ -75,7 +67,7 @@ pub fn is_opaque(dir: &Path) -> io::Result<bool> {
 /// The original path of a directory renamed from a lower layer, if `dir` carries one.
 pub fn redirect(dir: &Path) -> io::Result<Option<Vec<u8>>> {
     for name in REDIRECT_XATTRS {
-        if let Some(v) = sys::get_xattr(dir, name)? {
+        if let Some(v) = sys::get_xattr(dir, name.as_bytes())? {
             // Kernel overlayfs may store the value with a trailing NUL.
             let v: Vec<u8> = v.into_iter().take_while(|b| *b != 0).collect();
             if !v.is_empty() {
@@ -105,12 +97,12 @@ pub fn write_whiteout(dir: &Path, name: &OsStr) -> io::Result<()> {
 /// Marks `dir` opaque in the store's encoding: the xattr where it can be set (trusted as
 /// root, user otherwise), else the `.wh..wh..opq` marker file.
 pub fn set_opaque(dir: &Path) -> io::Result<()> {
-    let name: &[u8] = if sys::is_root() {
+    let name: &str = if sys::is_root() {
         OPAQUE_XATTRS[0]
     } else {
         OPAQUE_XATTRS[1]
     };
-    match sys::set_xattr(dir, name, b"y") {
+    match sys::set_xattr(dir, name.as_bytes(), b"y") {
         Ok(()) => Ok(()),
         Err(_) => fs::File::create(dir.join(OPAQUE_MARKER)).map(|_| ()),
     }

@@ -78,6 +78,20 @@ fn parent_dir(root: &Path, comps: &[OsString], entry: &str) -> Result<PathBuf> {
 
 /// Extracts the tar stream `r` into the empty directory `out`. `tick` is called per entry.
 pub fn extract(r: impl Read, out: &Path, what: &str, tick: &dyn Fn()) -> Result<()> {
+    extract_limited(r, out, what, tick, u64::MAX).map(|_| ())
+}
+
+/// Like [`extract`], refusing (by name) the entry whose data would end past byte `max` of
+/// the tar stream: a tar bomb stops at its first entry over the bound, before it is
+/// written. Returns the stream position after the last entry's data.
+pub fn extract_limited(
+    r: impl Read,
+    out: &Path,
+    what: &str,
+    tick: &dyn Fn(),
+    max: u64,
+) -> Result<u64> {
+    let mut total: u64 = 0;
     let mut ar = tar::Archive::new(r);
     let mut dirs = Dirs {
         pending: Vec::new(),
@@ -97,6 +111,16 @@ pub fn extract(r: impl Read, out: &Path, what: &str, tick: &dyn Fn()) -> Result<
         if comps.is_empty() {
             // The root directory itself ("./"): the layer root keeps the store's metadata.
             continue;
+        }
+        // A whiteout name can only be the last component: `.wh.x/y` would create a
+        // directory that the layer encoding then reads as a deletion.
+        if comps[..comps.len() - 1]
+            .iter()
+            .any(|c| c.as_bytes().starts_with(encoding::WH_PREFIX.as_bytes()))
+        {
+            return Err(err!(
+                "refusing tar entry {shown} in {what}: a whiteout name used as a directory"
+            ));
         }
         let parent = parent_dir(out, &comps, &shown)?;
         let name = comps[comps.len() - 1].clone();
@@ -118,6 +142,15 @@ pub fn extract(r: impl Read, out: &Path, what: &str, tick: &dyn Fn()) -> Result<
             continue;
         }
         let h = entry.header().clone();
+        let size = entry.size();
+        // Measured on the tar stream (headers included), the same bytes a layer's size
+        // and the loader's --max-size count.
+        total = entry.raw_file_position().saturating_add(size);
+        if total > max {
+            return Err(err!(
+                "refusing tar entry {shown} in {what}: it takes the content past the size limit of {max} bytes (raise --max-size if the archive is trusted)"
+            ));
+        }
         let mode = h.mode().ctx(|| format!("tar entry {shown}: bad mode"))? & 0o7777;
         // Some writers leave uid/gid blank; GNU tar reads that as 0, and so do we.
         let uid = h.uid().unwrap_or(0) as u32;
@@ -247,7 +280,7 @@ pub fn extract(r: impl Read, out: &Path, what: &str, tick: &dyn Fn()) -> Result<
         set_meta(&d, false, mode, uid, gid, mtime, privileged)
             .ctx(|| format!("{}", d.display()))?;
     }
-    Ok(())
+    Ok(total)
 }
 
 fn set_meta(
