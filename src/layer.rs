@@ -2,8 +2,8 @@
 //! resolved relative to it with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so
 //! nothing a layer contains can lead the daemon outside it.
 
-use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,10 +12,32 @@ use parking_lot::RwLock;
 
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
+use crate::whiteout;
 
 /// How many directory handles one layer keeps open at most; past that the cache starts
 /// over, so open fds stay bounded whatever the size of the tree.
-const DIR_CACHE_MAX: usize = 4096;
+const DIR_CACHE_MAX: usize = 1024;
+/// How many names one layer keeps in directory listings at most (about 100 bytes each);
+/// past that the cache starts over, so memory stays bounded whatever the size of the tree.
+const LISTING_CACHE_MAX_NAMES: usize = 200_000;
+
+/// What one directory of an immutable layer holds, read once: lookups of names it does not
+/// have, and whiteout files next to names, are answered without a syscall.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Names (whiteout files and the opaque marker excluded) and their `DT_*` types.
+    pub entries: HashMap<OsString, u8>,
+    /// Names deleted by a `.wh.NAME` file in this directory.
+    pub whiteouts: HashSet<OsString>,
+    /// Opaque by marker file or xattr.
+    pub opaque: bool,
+}
+
+#[derive(Default)]
+struct Listings {
+    dirs: HashMap<PathBuf, Arc<Listing>>,
+    names: usize,
+}
 
 pub struct Layer {
     /// Where the user said the layer is (for messages).
@@ -26,6 +48,8 @@ pub struct Layer {
     /// `fstatat` instead of a path walk. A handle follows its directory, not its path:
     /// whoever renames or removes a directory in this layer calls `forget_dirs`.
     dirs: RwLock<HashMap<PathBuf, Arc<OwnedFd>>>,
+    /// Directory listings, kept for immutable (lower) layers only.
+    listings: Option<RwLock<Listings>>,
 }
 
 impl Layer {
@@ -45,7 +69,58 @@ impl Layer {
             root,
             dev: st.st_dev,
             dirs: RwLock::new(HashMap::new()),
+            listings: None,
         })
+    }
+
+    /// A layer that does not change while mounted (a lower layer): its directory listings
+    /// are cached.
+    pub fn open_immutable(path: &Path) -> Result<Layer> {
+        let mut layer = Layer::open(path)?;
+        layer.listings = Some(RwLock::new(Listings::default()));
+        Ok(layer)
+    }
+
+    /// The listing of directory `rel`; `None` for a layer that may change.
+    pub fn listing(&self, rel: &Path) -> Result<Option<Arc<Listing>>> {
+        let Some(cache) = &self.listings else {
+            return Ok(None);
+        };
+        if let Some(l) = cache.read().dirs.get(rel) {
+            return Ok(Some(l.clone()));
+        }
+        let listing = Arc::new(self.read_listing(rel)?);
+        let mut cache = cache.write();
+        if cache.names + listing.entries.len() > LISTING_CACHE_MAX_NAMES {
+            cache.dirs.clear();
+            cache.names = 0;
+        }
+        cache.names += listing.entries.len();
+        cache.dirs.insert(rel.to_path_buf(), listing.clone());
+        Ok(Some(listing))
+    }
+
+    fn read_listing(&self, rel: &Path) -> Result<Listing> {
+        let fd = sys::openat_beneath(self.root(), rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .map_err(|e| Error::from(e).context(self.describe(rel)))?;
+        let mut listing = Listing {
+            opaque: whiteout::OPAQUE_XATTRS.iter().any(|attr| {
+                sys::getxattr(fd.as_fd(), OsStr::new(""), OsStr::new(attr)).is_ok_and(|v| v == b"y")
+            }),
+            ..Listing::default()
+        };
+        for (name, dtype, _) in
+            sys::read_dir(fd).map_err(|e| Error::from(e).context(self.describe(rel)))?
+        {
+            if name.as_os_str() == OsStr::new(whiteout::OPAQUE_MARKER) {
+                listing.opaque = true;
+            } else if let Some(target) = whiteout::whiteout_target(&name) {
+                listing.whiteouts.insert(target.to_os_string());
+            } else if !whiteout::is_marker_name(&name) {
+                listing.entries.insert(name, dtype);
+            }
+        }
+        Ok(listing)
     }
 
     pub fn root(&self) -> BorrowedFd<'_> {

@@ -89,7 +89,7 @@ impl Overlay {
         let lowers = config
             .lowers
             .iter()
-            .map(|p| Layer::open(p))
+            .map(|p| Layer::open_immutable(p))
             .collect::<Result<Vec<_>>>()?;
         if lowers.is_empty() {
             return Err(Error::usage(

@@ -118,18 +118,31 @@ impl Stack {
                 (Some(p), Some(n)) => (p, n),
                 _ => continue,
             };
+            // A lower directory that is not there (or is not a directory) in this layer
+            // simply contributes nothing.
+            let absent = |e: &Error| {
+                matches!(
+                    e.errno(),
+                    libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV
+                )
+            };
+            // The cached listing answers "not here" and "deleted here" without a syscall.
+            match layer.listing(parent) {
+                Ok(Some(listing)) => {
+                    if !listing.entries.contains_key(cname) {
+                        if listing.whiteouts.contains(cname) {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) if absent(&e) => continue,
+                Err(e) => return Err(e),
+            }
             let dir = match layer.dir(parent) {
                 Ok(d) => d,
-                // A lower directory that is not there (or is not a directory) in this layer
-                // simply contributes nothing.
-                Err(e)
-                    if matches!(
-                        e.errno(),
-                        libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV
-                    ) =>
-                {
-                    continue
-                }
+                Err(e) if absent(&e) => continue,
                 Err(e) => return Err(e),
             };
             let st = match sys::fstatat(dir.as_fd(), cname) {
@@ -156,7 +169,7 @@ impl Stack {
                     }));
                 }
                 None => {
-                    let opaque = whiteout::is_opaque(dir.as_fd(), cname);
+                    let opaque = lower_opaque(layer, dir.as_fd(), &cand.path, cname);
                     found = Some(Found {
                         st_ino: compose_ino(cand.layer + 1, st.st_ino),
                         stat: st,
@@ -173,7 +186,7 @@ impl Stack {
                     if !is_dir(&st) {
                         break;
                     }
-                    let opaque = whiteout::is_opaque(dir.as_fd(), cname);
+                    let opaque = lower_opaque(layer, dir.as_fd(), &cand.path, cname);
                     if f.lower.is_none() {
                         f.lower = Some(cand.clone());
                     }
@@ -217,5 +230,14 @@ impl Stack {
                 path: PathBuf::new(),
             })
             .collect()
+    }
+}
+
+/// Whether the lower directory `path` (reached as `name` in `parent`) is opaque: from its
+/// cached listing when the layer keeps one, else by asking the layer.
+fn lower_opaque(layer: &Layer, parent: std::os::fd::BorrowedFd, path: &Path, name: &OsStr) -> bool {
+    match layer.listing(path) {
+        Ok(Some(listing)) => listing.opaque,
+        _ => whiteout::is_opaque(parent, name),
     }
 }
