@@ -301,8 +301,22 @@ pub fn futimens(fd: BorrowedFd, times: &[Timespec; 2]) -> io::Result<()> {
     Ok(())
 }
 
-/// The /proc path that names `name` inside the directory `dir` without any lookup outside
-/// it; the xattr calls below use it with the `l` variants, so a final symlink is not followed.
+/// How the xattr calls below reach `name` inside `dir` without any lookup outside it: the
+/// fd's /proc magic link plus the name, with the `l` variants so a final symlink is not
+/// followed. With an empty name the magic link itself names the object and must be
+/// followed (the `l` variants would act on the /proc link).
+struct XattrPath {
+    path: CString,
+    follow: bool,
+}
+
+fn xattr_path(dir: BorrowedFd, name: &OsStr) -> io::Result<XattrPath> {
+    Ok(XattrPath {
+        path: proc_path(dir, name)?,
+        follow: name.is_empty(),
+    })
+}
+
 fn proc_path(dir: BorrowedFd, name: &OsStr) -> io::Result<CString> {
     let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
     if !name.is_empty() {
@@ -312,15 +326,45 @@ fn proc_path(dir: BorrowedFd, name: &OsStr) -> io::Result<CString> {
     CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+fn raw_getxattr(p: &XattrPath, attr: &CStr, buf: &mut [u8]) -> libc::ssize_t {
+    let (ptr, len) = if buf.is_empty() {
+        (std::ptr::null_mut(), 0)
+    } else {
+        (buf.as_mut_ptr().cast(), buf.len())
+    };
+    // SAFETY: valid C strings; `ptr` is null with size 0 (a size query) or writable for `len`.
+    unsafe {
+        if p.follow {
+            libc::getxattr(p.path.as_ptr(), attr.as_ptr(), ptr, len)
+        } else {
+            libc::lgetxattr(p.path.as_ptr(), attr.as_ptr(), ptr, len)
+        }
+    }
+}
+
+fn raw_listxattr(p: &XattrPath, buf: &mut [u8]) -> libc::ssize_t {
+    let (ptr, len) = if buf.is_empty() {
+        (std::ptr::null_mut(), 0)
+    } else {
+        (buf.as_mut_ptr().cast(), buf.len())
+    };
+    // SAFETY: valid C string; `ptr` is null with size 0 (a size query) or writable for `len`.
+    unsafe {
+        if p.follow {
+            libc::listxattr(p.path.as_ptr(), ptr, len)
+        } else {
+            libc::llistxattr(p.path.as_ptr(), ptr, len)
+        }
+    }
+}
+
 /// Value of xattr `attr` of `name` in `dir` (`name` empty: of `dir` itself).
 pub fn getxattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr) -> io::Result<Vec<u8>> {
-    let p = proc_path(dir, name)?;
+    let p = xattr_path(dir, name)?;
     let a = cstr(attr)?;
     let mut buf = vec![0u8; 256];
     loop {
-        // SAFETY: valid C strings; `buf` writable for its length.
-        let n =
-            unsafe { libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = raw_getxattr(&p, &a, &mut buf);
         if n >= 0 {
             buf.truncate(n as usize);
             return Ok(buf);
@@ -329,10 +373,7 @@ pub fn getxattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr) -> io::Result<Vec<u
         if err.raw_os_error() != Some(libc::ERANGE) {
             return Err(err);
         }
-        // SAFETY: a null buffer with size 0 asks for the size only.
-        let need = check_size(unsafe {
-            libc::lgetxattr(p.as_ptr(), a.as_ptr(), std::ptr::null_mut(), 0)
-        })?;
+        let need = check_size(raw_getxattr(&p, &a, &mut []))?;
         buf.resize(need.max(buf.len() * 2), 0);
     }
 }
@@ -344,36 +385,51 @@ pub fn setxattr(
     value: &[u8],
     flags: i32,
 ) -> io::Result<()> {
-    let p = proc_path(dir, name)?;
+    let p = xattr_path(dir, name)?;
     let a = cstr(attr)?;
     // SAFETY: valid C strings; `value` readable for its length.
     check(unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            a.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
+        if p.follow {
+            libc::setxattr(
+                p.path.as_ptr(),
+                a.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        } else {
+            libc::lsetxattr(
+                p.path.as_ptr(),
+                a.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        }
     })?;
     Ok(())
 }
 
 pub fn removexattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr) -> io::Result<()> {
-    let p = proc_path(dir, name)?;
+    let p = xattr_path(dir, name)?;
     let a = cstr(attr)?;
     // SAFETY: valid C strings.
-    check(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) })?;
+    check(unsafe {
+        if p.follow {
+            libc::removexattr(p.path.as_ptr(), a.as_ptr())
+        } else {
+            libc::lremovexattr(p.path.as_ptr(), a.as_ptr())
+        }
+    })?;
     Ok(())
 }
 
 /// Names of all xattrs of `name` in `dir`.
 pub fn listxattr(dir: BorrowedFd, name: &OsStr) -> io::Result<Vec<OsString>> {
-    let p = proc_path(dir, name)?;
+    let p = xattr_path(dir, name)?;
     let mut buf = vec![0u8; 1024];
     let n = loop {
-        // SAFETY: valid C string; `buf` writable for its length.
-        let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = raw_listxattr(&p, &mut buf);
         if n >= 0 {
             break n as usize;
         }
@@ -381,8 +437,7 @@ pub fn listxattr(dir: BorrowedFd, name: &OsStr) -> io::Result<Vec<OsString>> {
         if err.raw_os_error() != Some(libc::ERANGE) {
             return Err(err);
         }
-        // SAFETY: a null buffer with size 0 asks for the size only.
-        let need = check_size(unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let need = check_size(raw_listxattr(&p, &mut []))?;
         buf.resize(need.max(buf.len() * 2), 0);
     };
     Ok(buf[..n]
