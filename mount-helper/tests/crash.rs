@@ -126,7 +126,11 @@ fn daemon_death_keeps_upper_data() {
 
     // The upper directory holds everything.
     let info = env.json(&["inspect", "c"]);
-    let upper = Path::new(info["upper_dir"].as_str().expect("upper_dir in inspect"));
+    let upper = Path::new(
+        info["container"]["upper_dir"]
+            .as_str()
+            .expect("upper_dir in inspect"),
+    );
     for (p, content) in &written {
         assert_eq!(
             fs::read_to_string(upper.join(p)).unwrap(),
