@@ -896,3 +896,147 @@ pub fn diff(a: &Snapshot, b: &Snapshot, an: &str, bn: &str) -> String {
     }
     s
 }
+
+// ---------------------------------------------------------------------------
+// Hang detection
+// ---------------------------------------------------------------------------
+
+/// Fails a test loudly when it stops making progress: a FUSE request that never gets an
+/// answer cannot be cancelled from the blocked thread, so a helper thread watches a
+/// heartbeat and, after `timeout` without one, prints what was running and exits the
+/// whole test process (status 3). Only catches hangs; never a timing assertion.
+pub struct Watchdog {
+    state: std::sync::Arc<(
+        std::sync::Mutex<(std::time::Instant, String)>,
+        std::sync::atomic::AtomicBool,
+    )>,
+}
+
+impl Watchdog {
+    pub fn new(label: &str, timeout: std::time::Duration) -> Watchdog {
+        let state = std::sync::Arc::new((
+            std::sync::Mutex::new((std::time::Instant::now(), String::from("start"))),
+            std::sync::atomic::AtomicBool::new(false),
+        ));
+        let s = state.clone();
+        let label = label.to_string();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            if s.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let (last, what) = s.0.lock().unwrap().clone();
+            if last.elapsed() > timeout {
+                eprintln!(
+                    "HANG in {label}: no progress for {:?} while: {what}\n(a FUSE request never got an answer, or the daemon deadlocked)",
+                    last.elapsed()
+                );
+                std::process::exit(3);
+            }
+        });
+        Watchdog { state }
+    }
+
+    /// Records progress; `what` is printed if the next step hangs.
+    pub fn beat(&self, what: &str) {
+        let mut g = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+        *g = (std::time::Instant::now(), what.to_string());
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state
+            .1
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Process ids of daemons whose command line names `mnt` (the test process excluded).
+pub fn daemon_pids(mnt: &Path) -> Vec<i32> {
+    let needle = mnt.as_os_str().as_bytes();
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmd.split(|b| *b == 0).any(|arg| arg == needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The one daemon serving `mnt`; panics unless exactly one is found.
+pub fn daemon_pid(mnt: &Path) -> i32 {
+    let pids = daemon_pids(mnt);
+    assert_eq!(
+        pids.len(),
+        1,
+        "expected one daemon for {}, found {pids:?}",
+        mnt.display()
+    );
+    pids[0]
+}
+
+/// SIGKILL a process and wait until it is gone (reaped by whoever owns it, or a zombie).
+pub fn kill9(pid: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(r, 0, "kill -9 {pid}: {}", io::Error::last_os_error());
+    for _ in 0..6000 {
+        let gone = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(s) => s
+                .rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().starts_with('Z'))
+                .unwrap_or(true),
+        };
+        if gone {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("process {pid} survived SIGKILL");
+}
+
+/// VmRSS in kB and the number of open fds of a process.
+pub fn rss_and_fds(pid: i32) -> (u64, usize) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    (rss, fds)
+}
+
+impl Mount {
+    /// For a mount whose daemon is dead: detach the stale mount point (fusermount3 -u
+    /// works on a dead FUSE connection).
+    pub fn clear_stale(mut self) {
+        self.mounted = false;
+        if !run_quiet("fusermount3", &["-u"], &self.path) {
+            assert!(
+                run_quiet("fusermount3", &["-uz"], &self.path),
+                "cannot detach stale mount {}",
+                self.path.display()
+            );
+        }
+        assert!(
+            !is_mounted(&self.path),
+            "{} still mounted",
+            self.path.display()
+        );
+    }
+}
