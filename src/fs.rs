@@ -37,6 +37,11 @@ impl LayerFs {
     fn attr(&self, st: &Stat) -> FileAttr {
         to_attr(st)
     }
+
+    /// The generation of node `id`: tells the kernel a reused inode number is a new object.
+    fn gen(&self, id: u64) -> Generation {
+        Generation(self.overlay.generation(id))
+    }
 }
 
 fn caller(req: &Request) -> Caller {
@@ -153,7 +158,7 @@ impl Filesystem for LayerFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.overlay.lookup(parent.0, name) {
-            Ok((_, st)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), GEN),
+            Ok((id, st)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id)),
             Err(e) if e.errno() == libc::ENOENT => {
                 // A negative entry (node id 0) lets the kernel remember the absence too;
                 // anything created through the mount replaces it.
@@ -237,7 +242,7 @@ impl Filesystem for LayerFs {
             .overlay
             .create(parent.0, name, kind, mode, umask, caller(req))
         {
-            Ok((_, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), GEN),
+            Ok((id, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id)),
             Err(e) => reply.error(fail(e)),
         }
     }
@@ -255,7 +260,7 @@ impl Filesystem for LayerFs {
             .overlay
             .create(parent.0, name, NewKind::Dir, mode, umask, caller(req))
         {
-            Ok((_, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), GEN),
+            Ok((id, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id)),
             Err(e) => reply.error(fail(e)),
         }
     }
@@ -289,7 +294,7 @@ impl Filesystem for LayerFs {
             .overlay
             .create(parent.0, link_name, kind, 0o777, 0, caller(req))
         {
-            Ok((_, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), GEN),
+            Ok((id, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id)),
             Err(e) => reply.error(fail(e)),
         }
     }
@@ -322,7 +327,7 @@ impl Filesystem for LayerFs {
         reply: ReplyEntry,
     ) {
         match self.overlay.link(ino.0, newparent.0, newname) {
-            Ok((_, st)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), GEN),
+            Ok((id, st)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id)),
             Err(e) => reply.error(fail(e)),
         }
     }
@@ -529,7 +534,7 @@ impl Filesystem for LayerFs {
             }
             match self.overlay.lookup(ino.0, name) {
                 Ok((id, st)) => {
-                    if reply.add(INodeNo(id), next, name, &self.ttl, &self.attr(&st), GEN) {
+                    if reply.add(INodeNo(id), next, name, &self.ttl, &self.attr(&st), self.gen(id)) {
                         // The entry did not fit: the kernel never saw this lookup.
                         self.overlay.forget(id, 1);
                         break;
@@ -663,12 +668,12 @@ impl Filesystem for LayerFs {
                 let (ttl, attr, fh) = (&self.ttl, &self.attr(&st), FileHandle(fh));
                 match mode {
                     Mode::Passthrough(b) => {
-                        reply.created_passthrough(ttl, attr, GEN, fh, FopenFlags::empty(), &b)
+                        reply.created_passthrough(ttl, attr, self.gen(id), fh, FopenFlags::empty(), &b)
                     }
                     Mode::DirectIo => {
-                        reply.created(ttl, attr, GEN, fh, FopenFlags::FOPEN_DIRECT_IO)
+                        reply.created(ttl, attr, self.gen(id), fh, FopenFlags::FOPEN_DIRECT_IO)
                     }
-                    Mode::Cached => reply.created(ttl, attr, GEN, fh, FopenFlags::FOPEN_KEEP_CACHE),
+                    Mode::Cached => reply.created(ttl, attr, self.gen(id), fh, FopenFlags::FOPEN_KEEP_CACHE),
                 }
             }
             Ok((_, _, None)) => reply.error(Errno::EIO),

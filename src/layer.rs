@@ -101,7 +101,7 @@ impl Layer {
     }
 
     fn read_listing(&self, rel: &Path) -> Result<Listing> {
-        let fd = sys::openat_beneath(self.root(), rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        let fd = self.open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY)
             .map_err(|e| Error::from(e).context(self.describe(rel)))?;
         let mut listing = Listing {
             opaque: whiteout::OPAQUE_XATTRS.iter().any(|attr| {
@@ -132,7 +132,7 @@ impl Layer {
         if let Some(fd) = self.dirs.read().get(rel) {
             return Ok(fd.clone());
         }
-        let fd = sys::openat_beneath(self.root(), rel, libc::O_PATH | libc::O_DIRECTORY, 0)
+        let fd = self.open_beneath(rel, libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| Error::from(e).context(self.describe(rel)))?;
         let fd = Arc::new(fd);
         let mut dirs = self.dirs.write();
@@ -141,6 +141,20 @@ impl Layer {
         }
         dirs.insert(rel.to_path_buf(), fd.clone());
         Ok(fd)
+    }
+
+    /// Opens `rel` with `flags`, confined to the layer. A path too long for one syscall is
+    /// opened from its parent's (cached) handle, so trees deeper than PATH_MAX work.
+    pub fn open_beneath(&self, rel: &Path, flags: i32) -> std::io::Result<OwnedFd> {
+        const ONE_WALK_MAX: usize = 2048;
+        if rel.as_os_str().len() <= ONE_WALK_MAX {
+            return sys::openat_beneath(self.root(), rel, flags, 0);
+        }
+        let (parent, Some(name)) = split(rel) else {
+            return sys::openat_beneath(self.root(), rel, flags, 0);
+        };
+        let dir = self.dir(parent).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        sys::openat_beneath(dir.as_fd(), Path::new(name), flags, 0)
     }
 
     /// Drops every cached directory handle: a directory of this layer moved or went.
@@ -163,7 +177,7 @@ impl Layer {
 
     /// Opens `rel` (not following a final symlink) with `flags`.
     pub fn open_file(&self, rel: &Path, flags: i32) -> Result<OwnedFd> {
-        sys::openat_beneath(self.root(), rel, flags | libc::O_NOFOLLOW, 0)
+        self.open_beneath(rel, flags | libc::O_NOFOLLOW)
             .map_err(|e| Error::from(e).context(self.describe(rel)))
     }
 

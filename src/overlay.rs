@@ -261,6 +261,10 @@ impl Overlay {
         tree.path(id).ok_or_else(|| errno(libc::ENOENT))
     }
 
+    pub fn generation(&self, id: u64) -> u64 {
+        self.tree.read().get(id).map(|n| n.generation).unwrap_or(0)
+    }
+
     pub fn forget(&self, id: u64, n: u64) {
         self.tree.write().forget(id, n);
     }
@@ -681,8 +685,9 @@ impl Overlay {
             }
             _ => {}
         }
-        let pdir = self.upper_dir(&mut tree, parent)?;
         let need_whiteout = self.lower_has(&tree, parent, name)?;
+        self.check_whiteout_fits(name, need_whiteout)?;
+        let pdir = self.upper_dir(&mut tree, parent)?;
         // The other names of a hard-linked lower inode must see the link count drop.
         self.ensure_index(&mut tree, id)?;
         self.pin_if_last_name(&mut tree, id)?;
@@ -693,6 +698,16 @@ impl Overlay {
         self.adjust_index_nlink(&tree, id, -1)?;
         tree.remove_name(parent, name);
         forget_upper_if_gone(&mut tree, id);
+        Ok(())
+    }
+
+    /// A `.wh.NAME` whiteout needs four bytes more than the name: a deletion that cannot be
+    /// recorded is refused before anything changes.
+    fn check_whiteout_fits(&self, name: &OsStr, need_whiteout: bool) -> Result<()> {
+        let max = libc::NAME_MAX as usize - whiteout::WHITEOUT_PREFIX.len();
+        if need_whiteout && self.stack.whiteout == Encoding::File && name.len() > max {
+            return Err(Error::new(libc::ENAMETOOLONG, format!("{}: no room for its .wh. whiteout", name.to_string_lossy())));
+        }
         Ok(())
     }
 
@@ -838,6 +853,10 @@ impl Overlay {
             let _ = is_src;
         }
 
+        if !exchange {
+            let need = self.lower_has(&tree, parent, name)?;
+            self.check_whiteout_fits(name, need)?;
+        }
         let sdir = self.upper_dir(&mut tree, parent)?;
         let ddir = self.upper_dir(&mut tree, newparent)?;
         self.copy_up(&mut tree, src)?;
@@ -1222,7 +1241,12 @@ impl Overlay {
 
     pub fn statfs(&self) -> Result<libc::statvfs> {
         let layer = self.stack.upper.as_ref().unwrap_or(&self.stack.lowers[0]);
-        Ok(sys::fstatvfs(layer.root())?)
+        let mut st = sys::fstatvfs(layer.root())?;
+        if self.stack.whiteout == Encoding::File {
+            // A name must leave room for the `.wh.` prefix of its whiteout.
+            st.f_namemax = st.f_namemax.min(libc::NAME_MAX as u64 - whiteout::WHITEOUT_PREFIX.len() as u64);
+        }
+        Ok(st)
     }
 
     /// Nodes currently known (for tests and memory accounting).

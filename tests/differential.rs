@@ -358,7 +358,7 @@ fn random_script(seed: u64, n: usize) -> Vec<Op> {
             }
             13 => Op::Link(path(&mut r), path(&mut r)),
             14 => Op::Symlink(
-                r.pick(&["a", "../a", "/etc/passwd", "d1/s", "."])
+                r.pick(&["a", "../a", "/nonexistent-layerfs-test/target", "d1/s", "."])
                     .to_string(),
                 path(&mut r),
             ),

@@ -209,14 +209,12 @@ pub fn tree_size(p: &Path) -> u64 {
 pub fn state(c: &ContainerRecord) -> String {
     match &c.mountpoint {
         None => "unmounted".to_string(),
-        Some(mp) => match fs::metadata(mp) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                "stale (run `layerctl umount`)".to_string()
-            }
-            _ => match mount::mount_fstype(mp) {
-                Ok(Some(_)) => "mounted".to_string(),
-                _ => "not mounted (record stale)".to_string(),
-            },
+        // The kernel may answer a stat of a dead daemon's mount from its cache, so ask
+        // the mount something it must forward (`is_stale` reads the directory).
+        Some(mp) if mount::is_stale(mp) => "stale (run `layerctl umount`)".to_string(),
+        Some(mp) => match mount::mount_fstype(mp) {
+            Ok(Some(_)) => "mounted".to_string(),
+            _ => "not mounted (record stale)".to_string(),
         },
     }
 }
