@@ -7,9 +7,13 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::idmap::IdMap;
 use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
 use crate::sys::{self, Stat};
 use crate::{Config, Error, Result};
@@ -17,6 +21,7 @@ use crate::{Config, Error, Result};
 pub struct LayerFs {
     overlay: Overlay,
     ttl: Duration,
+    ids: IdMap,
 }
 
 impl LayerFs {
@@ -25,18 +30,46 @@ impl LayerFs {
         Ok(LayerFs {
             overlay: Overlay::new(config)?,
             ttl: Duration::from_secs_f64(config.timeout.max(0.0)),
+            ids: IdMap::new(config),
         })
     }
 
+    /// Attributes as callers see them: owners translated by the id options.
     fn attr(&self, st: &Stat) -> FileAttr {
-        to_attr(st)
+        let mut attr = to_attr(st);
+        attr.uid = self.ids.uid_out(attr.uid);
+        attr.gid = self.ids.gid_out(attr.gid);
+        attr
     }
-}
 
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
+    /// The caller's ids on disk. A caller the id mapping cannot represent may not create
+    /// anything: EOVERFLOW, as the kernel answers on an idmapped mount.
+    fn caller(&self, req: &Request) -> std::result::Result<Caller, Errno> {
+        match (self.ids.uid_in(req.uid()), self.ids.gid_in(req.gid())) {
+            (Some(uid), Some(gid)) => Ok(Caller { uid, gid }),
+            _ => {
+                log::debug!("caller {}:{} has no id mapping", req.uid(), req.gid());
+                Err(Errno::EOVERFLOW)
+            }
+        }
+    }
+
+    /// A chown target on disk; an id outside the mapping is EINVAL, as chown(2) answers
+    /// for an id the caller's user namespace cannot map.
+    fn owner_in(
+        &self,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> std::result::Result<(Option<u32>, Option<u32>), Errno> {
+        let uid = match uid {
+            Some(u) => Some(self.ids.uid_in(u).ok_or(Errno::EINVAL)?),
+            None => None,
+        };
+        let gid = match gid {
+            Some(g) => Some(self.ids.gid_in(g).ok_or(Errno::EINVAL)?),
+            None => None,
+        };
+        Ok((uid, gid))
     }
 }
 
@@ -169,6 +202,10 @@ impl Filesystem for LayerFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let (uid, gid) = match self.owner_in(uid, gid) {
+            Ok(ids) => ids,
+            Err(e) => return reply.error(e),
+        };
         let attr = SetAttr {
             mode,
             uid,
@@ -191,20 +228,53 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let caller = match self.caller(req) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
         let kind = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
-            NewKind::File { flags: libc::O_RDONLY }
+            NewKind::File {
+                flags: libc::O_RDONLY,
+            }
         } else {
             NewKind::Special { rdev: rdev as u64 }
         };
-        match self.overlay.create(parent.0, name, kind, mode, umask, caller(req)) {
+        match self
+            .overlay
+            .create(parent.0, name, kind, mode, umask, caller)
+        {
             Ok((_, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), GEN),
             Err(e) => reply.error(fail(e)),
         }
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        match self.overlay.create(parent.0, name, NewKind::Dir, mode, umask, caller(req)) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let caller = match self.caller(req) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
+        match self
+            .overlay
+            .create(parent.0, name, NewKind::Dir, mode, umask, caller)
+        {
             Ok((_, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), GEN),
             Err(e) => reply.error(fail(e)),
         }
@@ -224,22 +294,57 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let kind = NewKind::Symlink { target: target.as_os_str() };
-        match self.overlay.create(parent.0, link_name, kind, 0o777, 0, caller(req)) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let caller = match self.caller(req) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
+        let kind = NewKind::Symlink {
+            target: target.as_os_str(),
+        };
+        match self
+            .overlay
+            .create(parent.0, link_name, kind, 0o777, 0, caller)
+        {
             Ok((_, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), GEN),
             Err(e) => reply.error(fail(e)),
         }
     }
 
-    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
-        match self.overlay.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .overlay
+            .rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail(e)),
         }
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         match self.overlay.link(ino.0, newparent.0, newname) {
             Ok((_, st)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), GEN),
             Err(e) => reply.error(fail(e)),
@@ -253,7 +358,17 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn read(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock_owner: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         let fd = match self.overlay.read_fd(fh.0) {
             Ok(fd) => fd,
             Err(e) => return reply.error(fail(e)),
@@ -271,7 +386,18 @@ impl Filesystem for LayerFs {
         reply.data(&buf[..done]);
     }
 
-    fn write(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8], _write_flags: WriteFlags, _flags: OpenFlags, _lock_owner: Option<LockOwner>, reply: ReplyWrite) {
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
         let fd = match self.overlay.file_fd(fh.0) {
             Ok(fd) => fd,
             Err(e) => return reply.error(fail(e)),
@@ -291,16 +417,39 @@ impl Filesystem for LayerFs {
         reply.written(done as u32);
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
-    fn release(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lock_owner: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         self.overlay.release(fh.0);
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.overlay.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail(e)),
@@ -314,20 +463,39 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let entries = match self.overlay.dir_entries(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(fail(e)),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, dtype_to_file_type(e.dtype), &e.name) {
+            if reply.add(
+                INodeNo(e.ino),
+                (i + 1) as u64,
+                dtype_to_file_type(e.dtype),
+                &e.name,
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let entries = match self.overlay.dir_entries(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(fail(e)),
@@ -340,7 +508,14 @@ impl Filesystem for LayerFs {
                 let id = if name == "." { Some(ino.0) } else { None };
                 let st = id.and_then(|id| self.overlay.getattr(id, None).ok());
                 let full = match st {
-                    Some(st) => reply.add(INodeNo(id.unwrap_or(0)), next, name, &Duration::ZERO, &self.attr(&st), GEN),
+                    Some(st) => reply.add(
+                        INodeNo(id.unwrap_or(0)),
+                        next,
+                        name,
+                        &Duration::ZERO,
+                        &self.attr(&st),
+                        GEN,
+                    ),
                     None => {
                         let mut attr = to_attr(&zero_stat());
                         attr.ino = INodeNo(e.ino);
@@ -368,23 +543,55 @@ impl Filesystem for LayerFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.overlay.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.overlay.statfs() {
-            Ok(s) => reply.statfs(s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_bsize as u32, s.f_namemax as u32, s.f_frsize as u32),
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
             Err(e) => reply.error(fail(e)),
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         match self.overlay.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail(e)),
@@ -428,38 +635,101 @@ impl Filesystem for LayerFs {
         }
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
-        match self.overlay.create(parent.0, name, NewKind::File { flags }, mode, umask, caller(req)) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let caller = match self.caller(req) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
+        match self
+            .overlay
+            .create(parent.0, name, NewKind::File { flags }, mode, umask, caller)
+        {
             Ok((id, st, Some(fd))) => {
                 let fh = self.overlay.add_open_file(id, fd);
-                reply.created(&self.ttl, &self.attr(&st), GEN, FileHandle(fh), FopenFlags::empty());
+                reply.created(
+                    &self.ttl,
+                    &self.attr(&st),
+                    GEN,
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
             }
             Ok((_, _, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(fail(e)),
         }
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let r = self.overlay.file_fd(fh.0).and_then(|fd| Ok(sys::fallocate(fd.as_fd(), mode, offset, length)?));
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .overlay
+            .file_fd(fh.0)
+            .and_then(|fd| Ok(sys::fallocate(fd.as_fd(), mode, offset, length)?));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail(e)),
         }
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
-        let r = self.overlay.read_fd(fh.0).and_then(|fd| Ok(sys::lseek(fd.as_fd(), offset, whence)?));
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let r = self
+            .overlay
+            .read_fd(fh.0)
+            .and_then(|fd| Ok(sys::lseek(fd.as_fd(), offset, whence)?));
         match r {
             Ok(off) => reply.offset(off),
             Err(e) => reply.error(fail(e)),
         }
     }
 
-    fn copy_file_range(&self, _req: &Request, _ino_in: INodeNo, fh_in: FileHandle, offset_in: u64, _ino_out: INodeNo, fh_out: FileHandle, offset_out: u64, len: u64, _flags: CopyFileRangeFlags, reply: ReplyWrite) {
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
         let r = self.overlay.read_fd(fh_in.0).and_then(|fin| {
             let fout = self.overlay.file_fd(fh_out.0)?;
             let len = len.min(u32::MAX as u64 & !0xfff) as usize;
-            Ok(sys::copy_file_range(fin.as_fd(), offset_in, fout.as_fd(), offset_out, len)?)
+            Ok(sys::copy_file_range(
+                fin.as_fd(),
+                offset_in,
+                fout.as_fd(),
+                offset_out,
+                len,
+            )?)
         });
         match r {
             Ok(n) => reply.written(n as u32),
