@@ -15,6 +15,7 @@ pub mod images;
 pub mod lowerview;
 pub mod mount;
 pub mod progress;
+pub mod run;
 pub mod store;
 pub mod sys;
 pub mod tarfile;
