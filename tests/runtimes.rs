@@ -350,6 +350,7 @@ fn layerctl_run_as_user() {
 D={d}
 layerctl import $D/l0 bb:1 >/dev/null
 test -d "$HOME/.local/share/layerfs/layers"
+layerctl layers --json | grep -o '"sha256:[0-9a-f]*"' > $D/user-layers.txt
 layerctl run --help | grep -q "crun when installed, else bubblewrap"
 for rt in crun bwrap; do
     set +e
@@ -376,6 +377,43 @@ fails "no such image" layerctl run bb:nope -- true
         d = dir.path().display()
     );
     user_ok(&user, &script, &[]);
+    // The same tree owned by root, imported by root: the user's files are recorded as
+    // root's in layer tars, so the diff_id is the same.
+    let copy = dir.p("rootcopy");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(dir.p("l0"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    chown_tree(&copy, 0, 0);
+    let out = Command::new(bin_dir().join("layerctl"))
+        .arg("--root")
+        .arg(dir.p("rootstore"))
+        .arg("import")
+        .arg(&copy)
+        .arg("bb:1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin_dir().join("layerctl"))
+        .arg("--root")
+        .arg(dir.p("rootstore"))
+        .args(["layers", "--json"])
+        .output()
+        .unwrap();
+    let root_layer = String::from_utf8_lossy(&out.stdout).to_string();
+    let user_layers = read_str(dir.p("user-layers.txt"));
+    let first = user_layers.lines().next().unwrap_or("<none>").to_string();
+    assert!(
+        user_layers.lines().count() >= 1 && root_layer.contains(first.trim_matches('"')),
+        "rootless and root imports of the same tree give different diff_ids: user {user_layers} root {root_layer}"
+    );
     for rt in ["crun", "bwrap"] {
         let diff = read_str(dir.p(&format!("diff-{rt}.txt")));
         assert_eq!(
