@@ -429,3 +429,56 @@ fails "no such image" layerctl run bb:nope -- true
     }
     let _ = fs::remove_dir_all(&home_store);
 }
+
+/// `layerctl run` as root: no user namespace is needed, so a chown to any id works, and
+/// the exit status is still the command's.
+#[test]
+fn layerctl_run_as_root() {
+    let user = test_user();
+    let dir = setup(&user);
+    chown_tree(&dir.p("l0"), 0, 0);
+    let ctl = |args: &[&str]| {
+        Command::new(bin_dir().join("layerctl"))
+            .arg("--root")
+            .arg(dir.p("store"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let l0 = dir.p("l0").display().to_string();
+    let out = ctl(&["import", &l0, "bb:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for rt in ["crun", "bwrap"] {
+        let name = format!("root-{rt}");
+        let out = ctl(&[
+            "run",
+            "--runtime",
+            rt,
+            "--name",
+            &name,
+            "bb:1",
+            "--",
+            "sh",
+            "-c",
+            "echo x > /f && chown 5:6 /f && exit 3",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{rt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let upper = dir.p(&format!("store/containers/{name}/upper/f"));
+        let m = lstat(&upper);
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (5, 6),
+            "{rt}: owner of {}",
+            upper.display()
+        );
+    }
+}

@@ -396,22 +396,23 @@ fn run_crun(scratch: &Path, rootfs: &Path, name: &str, spec: &ProcessSpec) -> Re
 fn run_bwrap(rootfs: &Path, spec: &ProcessSpec) -> Result<ExitStatus> {
     let mut cmd = Command::new("bwrap");
     cmd.args([
-        "--unshare-user",
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
         "--die-with-parent",
-    ])
-    .args([
-        "--uid",
-        &spec.uid.to_string(),
-        "--gid",
-        &spec.gid.to_string(),
-    ])
-    .arg("--bind")
-    .arg(rootfs)
-    .arg("/")
-    .args([
+    ]);
+    // Real root running as root needs no user namespace, and without one every id stays
+    // usable (chown inside works). Otherwise a one-id namespace maps the caller to the
+    // image's user.
+    if getuid() != 0 || spec.uid != 0 || spec.gid != 0 {
+        cmd.arg("--unshare-user").args([
+            "--uid",
+            &spec.uid.to_string(),
+            "--gid",
+            &spec.gid.to_string(),
+        ]);
+    }
+    cmd.arg("--bind").arg(rootfs).arg("/").args([
         "--proc",
         "/proc",
         "--dev",
