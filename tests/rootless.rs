@@ -540,3 +540,104 @@ impl Drop for Mounted<'_> {
         }
     }
 }
+
+/// Operations run through the mount by `ROOTLESS_OPS`: each prints its outcome (`ok` or
+/// the error text), so two file systems can be compared call by call.
+const ROOTLESS_OPS: &str = r#"
+op() { if out=$("$@" 2>&1 </dev/null); then echo "$* => ok"; else echo "$* => ${out##*: }"; fi; }
+py() {
+    if out=$(python3 -c "import os, sys, errno, fcntl
+try: $1
+except OSError as e: sys.exit(errno.errorcode[e.errno])" 2>&1 </dev/null); then echo "$1 => ok"; else echo "$1 => $out"; fi
+}
+cd "$M"
+op sh -c 'echo x >> a'
+op truncate -s 2 hard1
+op touch -d @100000 keep
+op chmod 700 d
+op chown 0:0 a
+op chown 5 a
+op ln a a.link
+op ln -s a s2
+op mkfifo f
+op mknod dev c 1 3
+op mkdir newdir
+op rmdir ren
+op rmdir newdir
+op rm keep/k
+op rmdir keep
+op mkdir keep
+op setfattr -n user.x -v 1 hard2
+op getfattr -n user.x hard2
+op setfattr -x user.x hard2
+op setfattr -n trusted.x -v 1 hard2
+py 'os.rename("ren", "ren2")'
+py 'os.rename("a", "d/a2")'
+py 'os.rename("hard2", "sym")'
+py 'os.link("nope", "x")'
+py 'os.utime("sym", (1, 1), follow_symlinks=False)'
+py 'os.truncate("d/f", 0)'
+py 'f = os.open("big", os.O_CREAT | os.O_WRONLY, 0o640); os.posix_fallocate(f, 0, 8192); os.close(f)'
+py 'fd = os.open("d/f", os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_EX); os.close(fd)'
+py 'os.mkdir("d/sub", 0o2775); os.chmod("d/sub", 0o2775)'
+py 'os.unlink("d")'
+py 'os.rmdir("a.link")'
+py 'print(os.statvfs(".").f_bsize > 0)'
+cd /
+"#;
+
+/// Every operation above as the unprivileged user inside `unshare -Urm`, on layerfs
+/// (`redirect_dir=off`, the behaviour kernel overlayfs has with `userxattr`) and on kernel
+/// overlayfs (`userxattr`) over identical layers: the same outcome for every call, and the
+/// same merged tree afterwards.
+#[test]
+fn userns_operations_match_kernel_overlayfs() {
+    let user = test_user();
+    open_dev_fuse();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = UserDir::new(&user);
+        lower_layer(&dir, user.uid, user.gid);
+        dirs.push(dir);
+    }
+    let snapshot = r#"(cd "$M" && find . -printf '%p %y %m %U:%G %l\n' | sort && find . -type f -exec sha256sum {} + | sort && getfattr -R -d -m - . 2>/dev/null | grep -v '^#' | sort)"#;
+    let fuse = format!(
+        r#"M={m}
+layerfs -o {opts} "$M"
+trap 'cd /; umount "$M"' EXIT
+{ROOTLESS_OPS}
+{snapshot} > {d}/tree.txt
+"#,
+        m = dirs[0].p("mnt").display(),
+        opts = mount_opts(&dirs[0], ",redirect_dir=off"),
+        d = dirs[0].path().display(),
+    );
+    let kernel = format!(
+        r#"M={m}
+mount -t overlay overlay -o userxattr,lowerdir={d}/l0,upperdir={d}/upper,workdir={d}/work "$M"
+trap 'cd /; umount "$M"' EXIT
+{ROOTLESS_OPS}
+{snapshot} > {d}/tree.txt
+"#,
+        m = dirs[1].p("mnt").display(),
+        d = dirs[1].path().display(),
+    );
+    let fuse_ops = user_ok(&user, &in_userns("-Urm", &fuse), &[]);
+    let kernel_ops = user_ok(&user, &in_userns("-Urm", &kernel), &[]);
+    eprintln!("outcomes:\n{fuse_ops}");
+    assert_eq!(
+        fuse_ops, kernel_ops,
+        "call outcomes differ (left layerfs, right kernel)"
+    );
+    // Paths differ only in the temp dir names.
+    let norm =
+        |d: &UserDir| read_str(d.p("tree.txt")).replace(&d.path().display().to_string(), "D");
+    let (f, k) = (norm(&dirs[0]), norm(&dirs[1]));
+    if f != k {
+        let fl: Vec<&str> = f.lines().collect();
+        let kl: Vec<&str> = k.lines().collect();
+        let only_f: Vec<&&str> = fl.iter().filter(|l| !kl.contains(l)).collect();
+        let only_k: Vec<&&str> = kl.iter().filter(|l| !fl.contains(l)).collect();
+        panic!("merged trees differ:\nonly layerfs: {only_f:#?}\nonly kernel: {only_k:#?}\nops:\n{fuse_ops}");
+    }
+}
