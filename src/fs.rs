@@ -238,6 +238,12 @@ impl Filesystem for LayerFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        // A character device 0:0 in the upper layer is a whiteout: made through the mount
+        // it would vanish (and hide a lower entry of that name) instead of existing.
+        // Kernel overlayfs refuses it with EPERM, even for root.
+        if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+            return reply.error(Errno::EPERM);
+        }
         let caller = match self.caller(req) {
             Ok(c) => c,
             Err(e) => return reply.error(e),

@@ -561,10 +561,12 @@ op ln a a.link
 op ln -s a s2
 op mkfifo f
 op mknod dev c 1 3
+op mknod w c 0 0
 op mkdir newdir
 op rmdir ren
 op rmdir newdir
 op rm keep/k
+op mknod keep/k c 0 0
 op rmdir keep
 op mkdir keep
 op setfattr -n user.x -v 1 hard2
