@@ -373,6 +373,23 @@ done
 # the original image is unchanged
 layerctl run --rm bb:1 -- test -e /bin/vi
 fails "no such image" layerctl run bb:nope -- true
+# the rest of the workflow as the user
+layerctl mount bb:crun $D/mnt --name ro --read-only >/dev/null
+test "$(cat $D/mnt/new)" = new
+fails "Read-only file system" touch $D/mnt/x
+layerctl ps -s | grep -q "^ro "
+layerctl umount ro >/dev/null
+layerctl inspect bb:crun | grep -q created_by
+layerctl fsck >/dev/null
+layerctl rm c-crun >/dev/null
+layerctl rm c-bwrap >/dev/null
+layerctl rm ro >/dev/null
+layerctl rm cfg >/dev/null
+layerctl rmi bb:bwrap >/dev/null
+layerctl rmi bb:cfg >/dev/null
+layerctl gc >/dev/null
+layerctl fsck | grep -q "store is clean"
+test "$(layerctl images --json | grep -c '"name"')" = 2
 "#,
         d = dir.path().display()
     );
