@@ -12,7 +12,8 @@
 #      configured sources) and unpacked with dpkg-deb -x, with a dpkg status database
 #      written from their control files. Maintainer scripts do not run in this mode; the
 #      script prints which mode it used.
-# Runs as root (device nodes, owners). Takes about a minute with a warm network.
+# DEBIAN_ROOTFS_FALLBACK=1 forces the second way. Runs as root (device nodes, owners).
+# debootstrap took 34-53 s here.
 set -euo pipefail
 
 target=${1:?usage: debian-rootfs.sh TARGET [SUITE]}
@@ -33,7 +34,7 @@ fi
 
 start=$(date +%s)
 mkdir -p "$target"
-if command -v debootstrap >/dev/null && [ -n "$mirror" ] \
+if [ "${DEBIAN_ROOTFS_FALLBACK:-0}" != 1 ] && command -v debootstrap >/dev/null && [ -n "$mirror" ] \
     && curl -fsS -m 20 -o /dev/null "$mirror/dists/$suite/Release" 2>/dev/null; then
     echo "debian-rootfs.sh: debootstrap --variant=minbase $suite from $mirror" >&2
     debootstrap --variant=minbase "$suite" "$target" "$mirror" >"$target.debootstrap.log" 2>&1 || {
@@ -65,7 +66,7 @@ else
         { sed '/^$/d' "$ctl/control" | sed '/^Package:/a Status: install ok installed'; echo; } \
             >>"$target/var/lib/dpkg/status"
         dpkg-deb -c "$deb" | awk '{print substr($0, index($0, "./") + 1)}' \
-            | sed -e 's#/$##' -e 's#^$#/.#' -e 's# -> .*##' >"$target/var/lib/dpkg/info/$pkg.list"
+            | sed -e 's#/$##' -e 's#^$#/.#' -e 's# -> .*##' -e 's# link to .*##' >"$target/var/lib/dpkg/info/$pkg.list"
         [ -f "$ctl/md5sums" ] && cp "$ctl/md5sums" "$target/var/lib/dpkg/info/$pkg.md5sums"
         [ -f "$ctl/conffiles" ] && cp "$ctl/conffiles" "$target/var/lib/dpkg/info/$pkg.conffiles"
         rm -rf "$ctl"

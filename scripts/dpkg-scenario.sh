@@ -10,8 +10,8 @@
 #
 # Environment: DEBIAN_ROOTFS=DIR reuses a base built by scripts/debian-rootfs.sh (else one
 # is built in WORKDIR); LAYERFS_BIN picks the daemon (default: target/debug/layerfs).
-# Runs as root. Takes about 1.5 minutes with a fresh debootstrap, about 30 s with
-# DEBIAN_ROOTFS set (see docs/ROOTLESS.md for measurements).
+# Runs as root. Takes 45-65 s with a fresh debootstrap, 11-15 s with DEBIAN_ROOTFS set
+# (2 cores; see docs/ROOTLESS.md).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 fail() { echo "dpkg-scenario: FAIL: $*" >&2; exit 1; }
