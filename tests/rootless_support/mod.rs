@@ -102,6 +102,15 @@ pub fn test_user() -> TestUser {
                 .map(|s| s.success())
                 .unwrap_or(false);
             if !exists {
+                let group_left = fs::read_to_string("/etc/group")
+                    .map(|g| g.lines().any(|l| l.starts_with(&format!("{USER}:"))))
+                    .unwrap_or(false);
+                assert!(
+                    !group_left,
+                    "/etc/group has {USER} but `id {USER}` fails: /etc/passwd has lost the \
+                     user (damaged by something else on this machine?); restore it from \
+                     /etc/passwd- or remove the group, then rerun"
+                );
                 run_root(Command::new("useradd").args(["-m", "-s", "/bin/sh", USER]));
             }
             if sub_range("/etc/subuid", USER).is_none() || sub_range("/etc/subgid", USER).is_none()
