@@ -155,6 +155,17 @@ pub fn open_dev_fuse() {
 pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        // Copies left by earlier test processes (no teardown hook exists) go first.
+        if let Ok(entries) = fs::read_dir("/tmp") {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("layerfs-rootless-bin-") {
+                    if !Path::new("/proc").join(pid).exists() {
+                        let _ = fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
         let dir = PathBuf::from(format!("/tmp/layerfs-rootless-bin-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
