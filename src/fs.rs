@@ -13,6 +13,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::idmap::IdMap;
 use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
 use crate::passthrough::{Mode, Passthrough};
 use crate::sys::{self, Stat};
@@ -22,6 +23,7 @@ pub struct LayerFs {
     overlay: Overlay,
     ttl: Duration,
     passthrough: Passthrough,
+    ids: IdMap,
 }
 
 impl LayerFs {
@@ -31,23 +33,51 @@ impl LayerFs {
             overlay: Overlay::new(config)?,
             ttl: Duration::from_secs_f64(config.timeout.max(0.0)),
             passthrough: Passthrough::new(),
+            ids: IdMap::new(config),
         })
     }
 
+    /// Attributes as callers see them: owners translated by the id options.
     fn attr(&self, st: &Stat) -> FileAttr {
-        to_attr(st)
+        let mut attr = to_attr(st);
+        attr.uid = self.ids.uid_out(attr.uid);
+        attr.gid = self.ids.gid_out(attr.gid);
+        attr
     }
 
     /// The generation of node `id`: tells the kernel a reused inode number is a new object.
     fn gen(&self, id: u64) -> Generation {
         Generation(self.overlay.generation(id))
     }
-}
 
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
+    /// The caller's ids on disk. A caller the id mapping cannot represent may not create
+    /// anything: EOVERFLOW, as the kernel answers on an idmapped mount.
+    fn caller(&self, req: &Request) -> std::result::Result<Caller, Errno> {
+        match (self.ids.uid_in(req.uid()), self.ids.gid_in(req.gid())) {
+            (Some(uid), Some(gid)) => Ok(Caller { uid, gid }),
+            _ => {
+                log::debug!("caller {}:{} has no id mapping", req.uid(), req.gid());
+                Err(Errno::EOVERFLOW)
+            }
+        }
+    }
+
+    /// A chown target on disk; an id outside the mapping is EINVAL, as chown(2) answers
+    /// for an id the caller's user namespace cannot map.
+    fn owner_in(
+        &self,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> std::result::Result<(Option<u32>, Option<u32>), Errno> {
+        let uid = match uid {
+            Some(u) => Some(self.ids.uid_in(u).ok_or(Errno::EINVAL)?),
+            None => None,
+        };
+        let gid = match gid {
+            Some(g) => Some(self.ids.gid_in(g).ok_or(Errno::EINVAL)?),
+            None => None,
+        };
+        Ok((uid, gid))
     }
 }
 
@@ -158,7 +188,9 @@ impl Filesystem for LayerFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.overlay.lookup(parent.0, name) {
-            Ok((id, st)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id)),
+            Ok((id, st)) => {
+                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
+            }
             Err(e) if e.errno() == libc::ENOENT => {
                 // A negative entry (node id 0) lets the kernel remember the absence too;
                 // anything created through the mount replaces it.
@@ -199,6 +231,10 @@ impl Filesystem for LayerFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let (uid, gid) = match self.owner_in(uid, gid) {
+            Ok(ids) => ids,
+            Err(e) => return reply.error(e),
+        };
         let attr = SetAttr {
             mode,
             uid,
@@ -231,6 +267,16 @@ impl Filesystem for LayerFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        // A character device 0:0 in the upper layer is a whiteout: made through the mount
+        // it would vanish (and hide a lower entry of that name) instead of existing.
+        // Kernel overlayfs refuses it with EPERM, even for root.
+        if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+            return reply.error(Errno::EPERM);
+        }
+        let caller = match self.caller(req) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
         let kind = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
             NewKind::File {
                 flags: libc::O_RDONLY,
@@ -240,9 +286,11 @@ impl Filesystem for LayerFs {
         };
         match self
             .overlay
-            .create(parent.0, name, kind, mode, umask, caller(req))
+            .create(parent.0, name, kind, mode, umask, caller)
         {
-            Ok((id, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id)),
+            Ok((id, st, _)) => {
+                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
+            }
             Err(e) => reply.error(fail(e)),
         }
     }
@@ -256,11 +304,17 @@ impl Filesystem for LayerFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let caller = match self.caller(req) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
         match self
             .overlay
-            .create(parent.0, name, NewKind::Dir, mode, umask, caller(req))
+            .create(parent.0, name, NewKind::Dir, mode, umask, caller)
         {
-            Ok((id, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id)),
+            Ok((id, st, _)) => {
+                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
+            }
             Err(e) => reply.error(fail(e)),
         }
     }
@@ -287,14 +341,20 @@ impl Filesystem for LayerFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let caller = match self.caller(req) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
         let kind = NewKind::Symlink {
             target: target.as_os_str(),
         };
         match self
             .overlay
-            .create(parent.0, link_name, kind, 0o777, 0, caller(req))
+            .create(parent.0, link_name, kind, 0o777, 0, caller)
         {
-            Ok((id, st, _)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id)),
+            Ok((id, st, _)) => {
+                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
+            }
             Err(e) => reply.error(fail(e)),
         }
     }
@@ -327,7 +387,9 @@ impl Filesystem for LayerFs {
         reply: ReplyEntry,
     ) {
         match self.overlay.link(ino.0, newparent.0, newname) {
-            Ok((id, st)) => reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id)),
+            Ok((id, st)) => {
+                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
+            }
             Err(e) => reply.error(fail(e)),
         }
     }
@@ -534,7 +596,14 @@ impl Filesystem for LayerFs {
             }
             match self.overlay.lookup(ino.0, name) {
                 Ok((id, st)) => {
-                    if reply.add(INodeNo(id), next, name, &self.ttl, &self.attr(&st), self.gen(id)) {
+                    if reply.add(
+                        INodeNo(id),
+                        next,
+                        name,
+                        &self.ttl,
+                        &self.attr(&st),
+                        self.gen(id),
+                    ) {
                         // The entry did not fit: the kernel never saw this lookup.
                         self.overlay.forget(id, 1);
                         break;
@@ -649,14 +718,14 @@ impl Filesystem for LayerFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.overlay.create(
-            parent.0,
-            name,
-            NewKind::File { flags },
-            mode,
-            umask,
-            caller(req),
-        ) {
+        let caller = match self.caller(req) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
+        match self
+            .overlay
+            .create(parent.0, name, NewKind::File { flags }, mode, umask, caller)
+        {
             Ok((id, st, Some(fd))) => {
                 let fh = self.overlay.add_open_file(id, fd);
                 let mode = match self.overlay.file_fd(fh) {
@@ -667,13 +736,20 @@ impl Filesystem for LayerFs {
                 };
                 let (ttl, attr, fh) = (&self.ttl, &self.attr(&st), FileHandle(fh));
                 match mode {
-                    Mode::Passthrough(b) => {
-                        reply.created_passthrough(ttl, attr, self.gen(id), fh, FopenFlags::empty(), &b)
-                    }
+                    Mode::Passthrough(b) => reply.created_passthrough(
+                        ttl,
+                        attr,
+                        self.gen(id),
+                        fh,
+                        FopenFlags::empty(),
+                        &b,
+                    ),
                     Mode::DirectIo => {
                         reply.created(ttl, attr, self.gen(id), fh, FopenFlags::FOPEN_DIRECT_IO)
                     }
-                    Mode::Cached => reply.created(ttl, attr, self.gen(id), fh, FopenFlags::FOPEN_KEEP_CACHE),
+                    Mode::Cached => {
+                        reply.created(ttl, attr, self.gen(id), fh, FopenFlags::FOPEN_KEEP_CACHE)
+                    }
                 }
             }
             Ok((_, _, None)) => reply.error(Errno::EIO),

@@ -101,7 +101,8 @@ impl Layer {
     }
 
     fn read_listing(&self, rel: &Path) -> Result<Listing> {
-        let fd = self.open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY)
+        let fd = self
+            .open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY)
             .map_err(|e| Error::from(e).context(self.describe(rel)))?;
         let mut listing = Listing {
             opaque: whiteout::OPAQUE_XATTRS.iter().any(|attr| {
@@ -132,7 +133,8 @@ impl Layer {
         if let Some(fd) = self.dirs.read().get(rel) {
             return Ok(fd.clone());
         }
-        let fd = self.open_beneath(rel, libc::O_PATH | libc::O_DIRECTORY)
+        let fd = self
+            .open_beneath(rel, libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| Error::from(e).context(self.describe(rel)))?;
         let fd = Arc::new(fd);
         let mut dirs = self.dirs.write();
@@ -153,7 +155,9 @@ impl Layer {
         let (parent, Some(name)) = split(rel) else {
             return sys::openat_beneath(self.root(), rel, flags, 0);
         };
-        let dir = self.dir(parent).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        let dir = self
+            .dir(parent)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         sys::openat_beneath(dir.as_fd(), Path::new(name), flags, 0)
     }
 

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod error;
 pub mod fs;
 pub mod handles;
+pub mod idmap;
 pub mod inode;
 pub mod layer;
 pub mod overlay;

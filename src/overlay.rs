@@ -706,7 +706,10 @@ impl Overlay {
     fn check_whiteout_fits(&self, name: &OsStr, need_whiteout: bool) -> Result<()> {
         let max = libc::NAME_MAX as usize - whiteout::WHITEOUT_PREFIX.len();
         if need_whiteout && self.stack.whiteout == Encoding::File && name.len() > max {
-            return Err(Error::new(libc::ENAMETOOLONG, format!("{}: no room for its .wh. whiteout", name.to_string_lossy())));
+            return Err(Error::new(
+                libc::ENAMETOOLONG,
+                format!("{}: no room for its .wh. whiteout", name.to_string_lossy()),
+            ));
         }
         Ok(())
     }
@@ -1244,7 +1247,9 @@ impl Overlay {
         let mut st = sys::fstatvfs(layer.root())?;
         if self.stack.whiteout == Encoding::File {
             // A name must leave room for the `.wh.` prefix of its whiteout.
-            st.f_namemax = st.f_namemax.min(libc::NAME_MAX as u64 - whiteout::WHITEOUT_PREFIX.len() as u64);
+            st.f_namemax = st
+                .f_namemax
+                .min(libc::NAME_MAX as u64 - whiteout::WHITEOUT_PREFIX.len() as u64);
         }
         Ok(st)
     }

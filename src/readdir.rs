@@ -70,7 +70,8 @@ pub fn is_empty(stack: &Stack, upper: Option<&Path>, lowers: &[LowerRef]) -> Res
 /// One layer's entries as (name, d_type, ino, is_whiteout); whiteout files are reported
 /// under the name they delete, the opaque marker not at all.
 fn read_layer_dir(layer: &Layer, path: &Path) -> Result<Vec<(OsString, u8, u64, bool)>> {
-    let fd = layer.open_beneath(path, libc::O_RDONLY | libc::O_DIRECTORY)
+    let fd = layer
+        .open_beneath(path, libc::O_RDONLY | libc::O_DIRECTORY)
         .map_err(|e| Error::from(e).context(layer.describe(path)))?;
     let dirfd = fd.try_clone().map_err(Error::from)?;
     let raw = sys::read_dir(fd).map_err(|e| Error::from(e).context(layer.describe(path)))?;

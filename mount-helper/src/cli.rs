@@ -11,6 +11,7 @@ use crate::container::{self, CommitOptions};
 use crate::err;
 use crate::error::{Context, Result};
 use crate::images::{self, human};
+use crate::run;
 use crate::store::{self, Store};
 use crate::tarfile;
 
@@ -58,6 +59,26 @@ enum Cmd {
         name: Option<String>,
         #[arg(long)]
         read_only: bool,
+    },
+    /// Run CMD in a new container of IMAGE on a layerfs mount (crun when installed, else bubblewrap), then unmount; exits with CMD's status
+    #[command(after_help = run::RUNTIME_HELP)]
+    Run {
+        image: String,
+        /// Name of the container (default: IMAGE-N)
+        #[arg(long)]
+        name: Option<String>,
+        /// Commit the container afterwards as NEWIMAGE[:TAG] (created_by = the command line)
+        #[arg(long, value_name = "NEWIMAGE[:TAG]")]
+        commit: Option<String>,
+        /// crun or bwrap [default: crun when installed, else bwrap]
+        #[arg(long)]
+        runtime: Option<String>,
+        /// Remove the container afterwards (after --commit)
+        #[arg(long)]
+        rm: bool,
+        /// The command and its arguments (after `--`)
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
     },
     /// Unmount a container (by name or mount point); its changes are kept
     Umount { what: String },
@@ -310,6 +331,23 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let n = container::mount(&store, &image, &target, name.as_deref(), read_only)?;
             out(n);
+        }
+        Cmd::Run {
+            image,
+            name,
+            commit,
+            runtime,
+            rm,
+            cmd,
+        } => {
+            let runtime = runtime.as_deref().map(run::Runtime::parse).transpose()?;
+            let opts = run::RunOptions {
+                name: name.as_deref(),
+                commit: commit.as_deref(),
+                runtime,
+                remove: rm,
+            };
+            return run::run(&store, &image, &cmd, &opts);
         }
         Cmd::Umount { what } => {
             out(container::umount(&store, &what)?);

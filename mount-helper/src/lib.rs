@@ -17,6 +17,7 @@ pub mod lowerview;
 pub mod mount;
 pub mod oci;
 pub mod progress;
+pub mod run;
 pub mod save;
 pub mod store;
 pub mod sys;

@@ -137,8 +137,9 @@ fn walk<W: Write>(
                 let ft = meta.file_type();
                 let mut h = Header::new_ustar();
                 h.set_mode(meta.mode() & 0o7777);
-                h.set_uid(meta.uid() as u64);
-                h.set_gid(meta.gid() as u64);
+                let (uid, gid) = tar_owner(meta.uid(), meta.gid());
+                h.set_uid(uid);
+                h.set_gid(gid);
                 // Times before 1970 cannot be written in ustar; clamp instead of failing.
                 h.set_mtime(meta.mtime().max(0) as u64);
                 h.set_size(0);
@@ -310,4 +311,19 @@ fn append<W: Write, R: Read>(
     h.set_cksum();
     b.append(&h, data)
         .ctx(|| format!("writing tar entry {}", what()))
+}
+
+/// The owner a file gets in a layer tar. An ordinary user's store holds files it could not
+/// give to root (an import extracts root's files as the user's); recording the user's own
+/// ids as 0 keeps a layer's tar — and so its diff_id — the same as a root store's, as a
+/// rootless podman does through its user namespace.
+fn tar_owner(uid: u32, gid: u32) -> (u64, u64) {
+    // SAFETY: getuid/getgid have no preconditions and cannot fail.
+    let (me, my_group) = unsafe { (libc::getuid(), libc::getgid()) };
+    if me == 0 {
+        return (uid.into(), gid.into());
+    }
+    let uid = if uid == me { 0 } else { uid };
+    let gid = if gid == my_group { 0 } else { gid };
+    (uid.into(), gid.into())
 }

@@ -1,0 +1,179 @@
+//! Owner translation at the FUSE boundary: `uidmapping=`/`gidmapping=`, `squash_to_root`,
+//! `squash_to_uid=`, `squash_to_gid=` (the fuse-overlayfs options of the same names).
+//!
+//! Two id spaces meet here: the ids callers see through the mount ("inside") and the ids
+//! stored on the layer directories ("on disk"). A mapping range `FROM:TO:LEN` says inside
+//! ids `FROM..FROM+LEN` are on-disk ids `TO..TO+LEN`. Attributes going out are translated
+//! disk -> inside (then squashed); caller ids and chown targets coming in are translated
+//! inside -> disk. Squashing only changes what is reported, never what is written, as in
+//! fuse-overlayfs.
+//!
+//! Unmapped ids: an on-disk id outside every range is reported as the overflow id (65534,
+//! what the kernel shows for an unmapped id in a user namespace). An inside id outside every
+//! range cannot be written: a chown to it fails with EINVAL and a create by such a caller
+//! with EOVERFLOW — the errnos the kernel gives for the same cases in a user namespace and
+//! on an idmapped mount.
+
+use crate::config::{Config, IdRange};
+
+/// What the kernel reports for an id that has no mapping (`/proc/sys/kernel/overflowuid`).
+pub const OVERFLOW_ID: u32 = 65534;
+
+/// The translation for one mount; the identity when no option is given.
+#[derive(Debug, Clone, Default)]
+pub struct IdMap {
+    uids: Vec<IdRange>,
+    gids: Vec<IdRange>,
+    squash_uid: Option<u32>,
+    squash_gid: Option<u32>,
+}
+
+impl IdMap {
+    pub fn new(config: &Config) -> IdMap {
+        // squash_to_uid/gid name the id explicitly and win over squash_to_root.
+        let root = config.squash_to_root.then_some(0);
+        IdMap {
+            uids: config.uid_mapping.clone(),
+            gids: config.gid_mapping.clone(),
+            squash_uid: config.squash_to_uid.or(root),
+            squash_gid: config.squash_to_gid.or(root),
+        }
+    }
+
+    /// True when nothing is translated (the common case; lets callers skip work).
+    pub fn is_identity(&self) -> bool {
+        self.uids.is_empty()
+            && self.gids.is_empty()
+            && self.squash_uid.is_none()
+            && self.squash_gid.is_none()
+    }
+
+    /// The uid to report for on-disk uid `uid`.
+    pub fn uid_out(&self, uid: u32) -> u32 {
+        self.squash_uid
+            .unwrap_or_else(|| to_inside(&self.uids, uid).unwrap_or(OVERFLOW_ID))
+    }
+
+    /// The gid to report for on-disk gid `gid`.
+    pub fn gid_out(&self, gid: u32) -> u32 {
+        self.squash_gid
+            .unwrap_or_else(|| to_inside(&self.gids, gid).unwrap_or(OVERFLOW_ID))
+    }
+
+    /// The on-disk uid for inside uid `uid`; `None` when it has no mapping.
+    pub fn uid_in(&self, uid: u32) -> Option<u32> {
+        to_disk(&self.uids, uid)
+    }
+
+    /// The on-disk gid for inside gid `gid`; `None` when it has no mapping.
+    pub fn gid_in(&self, gid: u32) -> Option<u32> {
+        to_disk(&self.gids, gid)
+    }
+}
+
+/// Disk -> inside. No ranges is the identity.
+fn to_inside(ranges: &[IdRange], id: u32) -> Option<u32> {
+    if ranges.is_empty() {
+        return Some(id);
+    }
+    ranges
+        .iter()
+        .find(|r| id >= r.to && u64::from(id) < u64::from(r.to) + u64::from(r.len))
+        .map(|r| r.from + (id - r.to))
+}
+
+/// Inside -> disk. No ranges is the identity.
+fn to_disk(ranges: &[IdRange], id: u32) -> Option<u32> {
+    if ranges.is_empty() {
+        return Some(id);
+    }
+    ranges
+        .iter()
+        .find(|r| id >= r.from && u64::from(id) < u64::from(r.from) + u64::from(r.len))
+        .map(|r| r.to + (id - r.from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn config() -> Config {
+        Config::new(vec![PathBuf::from("/l")], PathBuf::from("/m"))
+    }
+
+    #[test]
+    fn identity_without_options() {
+        let m = IdMap::new(&config());
+        assert!(m.is_identity());
+        assert_eq!(m.uid_out(1234), 1234);
+        assert_eq!(m.gid_in(0), Some(0));
+    }
+
+    #[test]
+    fn ranges_translate_both_ways() {
+        let mut c = config();
+        c.uid_mapping = vec![
+            IdRange {
+                from: 0,
+                to: 1000,
+                len: 1,
+            },
+            IdRange {
+                from: 1,
+                to: 100000,
+                len: 65536,
+            },
+        ];
+        c.gid_mapping = vec![IdRange {
+            from: 0,
+            to: 2000,
+            len: 10,
+        }];
+        let m = IdMap::new(&c);
+        assert!(!m.is_identity());
+        assert_eq!(m.uid_out(1000), 0);
+        assert_eq!(m.uid_out(100000), 1);
+        assert_eq!(m.uid_out(165535), 65536);
+        assert_eq!(m.uid_out(165536), OVERFLOW_ID);
+        assert_eq!(m.uid_out(5), OVERFLOW_ID);
+        assert_eq!(m.uid_in(0), Some(1000));
+        assert_eq!(m.uid_in(2), Some(100001));
+        assert_eq!(m.uid_in(65537), None);
+        assert_eq!(m.gid_out(2009), 9);
+        assert_eq!(m.gid_out(2010), OVERFLOW_ID);
+        assert_eq!(m.gid_in(9), Some(2009));
+        assert_eq!(m.gid_in(10), None);
+    }
+
+    #[test]
+    fn range_at_the_top_of_the_id_space() {
+        let mut c = config();
+        c.uid_mapping = vec![IdRange {
+            from: 0,
+            to: u32::MAX - 1,
+            len: 2,
+        }];
+        let m = IdMap::new(&c);
+        assert_eq!(m.uid_out(u32::MAX), 1);
+        assert_eq!(m.uid_in(1), Some(u32::MAX));
+    }
+
+    #[test]
+    fn squash_changes_only_what_is_reported() {
+        let mut c = config();
+        c.squash_to_root = true;
+        let m = IdMap::new(&c);
+        assert_eq!((m.uid_out(1000), m.gid_out(1000)), (0, 0));
+        assert_eq!(m.uid_in(1000), Some(1000));
+
+        c.squash_to_uid = Some(7);
+        let m = IdMap::new(&c);
+        assert_eq!((m.uid_out(1000), m.gid_out(1000)), (7, 0));
+
+        let mut c = config();
+        c.squash_to_gid = Some(8);
+        let m = IdMap::new(&c);
+        assert_eq!((m.uid_out(1000), m.gid_out(1000)), (1000, 8));
+    }
+}

@@ -1,0 +1,219 @@
+//! Rootless podman with layerfs as its overlay `mount_program`: import, run, diff, commit,
+//! run the committed image, and the original image stays unchanged. A wrapper mount
+//! program logs every command line podman passes, so the test also checks that podman's
+//! probes and option quirks reached layerfs and worked: `--version`, the empty option
+//! (`...,workdir=W,,volatile`, `volatile` for `--rm`) and read-only mounts without upperdir
+//! (`podman image mount`).
+//!
+//! Machine notes: podman 4.3 wants a short XDG_RUNTIME_DIR, and its default runtime crun
+//! refuses this machine's hybrid cgroups, so containers.conf selects runc with the
+//! cgroupfs manager; networking is off (`netns = "none"`), nothing needs it.
+
+mod common;
+mod rootless_support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::read_str;
+use rootless_support::*;
+
+fn busybox_tar(dir: &Path, tar: &Path) {
+    let root = dir.join("rootfs");
+    for d in [
+        "bin",
+        "etc",
+        "home/app",
+        "opt/lowerdir",
+        "proc",
+        "dev",
+        "sys",
+        "tmp",
+        "root",
+    ] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    require_tool("busybox", "busybox-static");
+    let bb = Command::new("sh")
+        .args(["-c", "command -v busybox"])
+        .output()
+        .unwrap();
+    let bb = String::from_utf8_lossy(&bb.stdout).trim().to_string();
+    fs::copy(&bb, root.join("bin/busybox")).unwrap();
+    let list = Command::new(&bb).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    fs::write(root.join("etc/motd"), "base\n").unwrap();
+    fs::write(root.join("home/app/.profile"), "# app\n").unwrap();
+    fs::write(root.join("opt/lowerdir/old"), "old\n").unwrap();
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
+        .arg(tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar of the busybox rootfs");
+}
+
+#[test]
+fn podman_with_layerfs_mount_program() {
+    require_tool("podman", "podman");
+    require_tool("runc", "runc");
+    let user = test_user();
+    open_dev_fuse();
+    let dir = UserDir::new(&user);
+    let d = dir.path().display().to_string();
+    busybox_tar(dir.path(), &dir.p("bb.tar"));
+    // The wrapper logs podman's command lines, then is layerfs.
+    let wrapper = dir.p("mount-program");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {d}/mount-program.log\nexec {} \"$@\"\n",
+            bin_dir().join("layerfs").display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(
+        dir.p("storage.conf"),
+        format!(
+            "[storage]\ndriver = \"overlay\"\nrunroot = \"{d}/run\"\ngraphroot = \"{d}/graph\"\n\
+             [storage.options.overlay]\nmount_program = \"{}\"\n",
+            wrapper.display()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.p("containers.conf"),
+        "[containers]\nnetns = \"none\"\n[engine]\nruntime = \"runc\"\n\
+         cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+    )
+    .unwrap();
+    fs::create_dir(dir.p("xdg")).unwrap();
+    // A fresh HOME: nothing from the user's own podman set-up (configs, the libpod
+    // database that pins storage paths) may take part.
+    fs::create_dir(dir.p("home")).unwrap();
+    fs::set_permissions(dir.p("xdg"), fs::Permissions::from_mode(0o700)).unwrap();
+    chown_tree(dir.path(), user.uid, user.gid);
+
+    let script = format!(
+        r##"{SH_PRELUDE}
+D={d}
+podman import $D/bb.tar localhost/bb:1 >/dev/null 2>&1
+# podman info runs `MOUNT_PROGRAM --version` and reports what it says
+podman info > $D/info.txt
+podman run --name c1 localhost/bb:1 sh -c '
+    set -e
+    echo new > /new
+    echo more >> /etc/motd
+    rm /bin/vi
+    mv /etc/group /etc/group2
+    rm -r /opt/lowerdir && mkdir /opt/lowerdir && touch /opt/lowerdir/n
+    mv /home/app /home/app2
+    chown 1000:1000 /new
+    grep -q " / .* fuse.layerfs " /proc/self/mountinfo'
+podman diff c1 | sort > $D/diff.txt
+podman commit c1 localhost/bb:2 >/dev/null 2>&1
+# the committed image has the changes
+podman run --rm localhost/bb:2 sh -c '
+    set -e
+    test "$(cat /new)" = new
+    test "$(stat -c %u /new)" = 1000
+    test "$(cat /etc/motd)" = "base
+more"
+    test ! -e /bin/vi
+    test ! -e /etc/group
+    test -f /etc/group2
+    test "$(ls /opt/lowerdir)" = n
+    test "$(cat /home/app2/.profile)" = "# app"
+    test ! -e /home/app'
+# the original image is unchanged
+podman run --rm localhost/bb:1 sh -c '
+    set -e
+    test ! -e /new
+    test -e /bin/vi
+    test "$(cat /etc/motd)" = base
+    test -f /opt/lowerdir/old
+    test -d /home/app'
+# a read-only mount of an image (no upperdir)
+podman unshare sh -euc '
+    m=$(podman image mount localhost/bb:1)
+    test "$(cat $m/etc/motd)" = base
+    grep " $m " /proc/self/mountinfo | grep -q "fuse.layerfs"
+    if touch $m/x 2>/dev/null; then echo "read-only image mount is writable" >&2; exit 1; fi
+    podman image unmount localhost/bb:1 >/dev/null'
+podman rm c1 >/dev/null
+"##
+    );
+    let env = [
+        ("HOME", format!("{d}/home")),
+        ("XDG_RUNTIME_DIR", format!("{d}/xdg")),
+        ("CONTAINERS_STORAGE_CONF", format!("{d}/storage.conf")),
+        ("CONTAINERS_CONF", format!("{d}/containers.conf")),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let result = run_as_user(&user, &script, &env);
+    // podman's storage (owned by subordinate ids) goes with the temp dir, removed as root.
+    let log = fs::read_to_string(dir.p("mount-program.log")).unwrap_or_default();
+    assert!(
+        result.status.success(),
+        "podman scenario failed ({}):\n--- stdout\n{}--- stderr\n{}--- mount program log\n{log}",
+        result.status,
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let diff = read_str(dir.p("diff.txt"));
+    for line in [
+        "A /new",
+        "C /etc/motd",
+        "D /bin/vi",
+        "D /etc/group",
+        "A /etc/group2",
+        "A /opt/lowerdir/n",
+        "D /home/app",
+        "A /home/app2",
+    ] {
+        assert!(
+            diff.lines().any(|l| l == line),
+            "podman diff lacks {line:?}:\n{diff}"
+        );
+    }
+    // What podman asked of the mount program.
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines.contains(&"--version"),
+        "podman did not probe --version:\n{log}"
+    );
+    let info = read_str(dir.p("info.txt"));
+    assert!(
+        info.contains("layerfs"),
+        "podman info does not show the mount program's version:\n{info}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(",upperdir=") && l.contains(",,volatile")),
+        "no writable mount with the empty option and volatile (podman run --rm):\n{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("-o lowerdir=") && !l.contains("upperdir=")),
+        "no read-only mount without upperdir:\n{log}"
+    );
+}
