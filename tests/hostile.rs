@@ -452,6 +452,8 @@ fn paths_deeper_than_path_max() {
         fd
     };
     drop(file_at(&deeper, "bottom", libc::O_WRONLY | libc::O_CREAT).unwrap());
+    // An open directory inside the mount would keep it busy at unmount.
+    drop(deeper);
     let udeep = deep_dir(&s.upper, DEPTH, false).unwrap();
     let mut buf = String::new();
     io::Read::read_to_string(
