@@ -485,7 +485,10 @@ impl Filesystem for LayerFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do at close (data goes to the layer file at once; POSIX locks are the
+        // kernel's): ENOSYS tells the kernel so, and it stops sending FLUSH altogether,
+        // saving a round trip on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -631,12 +634,15 @@ impl Filesystem for LayerFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        match self.overlay.fsyncdir(ino.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail(e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

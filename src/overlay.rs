@@ -75,10 +75,15 @@ pub struct Overlay {
     /// Counts changes of the namespace, so a lookup resolved under the shared lock knows
     /// whether it may still trust its answer once it holds the exclusive one.
     changes: AtomicU64,
+    /// Most nodes known since the heap was last trimmed.
+    nodes_peak: std::sync::atomic::AtomicUsize,
     redirect_dir: bool,
     read_only: bool,
     volatile: bool,
 }
+
+/// How many nodes must have gone since the last trim before the heap is trimmed again.
+const TRIM_AFTER_FORGETTING: usize = 50_000;
 
 fn errno(e: i32) -> Error {
     Error::from_errno(e)
@@ -131,6 +136,7 @@ impl Overlay {
             handles: Handles::default(),
             copyups: AtomicU64::new(0),
             changes: AtomicU64::new(0),
+            nodes_peak: std::sync::atomic::AtomicUsize::new(0),
             redirect_dir: config.redirect_dir,
             read_only,
             volatile: config.volatile,
@@ -266,7 +272,16 @@ impl Overlay {
     }
 
     pub fn forget(&self, id: u64, n: u64) {
-        self.tree.write().forget(id, n);
+        let mut tree = self.tree.write();
+        tree.forget(id, n);
+        // After the kernel dropped many nodes, give their memory back.
+        let len = tree.len();
+        let peak = self.nodes_peak.fetch_max(len, Ordering::Relaxed).max(len);
+        if peak >= len + TRIM_AFTER_FORGETTING {
+            self.nodes_peak.store(len, Ordering::Relaxed);
+            drop(tree);
+            sys::trim_heap();
+        }
     }
 
     fn loc(&self, tree: &Tree, id: u64) -> Result<Loc> {
@@ -1183,6 +1198,23 @@ impl Overlay {
     }
 
     // ----- directories -----
+
+    /// Makes the directory's upper part durable (its lower parts never change); nothing to
+    /// do for a directory only in lower layers, or when the mount is volatile.
+    pub fn fsyncdir(&self, id: u64, datasync: bool) -> Result<()> {
+        if self.volatile {
+            return Ok(());
+        }
+        let tree = self.tree.read();
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        if !node.upper || self.read_only {
+            return Ok(());
+        }
+        let path = self.path(&tree, id)?;
+        let upper = self.upper()?;
+        let fd = upper.open_beneath(&path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Ok(sys::fsync(fd.as_fd(), datasync)?)
+    }
 
     pub fn opendir(&self, id: u64) -> Result<u64> {
         let tree = self.tree.read();

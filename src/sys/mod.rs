@@ -604,3 +604,12 @@ pub fn zeroed_stat() -> Stat {
     // SAFETY: `stat` is plain old data; all-zero bytes are a valid value of it.
     unsafe { MaybeUninit::<Stat>::zeroed().assume_init() }
 }
+
+/// Hands freed heap memory back to the system, so the daemon shrinks after the kernel
+/// forgets many nodes.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory of the allocator; it cannot fail.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -300,11 +300,24 @@ impl Mount {
     /// Unmount and check it worked; waits for a FUSE daemon serving it to exit.
     pub fn unmount(mut self) {
         self.mounted = false;
-        let ok = match self.backend {
-            Backend::Layerfs => run_quiet("fusermount3", &["-u"], &self.path),
-            Backend::Kernel => run_quiet("umount", &[], &self.path),
-        };
-        assert!(ok, "unmount of {} failed", self.path.display());
+        // The kernel lets go of a just-closed file a moment after close() returns, and
+        // until then the mount is busy: retry for a bounded time, then fail loudly.
+        let mut ok = false;
+        for _ in 0..50 {
+            ok = match self.backend {
+                Backend::Layerfs => run_quiet("fusermount3", &["-u"], &self.path),
+                Backend::Kernel => run_quiet("umount", &[], &self.path),
+            };
+            if ok {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(
+            ok,
+            "unmount of {} failed (still busy after 5 s)",
+            self.path.display()
+        );
         assert!(
             !is_mounted(&self.path),
             "{} still mounted",
