@@ -189,6 +189,10 @@ fn mount(config: &Config, background: bool) -> Result<fuser::Session<LayerFs>> {
     process::set_umask(0);
 
     let fs = LayerFs::new(config)?;
+    // Canonical as mountinfo shows it; resolved before the mount, as nothing answers
+    // requests on it until the session runs.
+    let mountpoint =
+        std::fs::canonicalize(&config.mountpoint).unwrap_or_else(|_| config.mountpoint.clone());
     let mut session =
         fuser::Session::new(fs, &config.mountpoint, &fuse_config(config)).map_err(|e| {
             io_error(
@@ -197,16 +201,28 @@ fn mount(config: &Config, background: bool) -> Result<fuser::Session<LayerFs>> {
             )
         })?;
     let unmounter = session.unmount_callable();
-    let mountpoint = config.mountpoint.clone();
+    let device = match process::mount_device(&mountpoint) {
+        Ok(device) => device,
+        Err(e) => {
+            log::warn!("cannot read the mount table ({e})");
+            None
+        }
+    };
     std::thread::Builder::new()
         .name("layerfs-signals".to_string())
-        .spawn(move || unmount_on_signal(signals, unmounter, &mountpoint))
+        .spawn(move || unmount_on_signal(signals, unmounter, &mountpoint, device))
         .map_err(|e| Error::from(e).context("cannot start the signal thread"))?;
     Ok(session)
 }
 
-/// Waits for a termination signal and unmounts, which ends the session loop.
-fn unmount_on_signal(signals: SignalSet, mut unmounter: SessionUnmounter, mountpoint: &Path) {
+/// Waits for a termination signal and unmounts, which ends the session loop. `device` is
+/// the mount's `MAJOR:MINOR`.
+fn unmount_on_signal(
+    signals: SignalSet,
+    mut unmounter: SessionUnmounter,
+    mountpoint: &Path,
+    device: Option<String>,
+) {
     let sig = match signals.wait() {
         Ok(sig) => sig,
         Err(e) => {
@@ -214,6 +230,19 @@ fn unmount_on_signal(signals: SignalSet, mut unmounter: SessionUnmounter, mountp
             return;
         }
     };
+    if let Some(device) = device {
+        if let Ok(false) = process::is_mounted_at(mountpoint, &device) {
+            // Already unmounted here, yet the kernel keeps the connection up: a mount
+            // namespace created meanwhile (`unshare -m`, a container) holds a copy of the
+            // mount. There is nothing to unmount (and whatever is mounted at the mount
+            // point now is not ours), so stop serving; those copies then fail ENOTCONN.
+            log::info!(
+                "signal {sig}: {} is no longer mounted here; exiting",
+                mountpoint.display()
+            );
+            std::process::exit(0);
+        }
+    }
     log::info!("signal {sig}: unmounting {}", mountpoint.display());
     if let Err(e) = unmounter.unmount() {
         // Busy: open files or a process inside. Detach it from the tree so that the
