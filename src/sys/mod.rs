@@ -94,27 +94,6 @@ pub fn openat(dir: BorrowedFd, name: &OsStr, flags: i32, mode: u32) -> io::Resul
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// `O_TMPFILE` in `dir`: an unnamed file, linked in later with `link_tmpfile`.
-pub fn open_tmpfile(dir: BorrowedFd, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    openat(dir, OsStr::new("."), libc::O_TMPFILE | flags, mode)
-}
-
-/// Gives an `O_TMPFILE` file the name `name` in `dir`.
-pub fn link_tmpfile(file: BorrowedFd, dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: valid C string and fds; AT_EMPTY_PATH links the fd itself.
-    check(unsafe {
-        libc::linkat(
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    })?;
-    Ok(())
-}
-
 pub fn fstatat(dir: BorrowedFd, name: &OsStr) -> io::Result<Stat> {
     let c = cstr(name)?;
     let mut st = MaybeUninit::<Stat>::uninit();
