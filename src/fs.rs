@@ -45,6 +45,34 @@ impl LayerFs {
         attr
     }
 
+    /// Creates `name` in `parent` for the caller of `req` and answers with the new entry
+    /// (mknod, mkdir, symlink).
+    #[allow(clippy::too_many_arguments)]
+    fn create_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        kind: NewKind,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let caller = match self.caller(req) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
+        match self
+            .overlay
+            .create(parent.0, name, kind, mode, umask, caller)
+        {
+            Ok((id, st, _)) => {
+                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
+            }
+            Err(e) => reply.error(fail(e)),
+        }
+    }
+
     /// The generation of node `id`: tells the kernel a reused inode number is a new object.
     fn gen(&self, id: u64) -> Generation {
         Generation(self.overlay.generation(id))
@@ -273,10 +301,6 @@ impl Filesystem for LayerFs {
         if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
             return reply.error(Errno::EPERM);
         }
-        let caller = match self.caller(req) {
-            Ok(c) => c,
-            Err(e) => return reply.error(e),
-        };
         let kind = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
             NewKind::File {
                 flags: libc::O_RDONLY,
@@ -284,15 +308,7 @@ impl Filesystem for LayerFs {
         } else {
             NewKind::Special { rdev: rdev as u64 }
         };
-        match self
-            .overlay
-            .create(parent.0, name, kind, mode, umask, caller)
-        {
-            Ok((id, st, _)) => {
-                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
-            }
-            Err(e) => reply.error(fail(e)),
-        }
+        self.create_entry(req, parent, name, kind, mode, umask, reply);
     }
 
     fn mkdir(
@@ -304,19 +320,7 @@ impl Filesystem for LayerFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let caller = match self.caller(req) {
-            Ok(c) => c,
-            Err(e) => return reply.error(e),
-        };
-        match self
-            .overlay
-            .create(parent.0, name, NewKind::Dir, mode, umask, caller)
-        {
-            Ok((id, st, _)) => {
-                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
-            }
-            Err(e) => reply.error(fail(e)),
-        }
+        self.create_entry(req, parent, name, NewKind::Dir, mode, umask, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -341,22 +345,10 @@ impl Filesystem for LayerFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let caller = match self.caller(req) {
-            Ok(c) => c,
-            Err(e) => return reply.error(e),
-        };
         let kind = NewKind::Symlink {
             target: target.as_os_str(),
         };
-        match self
-            .overlay
-            .create(parent.0, link_name, kind, 0o777, 0, caller)
-        {
-            Ok((id, st, _)) => {
-                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
-            }
-            Err(e) => reply.error(fail(e)),
-        }
+        self.create_entry(req, parent, link_name, kind, 0o777, 0, reply);
     }
 
     fn rename(

@@ -801,7 +801,6 @@ impl Overlay {
         flags: u32,
     ) -> Result<()> {
         self.upper()?;
-        let work = self.work()?;
         check_new_name(newname)?;
         let exchange = flags & sys::RENAME_EXCHANGE != 0;
         let noreplace = flags & sys::RENAME_NOREPLACE != 0;
@@ -860,15 +859,13 @@ impl Overlay {
             }
         }
 
-        for (id, is_src) in [(Some(src), true), (dst.filter(|_| exchange), false)] {
-            let Some(id) = id else { continue };
+        for id in std::iter::once(src).chain(dst.filter(|_| exchange)) {
             let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
             if node.is_dir() && !node.lower_dirs.is_empty() && !self.redirect_dir {
                 // Without redirect_dir a directory with lower content cannot move, exactly as
                 // on kernel overlayfs; `mv` then copies.
                 return Err(errno(libc::EXDEV));
             }
-            let _ = is_src;
         }
 
         if !exchange {
@@ -964,7 +961,6 @@ impl Overlay {
         if src_dir || dst_present {
             self.upper()?.forget_dirs();
         }
-        let _ = work;
         Ok(())
     }
 
