@@ -78,11 +78,6 @@ impl Handles {
         self.dirs.remove(&fh);
     }
 
-    /// Whether any open file refers to `node`.
-    pub fn node_is_open(&self, node: u64) -> bool {
-        self.files.iter().any(|f| f.node == node)
-    }
-
     pub fn open_files(&self) -> usize {
         self.files.len()
     }

@@ -63,6 +63,11 @@ impl Node {
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
     }
+
+    /// Lookups the kernel still holds.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
 }
 
 /// Nodes and their names. A node's id is the inode number reported for it (fuser answers
@@ -102,14 +107,26 @@ impl Tree {
         self.dentries.get(&parent)?.get(name).copied()
     }
 
-    /// Adds the object `node` (id `node.st_ino`) named `name` in `parent`. An existing node
-    /// of that id that still has names is the same object seen through another name (a
-    /// hard link); one without names is a dead object whose inode number was reused.
+    /// Adds the object `node` (id `node.st_ino`) named `name` in `parent`; `nlink` is the
+    /// object's link count on its layer. A live node of that id is the same object seen
+    /// through another name only if that can be a hard link: a non-directory of the same
+    /// type with more than one link. Anything else is a dead object whose inode number the
+    /// layer's filesystem reused: it is replaced, with a new generation so that the kernel
+    /// drops what it still holds of the old one.
     /// `counted`: whether the kernel learns of the node now (a lookup it will forget).
-    pub fn insert(&mut self, parent: u64, name: &OsStr, mut node: Node, counted: bool) -> u64 {
+    pub fn insert(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        mut node: Node,
+        nlink: u64,
+        counted: bool,
+    ) -> u64 {
         let id = node.st_ino;
         if let Some(old) = self.nodes.get(&id) {
-            if !old.aliases.is_empty() || old.pinned.is_some() {
+            let live = !old.aliases.is_empty() || old.pinned.is_some();
+            let hard_link = old.kind == node.kind && old.kind != libc::S_IFDIR && nlink > 1;
+            if live && hard_link {
                 if counted {
                     self.add_lookup(id, parent, name);
                 } else {
@@ -117,9 +134,15 @@ impl Tree {
                 }
                 return id;
             }
+            let stale: Vec<(u64, OsString)> = old.aliases.clone();
             node.lookups = AtomicU64::new(old.lookups.load(Ordering::Relaxed));
             node.generation = self.next_generation;
             self.next_generation += 1;
+            for (p, n) in stale {
+                if self.child(p, &n) == Some(id) {
+                    self.unlink_name(p, &n);
+                }
+            }
         }
         node.aliases.push((parent, name.to_os_string()));
         node.lookups
@@ -272,11 +295,11 @@ mod tests {
     #[test]
     fn paths_follow_renames() {
         let mut t = Tree::new(Node::new(libc::S_IFDIR, ROOT));
-        let a = t.insert(ROOT, OsStr::new("a"), Node::new(libc::S_IFDIR, 2), true);
-        let b = t.insert(a, OsStr::new("b"), Node::new(libc::S_IFREG, 3), true);
+        let a = t.insert(ROOT, OsStr::new("a"), Node::new(libc::S_IFDIR, 2), 2, true);
+        let b = t.insert(a, OsStr::new("b"), Node::new(libc::S_IFREG, 3), 2, true);
         // A second name of inode 3 is the same node.
         assert_eq!(
-            t.insert(ROOT, OsStr::new("b2"), Node::new(libc::S_IFREG, 3), true),
+            t.insert(ROOT, OsStr::new("b2"), Node::new(libc::S_IFREG, 3), 2, true),
             b
         );
         assert_eq!(t.remove_name(ROOT, OsStr::new("b2")), Some(b));
@@ -289,6 +312,22 @@ mod tests {
         // Looked up twice (as b and b2): gone after both are forgotten.
         t.forget(b, 2);
         assert!(t.get(b).is_none());
+    }
+
+    #[test]
+    fn a_reused_inode_number_is_a_new_object() {
+        let mut t = Tree::new(Node::new(libc::S_IFDIR, ROOT));
+        let f = t.insert(ROOT, OsStr::new("f"), Node::new(libc::S_IFREG, 7), 1, true);
+        // Number 7 comes back as a directory while the tree still names the file: the
+        // file's node is stale, not a hard link.
+        let d = t.insert(ROOT, OsStr::new("d"), Node::new(libc::S_IFDIR, 7), 2, true);
+        assert_eq!(d, f);
+        assert!(t.get(d).is_some_and(|n| n.is_dir() && n.generation > 0));
+        assert_eq!(t.child(ROOT, OsStr::new("f")), None);
+        // A regular file with one link cannot be a second name either.
+        let g = t.insert(ROOT, OsStr::new("g"), Node::new(libc::S_IFREG, 7), 1, true);
+        assert_eq!(t.child(ROOT, OsStr::new("d")), None);
+        assert_eq!(t.path(g), Some(PathBuf::from("g")));
     }
 
     #[test]

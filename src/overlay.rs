@@ -239,7 +239,7 @@ impl Overlay {
                 }
             }
         }
-        tree.insert(parent, name, node, counted)
+        tree.insert(parent, name, node, found.stat.st_nlink, counted)
     }
 
     fn resolve_child(&self, tree: &Tree, parent: u64, name: &OsStr) -> Result<Option<Found>> {
@@ -632,7 +632,7 @@ impl Overlay {
         let st = sys::fstatat(pdir.as_fd(), name)?;
         let mut node = Node::new(fmt, compose_ino(0, st.st_ino));
         node.upper = true;
-        let id = tree.insert(parent, name, node, true);
+        let id = tree.insert(parent, name, node, st.st_nlink, true);
         let st = self.stat_node(&tree, id)?;
         Ok((id, st, fd))
     }
@@ -774,13 +774,16 @@ impl Overlay {
         Ok(())
     }
 
-    /// Before the last name of a file goes, keeps a handle on it so that an open file
-    /// stays fstat-able.
+    /// Before the last name of an object goes while the kernel still knows its node, keeps
+    /// a handle on it until the kernel forgets the node. The handle keeps the inode, so an
+    /// open file stays fstat-able, and, since node ids are inode numbers, the layer's
+    /// filesystem cannot hand the same number to a new object while the kernel still
+    /// holds the old one (it would take the new object for the old, stale, inode).
     fn pin_if_last_name(&self, tree: &mut Tree, id: u64) -> Result<()> {
         let Some(node) = tree.get(id) else {
             return Ok(());
         };
-        if node.is_dir() || node.aliases.len() > 1 || !self.handles.node_is_open(id) {
+        if node.aliases.len() > 1 || node.lookups() == 0 || node.pinned.is_some() {
             return Ok(());
         }
         let fd = self.open_loc(&self.loc(tree, id)?, libc::O_PATH)?;
