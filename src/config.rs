@@ -749,6 +749,9 @@ fn parse_dir(key: &str, value: &[u8]) -> Result<PathBuf> {
     Ok(PathBuf::from(OsString::from_vec(path)))
 }
 
+/// Most lower layers one mount takes.
+pub const MAX_LOWERS: usize = u16::MAX as usize - 1;
+
 fn parse_lowerdir(value: &[u8]) -> Result<Vec<PathBuf>> {
     let mut lowers = Vec::new();
     for entry in split_unescaped(value, b':', false) {
@@ -761,6 +764,13 @@ fn parse_lowerdir(value: &[u8]) -> Result<Vec<PathBuf>> {
     }
     if lowers.is_empty() {
         return Err(Error::usage("option lowerdir is empty; write lowerdir=DIR"));
+    }
+    // Inode numbers carry the layer in 16 bits (slot 0 is the upper layer).
+    if lowers.len() > MAX_LOWERS {
+        return Err(Error::usage(format!(
+            "lowerdir has {} layers, more than the {MAX_LOWERS} a mount can stack; squash some layers first",
+            lowers.len()
+        )));
     }
     Ok(lowers)
 }
@@ -940,6 +950,15 @@ mod tests {
                 self.p("w")
             )
         }
+    }
+
+    #[test]
+    fn refuses_more_layers_than_inode_numbers_can_tell_apart() {
+        let many = vec!["/a"; MAX_LOWERS + 1].join(":");
+        let err = parse(&["-o", &format!("lowerdir={many}"), "/m"]).unwrap_err();
+        assert!(err.to_string().contains("layers"), "{err}");
+        let most = vec!["/a"; MAX_LOWERS].join(":");
+        assert!(parse(&["-o", &format!("lowerdir={most}"), "/m"]).is_ok());
     }
 
     #[test]

@@ -1,14 +1,21 @@
 //! The node table: FUSE node ids for the objects of the merged tree, their names (a hard
 //! link has several), where each lives in the stack, and the inode numbers reported for them.
 
-use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
+use std::hash::{BuildHasher, RandomState};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use hashbrown::hash_table::{Entry, HashTable};
+use smallvec::SmallVec;
+
 pub const ROOT: u64 = 1;
+
+/// A name in the merged tree. Shared between a node's aliases and its directory's
+/// name table, so each name is stored once.
+pub type Name = Arc<OsStr>;
 
 /// A place in a lower layer: the layer's index in the lower list (0 = top-most) and the
 /// path inside it.
@@ -18,45 +25,49 @@ pub struct LowerRef {
     pub path: PathBuf,
 }
 
+/// One object of the merged tree. Kept small: a stack of a million entries holds a
+/// million of these once `find` has walked it.
 #[derive(Debug)]
 pub struct Node {
     /// The names this object has in the merged tree, as (parent node, name). A directory
     /// has one; a hard-linked file may have several; an unlinked file none.
-    pub aliases: Vec<(u64, OsString)>,
-    /// `S_IFMT` bits.
-    pub kind: u32,
-    /// Present in the upper layer under its (first) name.
-    pub upper: bool,
-    /// Top-most lower occurrence: the data of a file not yet copied up.
-    pub lower: Option<LowerRef>,
+    aliases: SmallVec<[(u64, Name); 1]>,
     /// For a directory: the lower directories merged below it, top-most first.
-    pub lower_dirs: Vec<LowerRef>,
+    pub lower_dirs: Box<[LowerRef]>,
     /// `st_ino` reported to callers: fixed at first sight, kept through copy-up.
     pub st_ino: u64,
-    /// For a lower file with several hard links: its entry in the workdir index, where the
-    /// copied-up inode that all its names share is kept.
-    pub index: Option<OsString>,
     /// Set when the last name goes while the file is still open, so fstat keeps working.
     pub pinned: Option<Arc<OwnedFd>>,
-    /// FUSE generation: distinguishes objects that reused one inode number.
-    pub generation: u64,
     /// Lookups the kernel holds; atomic so that a repeated lookup needs only the shared lock.
     lookups: AtomicU64,
+    /// `S_IFMT` bits.
+    pub kind: u32,
+    /// FUSE generation: distinguishes objects that reused one inode number.
+    pub generation: u32,
+    /// For a non-directory not in the upper layer: the lower layer holding its data. Its
+    /// path there is not stored: it is its first name in its parent's lower directory of
+    /// that layer (see `Tree::lower_of`).
+    pub lower_layer: Option<u16>,
+    /// Present in the upper layer under its (first) name.
+    pub upper: bool,
+    /// A file whose lower inode has several links: its copy lives in the workdir index,
+    /// named by `st_ino` (`index_name`), and all its names share it.
+    pub indexed: bool,
 }
 
 impl Node {
     pub fn new(kind: u32, st_ino: u64) -> Node {
         Node {
-            aliases: Vec::new(),
-            kind,
-            upper: false,
-            lower: None,
-            lower_dirs: Vec::new(),
+            aliases: SmallVec::new(),
+            lower_dirs: Box::default(),
             st_ino,
-            index: None,
             pinned: None,
-            generation: 0,
             lookups: AtomicU64::new(0),
+            kind,
+            generation: 0,
+            lower_layer: None,
+            upper: false,
+            indexed: false,
         }
     }
 
@@ -68,43 +79,132 @@ impl Node {
     pub fn lookups(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)
     }
+
+    /// The node's names, as (parent, name); the first is the one its upper path uses.
+    pub fn aliases(&self) -> &[(u64, Name)] {
+        &self.aliases
+    }
+
+    /// The workdir index entry of an indexed hard link.
+    pub fn index(&self) -> Option<std::ffi::OsString> {
+        self.indexed.then(|| index_name(self.st_ino))
+    }
+
+    fn has_alias(&self, parent: u64, name: &OsStr) -> bool {
+        self.aliases
+            .iter()
+            .any(|(p, n)| *p == parent && **n == *name)
+    }
+}
+
+/// The index entry of a hard-linked lower inode is named by the inode number the mount
+/// reports for it, which every name of it carries (recorded on the upper copy too).
+pub fn index_name(st_ino: u64) -> std::ffi::OsString {
+    std::ffi::OsString::from(format!("{st_ino:016x}"))
 }
 
 /// Nodes and their names. A node's id is the inode number reported for it (fuser answers
 /// the kernel with `attr.ino` as the node id), so all names of one inode meet in one node.
 /// Guarded by the overlay's namespace lock.
+///
+/// The tables hold small slots: `nodes` boxed nodes found by id, `names` (hash, child id)
+/// found by (parent, name), the name itself being read from the child's aliases. So a
+/// name is stored once, and an entry of `names` is valid only while its node has that
+/// alias: entries go before the alias does.
 pub struct Tree {
-    nodes: HashMap<u64, Node>,
-    /// Names in each directory: parent id -> name -> child id.
-    dentries: HashMap<u64, HashMap<OsString, u64>>,
+    nodes: HashTable<Box<Node>>,
+    names: HashTable<(u64, u64)>,
+    hasher: RandomState,
     /// Bumped when an inode number comes back for a different object while the kernel
     /// may still know the old one (an upper inode freed and reused).
-    next_generation: u64,
+    next_generation: u32,
 }
 
 impl Tree {
     pub fn new(root: Node) -> Tree {
-        let mut nodes = HashMap::new();
-        let mut root = root;
-        root.lookups = AtomicU64::new(1);
-        nodes.insert(ROOT, root);
-        Tree {
-            nodes,
-            dentries: HashMap::new(),
+        let mut tree = Tree {
+            nodes: HashTable::new(),
+            names: HashTable::new(),
+            hasher: RandomState::new(),
             next_generation: 1,
+        };
+        let mut root = root;
+        root.st_ino = ROOT;
+        root.lookups = AtomicU64::new(1);
+        tree.put(root);
+        tree
+    }
+
+    fn id_hash(&self, id: u64) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    fn name_hash(&self, parent: u64, name: &OsStr) -> u64 {
+        self.hasher.hash_one((parent, name))
+    }
+
+    /// Adds `node` under its id, replacing a node of the same id.
+    fn put(&mut self, node: Node) {
+        let hash = self.id_hash(node.st_ino);
+        let hasher = &self.hasher;
+        match self.nodes.entry(
+            hash,
+            |n| n.st_ino == node.st_ino,
+            |n| hasher.hash_one(n.st_ino),
+        ) {
+            Entry::Occupied(mut e) => **e.get_mut() = node,
+            Entry::Vacant(e) => {
+                e.insert(Box::new(node));
+            }
         }
     }
 
     pub fn get(&self, id: u64) -> Option<&Node> {
-        self.nodes.get(&id)
+        self.nodes
+            .find(self.id_hash(id), |n| n.st_ino == id)
+            .map(|n| &**n)
     }
 
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Node> {
-        self.nodes.get_mut(&id)
+        let hash = self.id_hash(id);
+        self.nodes
+            .find_mut(hash, |n| n.st_ino == id)
+            .map(|n| &mut **n)
     }
 
     pub fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
-        self.dentries.get(&parent)?.get(name).copied()
+        let hash = self.name_hash(parent, name);
+        self.names
+            .find(hash, |&(h, cid)| {
+                h == hash && holds(&self.nodes, &self.hasher, cid, parent, name)
+            })
+            .map(|&(_, id)| id)
+    }
+
+    /// Where the data of a node not yet in the upper layer is: a directory's top-most
+    /// lower directory, or a file's name in its parent's lower directory of its layer
+    /// (a lower file is only ever reached through a parent merged from that layer; a
+    /// file that moves is copied up first). A file in the upper layer has none: once
+    /// copied up, its names may move away from where its lower copy was.
+    pub fn lower_of(&self, id: u64) -> Option<LowerRef> {
+        let node = self.get(id)?;
+        if node.is_dir() {
+            return node.lower_dirs.first().cloned();
+        }
+        if node.upper {
+            return None;
+        }
+        let layer = usize::from(node.lower_layer?);
+        let (parent, name) = node.aliases.first()?;
+        let dir = self
+            .get(*parent)?
+            .lower_dirs
+            .iter()
+            .find(|l| l.layer == layer)?;
+        Some(LowerRef {
+            layer,
+            path: dir.path.join(&**name),
+        })
     }
 
     /// Adds the object `node` (id `node.st_ino`) named `name` in `parent`; `nlink` is the
@@ -123,7 +223,7 @@ impl Tree {
         counted: bool,
     ) -> u64 {
         let id = node.st_ino;
-        if let Some(old) = self.nodes.get(&id) {
+        if let Some(old) = self.get(id) {
             let live = !old.aliases.is_empty() || old.pinned.is_some();
             let hard_link = old.kind == node.kind && old.kind != libc::S_IFDIR && nlink > 1;
             if live && hard_link {
@@ -134,92 +234,119 @@ impl Tree {
                 }
                 return id;
             }
-            let stale: Vec<(u64, OsString)> = old.aliases.clone();
+            let stale = old.aliases.clone();
             node.lookups = AtomicU64::new(old.lookups.load(Ordering::Relaxed));
             node.generation = self.next_generation;
-            self.next_generation += 1;
+            self.next_generation = self.next_generation.wrapping_add(1).max(1);
             for (p, n) in stale {
                 if self.child(p, &n) == Some(id) {
                     self.unlink_name(p, &n);
                 }
             }
         }
-        node.aliases.push((parent, name.to_os_string()));
+        // Whatever `name` named before is no longer reachable through it.
+        self.unlink_name(parent, name);
+        let name: Name = Arc::from(name);
+        node.aliases.push((parent, name.clone()));
         node.lookups
             .fetch_add(u64::from(counted), Ordering::Relaxed);
-        self.nodes.insert(id, node);
-        self.link_name(parent, name.to_os_string(), id);
+        self.put(node);
+        self.link_name(parent, &name, id);
         id
     }
 
-    fn link_name(&mut self, parent: u64, name: OsString, id: u64) {
-        self.dentries.entry(parent).or_default().insert(name, id);
+    /// Enters `(parent, name)` -> `id`; `id` must have that alias already. A name bound to
+    /// another node is rebound.
+    fn link_name(&mut self, parent: u64, name: &OsStr, id: u64) {
+        let hash = self.name_hash(parent, name);
+        let nodes = &self.nodes;
+        let hasher = &self.hasher;
+        match self.names.entry(
+            hash,
+            |&(h, cid)| h == hash && holds(nodes, hasher, cid, parent, name),
+            |&(h, _)| h,
+        ) {
+            Entry::Occupied(mut e) => e.get_mut().1 = id,
+            Entry::Vacant(e) => {
+                e.insert((hash, id));
+            }
+        }
     }
 
     fn unlink_name(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
-        let children = self.dentries.get_mut(&parent)?;
-        let id = children.remove(name);
-        if children.is_empty() {
-            self.dentries.remove(&parent);
-        }
-        id
+        let hash = self.name_hash(parent, name);
+        let nodes = &self.nodes;
+        let hasher = &self.hasher;
+        let entry = self.names.find_entry(hash, |&(h, cid)| {
+            h == hash && holds(nodes, hasher, cid, parent, name)
+        });
+        entry.ok().map(|e| e.remove().0 .1)
     }
 
     /// Counts one more lookup of a name the table already has; the shared lock suffices.
     pub fn count_lookup(&self, id: u64) {
-        if let Some(node) = self.nodes.get(&id) {
+        if let Some(node) = self.get(id) {
             node.lookups.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Records one more lookup of `id` reached as `name` in `parent`.
     pub fn add_lookup(&mut self, id: u64, parent: u64, name: &OsStr) {
-        let key = (parent, name.to_os_string());
-        if let Some(node) = self.nodes.get_mut(&id) {
-            node.lookups.fetch_add(1, Ordering::Relaxed);
-            if !node.aliases.contains(&key) {
-                node.aliases.push(key.clone());
-            }
-        }
-        let (parent, name) = key;
-        self.link_name(parent, name, id);
+        self.count_lookup(id);
+        self.add_alias(id, parent, name);
     }
 
     /// Adds a name to an existing node (link) without counting a lookup.
     pub fn add_alias(&mut self, id: u64, parent: u64, name: &OsStr) {
-        let key = (parent, name.to_os_string());
-        if let Some(node) = self.nodes.get_mut(&id) {
-            if !node.aliases.contains(&key) {
-                node.aliases.push(key.clone());
-            }
+        let Some(node) = self.get_mut(id) else {
+            return;
+        };
+        if !node.has_alias(parent, name) {
+            node.aliases.push((parent, Arc::from(name)));
         }
-        let (parent, name) = key;
         self.link_name(parent, name, id);
     }
 
     /// Forgets the name `name` in `parent` (after unlink, rmdir, or being renamed over).
     pub fn remove_name(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
-        let key = (parent, name.to_os_string());
         let id = self.unlink_name(parent, name)?;
-        if let Some(node) = self.nodes.get_mut(&id) {
-            node.aliases.retain(|a| *a != key);
+        if let Some(node) = self.get_mut(id) {
+            node.aliases
+                .retain(|(p, n)| !(*p == parent && **n == *name));
         }
         Some(id)
     }
 
     /// Moves the name `(parent, name)` of its node to `(newparent, newname)`.
     pub fn rename(&mut self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
-        let key = (parent, name.to_os_string());
-        let newkey = (newparent, newname.to_os_string());
-        if let Some(id) = self.unlink_name(parent, name) {
-            if let Some(node) = self.nodes.get_mut(&id) {
-                for a in node.aliases.iter_mut() {
-                    if *a == key {
-                        *a = newkey.clone();
-                    }
+        let Some(id) = self.unlink_name(parent, name) else {
+            return;
+        };
+        // The target name's entry goes first: it may belong to another node.
+        self.unlink_name(newparent, newname);
+        if let Some(node) = self.get_mut(id) {
+            let newname: Name = Arc::from(newname);
+            for a in node.aliases.iter_mut() {
+                if a.0 == parent && *a.1 == *name {
+                    *a = (newparent, newname.clone());
                 }
             }
-            self.link_name(newparent, newname.to_os_string(), id);
+        }
+        self.link_name(newparent, newname, id);
+    }
+
+    /// Makes `(parent, name)`, one of the names of `id`, its first: the one its upper
+    /// path goes through.
+    pub fn make_first_alias(&mut self, id: u64, parent: u64, name: &OsStr) {
+        if let Some(n) = self.get_mut(id) {
+            if let Some(i) = n
+                .aliases
+                .iter()
+                .position(|(p, nm)| *p == parent && **nm == *name)
+            {
+                let a = n.aliases.remove(i);
+                n.aliases.insert(0, a);
+            }
         }
     }
 
@@ -228,7 +355,7 @@ impl Tree {
         if id == ROOT {
             return;
         }
-        let Some(node) = self.nodes.get_mut(&id) else {
+        let Some(node) = self.get(id) else {
             return;
         };
         let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
@@ -236,24 +363,34 @@ impl Tree {
         if left > 0 {
             return;
         }
-        if let Some(node) = self.nodes.remove(&id) {
-            for a in node.aliases {
-                if self.child(a.0, &a.1) == Some(id) {
-                    self.unlink_name(a.0, &a.1);
-                }
+        // Names first: their entries are found through the node's aliases.
+        for (p, name) in node.aliases.clone() {
+            if self.child(p, &name) == Some(id) {
+                self.unlink_name(p, &name);
             }
         }
+        let hash = self.id_hash(id);
+        if let Ok(e) = self.nodes.find_entry(hash, |n| n.st_ino == id) {
+            e.remove();
+        }
+    }
+
+    /// Gives back the tables' spare room after the kernel forgot many nodes.
+    pub fn shrink(&mut self) {
+        let hasher = &self.hasher;
+        self.nodes.shrink_to_fit(|n| hasher.hash_one(n.st_ino));
+        self.names.shrink_to_fit(|&(h, _)| h);
     }
 
     /// The node's path from the root of the merged tree, through its first name.
     /// `None` once it has no name left.
     pub fn path(&self, id: u64) -> Option<PathBuf> {
-        let mut names = Vec::new();
+        let mut names: Vec<&OsStr> = Vec::new();
         let mut cur = id;
         while cur != ROOT {
-            let node = self.nodes.get(&cur)?;
+            let node = self.get(cur)?;
             let (parent, name) = node.aliases.first()?;
-            names.push(name.as_os_str());
+            names.push(name);
             cur = *parent;
         }
         let mut p = PathBuf::new();
@@ -270,6 +407,19 @@ impl Tree {
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
+}
+
+/// Whether node `id` has the name `(parent, name)`.
+fn holds(
+    nodes: &HashTable<Box<Node>>,
+    hasher: &RandomState,
+    id: u64,
+    parent: u64,
+    name: &OsStr,
+) -> bool {
+    nodes
+        .find(hasher.hash_one(id), |n| n.st_ino == id)
+        .is_some_and(|n| n.has_alias(parent, name))
 }
 
 /// Inode numbers reported through the mount: the layer's slot in the top 16 bits and the
@@ -312,6 +462,24 @@ mod tests {
         // Looked up twice (as b and b2): gone after both are forgotten.
         t.forget(b, 2);
         assert!(t.get(b).is_none());
+    }
+
+    #[test]
+    fn exchanged_names_follow_their_nodes() {
+        let mut t = Tree::new(Node::new(libc::S_IFDIR, ROOT));
+        let d = t.insert(ROOT, OsStr::new("d1"), Node::new(libc::S_IFDIR, 2), 2, true);
+        let c = t.insert(ROOT, OsStr::new("c"), Node::new(libc::S_IFREG, 3), 1, true);
+        t.remove_name(ROOT, OsStr::new("d1"));
+        t.remove_name(ROOT, OsStr::new("c"));
+        t.add_alias(d, ROOT, OsStr::new("c"));
+        t.add_alias(c, ROOT, OsStr::new("d1"));
+        t.make_first_alias(d, ROOT, OsStr::new("c"));
+        assert_eq!(t.child(ROOT, OsStr::new("d1")), Some(c));
+        assert_eq!(t.child(ROOT, OsStr::new("c")), Some(d));
+        assert_eq!(t.path(c), Some(PathBuf::from("d1")));
+        t.forget(d, 1);
+        assert_eq!(t.child(ROOT, OsStr::new("c")), None);
+        assert_eq!(t.child(ROOT, OsStr::new("d1")), Some(c));
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! resolved relative to it with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so
 //! nothing a layer contains can lead the daemon outside it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use crate::whiteout;
 /// How many directory handles one layer keeps open at most; past that the cache starts
 /// over, so open fds stay bounded whatever the size of the tree.
 const DIR_CACHE_MAX: usize = 1024;
-/// How many names one layer keeps in directory listings at most (about 100 bytes each);
+/// How many names one layer keeps in directory listings at most (about 25 bytes each);
 /// past that the cache starts over, so memory stays bounded whatever the size of the tree.
 const LISTING_CACHE_MAX_NAMES: usize = 200_000;
 
@@ -25,12 +26,67 @@ const LISTING_CACHE_MAX_NAMES: usize = 200_000;
 /// have, and whiteout files next to names, are answered without a syscall.
 #[derive(Debug, Default)]
 pub struct Listing {
-    /// Names (whiteout files and the opaque marker excluded) and their `DT_*` types.
-    pub entries: HashMap<OsString, u8>,
+    /// Names (whiteout files and the opaque marker excluded).
+    pub entries: NameSet,
     /// Names deleted by a `.wh.NAME` file in this directory.
-    pub whiteouts: HashSet<OsString>,
+    pub whiteouts: NameSet,
     /// Opaque by marker file or xattr.
     pub opaque: bool,
+}
+
+/// A set of names in two allocations (the names back to back, sorted, and where each
+/// ends): a few bytes per name over the name itself, where a hash set of strings costs
+/// about a hundred, and no scattered small allocations that would pin heap pages long
+/// after the tree that looked them up is forgotten.
+#[derive(Debug, Default)]
+pub struct NameSet {
+    bytes: Box<[u8]>,
+    ends: Box<[u32]>,
+}
+
+impl NameSet {
+    fn from_names(mut names: Vec<OsString>) -> NameSet {
+        names.sort_unstable();
+        names.dedup();
+        let mut bytes = Vec::with_capacity(names.iter().map(|n| n.len()).sum());
+        let mut ends = Vec::with_capacity(names.len());
+        for n in &names {
+            bytes.extend_from_slice(n.as_bytes());
+            // A directory's names total far below 4 GiB (each is at most 255 bytes).
+            ends.push(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+        }
+        NameSet {
+            bytes: bytes.into_boxed_slice(),
+            ends: ends.into_boxed_slice(),
+        }
+    }
+
+    fn name(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
+    }
+
+    pub fn contains(&self, name: &OsStr) -> bool {
+        let name = name.as_bytes();
+        let (mut lo, mut hi) = (0, self.ends.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.name(mid).cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -104,23 +160,26 @@ impl Layer {
         let fd = self
             .open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY)
             .map_err(|e| Error::from(e).context(self.describe(rel)))?;
-        let mut listing = Listing {
-            opaque: whiteout::OPAQUE_XATTRS.iter().any(|attr| {
-                sys::getxattr(fd.as_fd(), OsStr::new(""), OsStr::new(attr)).is_ok_and(|v| v == b"y")
-            }),
-            ..Listing::default()
-        };
-        for (name, dtype, _) in
+        let mut opaque = whiteout::OPAQUE_XATTRS.iter().any(|attr| {
+            sys::getxattr(fd.as_fd(), OsStr::new(""), OsStr::new(attr)).is_ok_and(|v| v == b"y")
+        });
+        let (mut entries, mut whiteouts) = (Vec::new(), Vec::new());
+        for (name, _, _) in
             sys::read_dir(fd).map_err(|e| Error::from(e).context(self.describe(rel)))?
         {
             if name.as_os_str() == OsStr::new(whiteout::OPAQUE_MARKER) {
-                listing.opaque = true;
+                opaque = true;
             } else if let Some(target) = whiteout::whiteout_target(&name) {
-                listing.whiteouts.insert(target.to_os_string());
+                whiteouts.push(target.to_os_string());
             } else if !whiteout::is_marker_name(&name) {
-                listing.entries.insert(name, dtype);
+                entries.push(name);
             }
         }
+        let listing = Listing {
+            entries: NameSet::from_names(entries),
+            whiteouts: NameSet::from_names(whiteouts),
+            opaque,
+        };
         Ok(listing)
     }
 
@@ -201,4 +260,25 @@ pub fn split(rel: &Path) -> (&Path, Option<&OsStr>) {
 
 pub fn is_dir(st: &Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_sets_find_exactly_their_names() {
+        let names = ["b", "a", "ab", "", "z\u{e9}", "a"]
+            .map(OsString::from)
+            .to_vec();
+        let set = NameSet::from_names(names);
+        assert_eq!(set.len(), 5);
+        for n in ["a", "ab", "b", "", "z\u{e9}"] {
+            assert!(set.contains(OsStr::new(n)), "{n:?}");
+        }
+        for n in ["aa", "c", "z", "B"] {
+            assert!(!set.contains(OsStr::new(n)), "{n:?}");
+        }
+        assert!(!NameSet::default().contains(OsStr::new("a")));
+    }
 }

@@ -20,7 +20,7 @@ use crate::config::{Config, WhiteoutMode};
 use crate::copy_up::{self, WorkDir};
 use crate::error::{Context, Error, Result};
 use crate::handles::{Handles, OpenDir, OpenFile};
-use crate::inode::{compose_ino, Node, Tree, ROOT};
+use crate::inode::{compose_ino, index_name, Node, Tree, ROOT};
 use crate::layer::{split, Layer};
 use crate::readdir::{self, DirEntry};
 use crate::stack::{Found, Stack};
@@ -127,8 +127,7 @@ impl Overlay {
         };
         let mut root = Node::new(libc::S_IFDIR, ROOT);
         root.upper = stack.upper.is_some();
-        root.lower_dirs = stack.root_lowers();
-        root.lower = root.lower_dirs.first().cloned();
+        root.lower_dirs = stack.root_lowers().into_boxed_slice();
         Ok(Overlay {
             stack,
             work,
@@ -197,7 +196,7 @@ impl Overlay {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
         // A fresh node's stat is the one lookup just took; a second name of a known inode
         // (or its index copy) is stated where its data is.
-        let st = if node.aliases.len() == 1 && node.index.is_none() {
+        let st = if node.aliases().len() == 1 && !node.indexed {
             self.adjust_stat(node, st)
         } else {
             self.stat_node(&tree, id)?
@@ -227,16 +226,16 @@ impl Overlay {
     ) -> u64 {
         let mut node = Node::new(found.kind(), found.st_ino);
         node.upper = found.upper;
-        node.lower = found.lower;
-        node.lower_dirs = found.lower_dirs;
+        if node.kind != libc::S_IFDIR {
+            node.lower_layer = found.lower.and_then(|l| u16::try_from(l.layer).ok());
+        }
+        node.lower_dirs = found.lower_dirs.into_boxed_slice();
         // A name of a hard-linked lower inode, in either layer, shares the index entry once
         // one exists (the reported inode number names it).
         if let Some(work) = &self.work {
             if node.kind != libc::S_IFDIR && found.stat.st_nlink > 1 {
                 let idx = index_name(found.st_ino);
-                if sys::fstatat(work.index.as_fd(), &idx).is_ok() {
-                    node.index = Some(idx);
-                }
+                node.indexed = sys::fstatat(work.index.as_fd(), &idx).is_ok();
             }
         }
         tree.insert(parent, name, node, found.stat.st_nlink, counted)
@@ -268,7 +267,10 @@ impl Overlay {
     }
 
     pub fn generation(&self, id: u64) -> u64 {
-        self.tree.read().get(id).map(|n| n.generation).unwrap_or(0)
+        self.tree
+            .read()
+            .get(id)
+            .map_or(0, |n| u64::from(n.generation))
     }
 
     pub fn forget(&self, id: u64, n: u64) {
@@ -279,6 +281,7 @@ impl Overlay {
         let peak = self.nodes_peak.fetch_max(len, Ordering::Relaxed).max(len);
         if peak >= len + TRIM_AFTER_FORGETTING {
             self.nodes_peak.store(len, Ordering::Relaxed);
+            tree.shrink();
             drop(tree);
             sys::trim_heap();
         }
@@ -286,10 +289,10 @@ impl Overlay {
 
     fn loc(&self, tree: &Tree, id: u64) -> Result<Loc> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
-        if let Some(idx) = &node.index {
-            return Ok(Loc::Index(idx.clone()));
+        if let Some(idx) = node.index() {
+            return Ok(Loc::Index(idx));
         }
-        if node.aliases.is_empty() && id != ROOT {
+        if node.aliases().is_empty() && id != ROOT {
             return node
                 .pinned
                 .clone()
@@ -299,13 +302,8 @@ impl Overlay {
         if node.upper {
             return Ok(Loc::Upper(self.path(tree, id)?));
         }
-        let lower = if node.is_dir() {
-            node.lower_dirs.first()
-        } else {
-            node.lower.as_ref()
-        };
-        let lower = lower.ok_or_else(|| errno(libc::ENOENT))?;
-        Ok(Loc::Lower(lower.layer, lower.path.clone()))
+        let lower = tree.lower_of(id).ok_or_else(|| errno(libc::ENOENT))?;
+        Ok(Loc::Lower(lower.layer, lower.path))
     }
 
     /// Runs `f` with the directory handle and name that reach `loc` (empty name: the
@@ -381,9 +379,9 @@ impl Overlay {
             if merged {
                 st.st_nlink = 1;
             }
-        } else if let Some(idx) = &node.index {
+        } else if let Some(idx) = node.index() {
             st.st_nlink = self
-                .index_nlink(idx)
+                .index_nlink(&idx)
                 .map(u64::from)
                 .unwrap_or(st.st_nlink.saturating_sub(1));
         }
@@ -397,7 +395,7 @@ impl Overlay {
                 let tree = self.tree.read();
                 if let Some(node) = tree.get(id) {
                     st.st_ino = node.st_ino;
-                    if node.index.is_some() {
+                    if node.indexed {
                         return self.stat_node(&tree, id);
                     }
                 }
@@ -418,17 +416,20 @@ impl Overlay {
     /// Makes `id` exist in the upper layer, copying its parents first.
     fn copy_up(&self, tree: &mut Tree, id: u64) -> Result<()> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
-        if node.upper && node.index.is_none() {
+        if node.upper && !node.indexed {
             return Ok(());
         }
-        let first_alias = node.aliases.first().cloned();
+        let first_alias = node.aliases().first().cloned();
         let upper = self.upper()?;
         let work = self.work()?;
         if let Some(idx) = self.ensure_index(tree, id)? {
             // A hard-linked lower inode: its copy is the index entry, and every name of it
             // the kernel knows becomes a link to that in upper, so each name's change is
             // in the upper layer for tools that read it (layerctl commit).
-            let aliases = tree.get(id).map(|n| n.aliases.clone()).unwrap_or_default();
+            let aliases = tree
+                .get(id)
+                .map(|n| n.aliases().to_vec())
+                .unwrap_or_default();
             for (parent, name) in aliases {
                 let pdir = self.upper_dir(tree, parent)?;
                 let present = matches!(sys::fstatat(pdir.as_fd(), &name), Ok(st) if !whiteout::is_chardev_whiteout(&st));
@@ -452,12 +453,7 @@ impl Overlay {
         let name = name.ok_or_else(|| errno(libc::EINVAL))?;
         let updir = upper.dir(ppath)?;
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
-        let lower = if node.is_dir() {
-            node.lower_dirs.first()
-        } else {
-            node.lower.as_ref()
-        };
-        let lower = lower.ok_or_else(|| errno(libc::ENOENT))?.clone();
+        let lower = tree.lower_of(id).ok_or_else(|| errno(libc::ENOENT))?;
         let layer = &self.stack.lowers[lower.layer];
         let (lparent, lname) = split(&lower.path);
         let lname = lname.ok_or_else(|| errno(libc::EINVAL))?;
@@ -485,10 +481,10 @@ impl Overlay {
     /// index entry's name; `None` for anything else.
     fn ensure_index(&self, tree: &mut Tree, id: u64) -> Result<Option<OsString>> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
-        if let Some(idx) = &node.index {
-            return Ok(Some(idx.clone()));
+        if let Some(idx) = node.index() {
+            return Ok(Some(idx));
         }
-        let Some(lower) = node.lower.clone().filter(|_| !node.is_dir()) else {
+        let Some(lower) = tree.lower_of(id).filter(|_| !node.is_dir()) else {
             return Ok(None);
         };
         let layer = &self.stack.lowers[lower.layer];
@@ -520,7 +516,7 @@ impl Overlay {
         sys::linkat(work.temp(), &tmp, work.index.as_fd(), &idx).context("workdir index")?;
         sys::unlinkat(work.temp(), &tmp, false)?;
         if let Some(n) = tree.get_mut(id) {
-            n.index = Some(idx.clone());
+            n.indexed = true;
         }
         Ok(Some(idx))
     }
@@ -539,7 +535,7 @@ impl Overlay {
     /// Adds `delta` to the recorded merged link count of node `id` if it is an indexed
     /// hard link.
     fn adjust_index_nlink(&self, tree: &Tree, id: u64, delta: i32) -> Result<()> {
-        let Some(idx) = tree.get(id).and_then(|n| n.index.clone()) else {
+        let Some(idx) = tree.get(id).and_then(|n| n.index()) else {
             return Ok(());
         };
         let work = self.work()?;
@@ -783,7 +779,7 @@ impl Overlay {
         let Some(node) = tree.get(id) else {
             return Ok(());
         };
-        if node.aliases.len() > 1 || node.lookups() == 0 || node.pinned.is_some() {
+        if node.aliases().len() > 1 || node.lookups() == 0 || node.pinned.is_some() {
             return Ok(());
         }
         let fd = self.open_loc(&self.loc(tree, id)?, libc::O_PATH)?;
@@ -856,7 +852,7 @@ impl Overlay {
                 }
                 cur = tree
                     .get(cur)
-                    .and_then(|n| n.aliases.first())
+                    .and_then(|n| n.aliases().first())
                     .map(|a| a.0)
                     .unwrap_or(ROOT);
             }
@@ -895,8 +891,8 @@ impl Overlay {
             tree.remove_name(newparent, newname);
             tree.add_alias(src, newparent, newname);
             tree.add_alias(dst, parent, name);
-            swap_alias(&mut tree, src, parent, name, newparent, newname);
-            swap_alias(&mut tree, dst, newparent, newname, parent, name);
+            tree.make_first_alias(src, newparent, newname);
+            tree.make_first_alias(dst, parent, name);
             return Ok(());
         }
 
@@ -1240,7 +1236,7 @@ impl Overlay {
             };
             let mut list = Vec::new();
             let parent_ino = node
-                .aliases
+                .aliases()
                 .first()
                 .and_then(|(p, _)| tree.get(*p))
                 .map(|p| p.st_ino)
@@ -1295,16 +1291,10 @@ impl Overlay {
 /// so that changes through its handle never copy anything up again.
 fn forget_upper_if_gone(tree: &mut Tree, id: u64) {
     if let Some(n) = tree.get_mut(id) {
-        if n.aliases.is_empty() && n.pinned.is_none() {
+        if n.aliases().is_empty() && n.pinned.is_none() {
             n.upper = false;
         }
     }
-}
-
-/// The index entry of a hard-linked lower inode is named by the inode number the mount
-/// reports for it, which every name of it carries (recorded on the upper copy too).
-fn index_name(st_ino: u64) -> OsString {
-    OsString::from(format!("{st_ino:016x}"))
 }
 
 /// Names the overlay reserves for its markers cannot be created through the mount: with the
@@ -1368,24 +1358,6 @@ fn make_object(dir: BorrowedFd, name: &OsStr, kind: &NewKind, fmt: u32) -> Resul
         NewKind::Symlink { target } => sys::symlinkat(target, dir, name)?,
     }
     Ok(None)
-}
-
-fn swap_alias(
-    tree: &mut Tree,
-    id: u64,
-    old_parent: u64,
-    old_name: &OsStr,
-    new_parent: u64,
-    new_name: &OsStr,
-) {
-    if let Some(n) = tree.get_mut(id) {
-        let old = (old_parent, old_name.to_os_string());
-        let new = (new_parent, new_name.to_os_string());
-        n.aliases.retain(|a| *a != old);
-        if !n.aliases.contains(&new) {
-            n.aliases.insert(0, new);
-        }
-    }
 }
 
 /// Chooses how deletions are written: a char device 0:0 where mknod works, else `.wh.` files.

@@ -129,7 +129,7 @@ impl Stack {
             // The cached listing answers "not here" and "deleted here" without a syscall.
             match layer.listing(parent) {
                 Ok(Some(listing)) => {
-                    if !listing.entries.contains_key(cname) {
+                    if !listing.entries.contains(cname) {
                         if listing.whiteouts.contains(cname) {
                             break;
                         }
