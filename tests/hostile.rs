@@ -544,11 +544,7 @@ fn a_lower_that_is_itself_a_fuse_mount() {
         .arg(&s.mnt)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let m = OuterMount(s.mnt.clone());
     let mp = |r: &str| s.mnt.join(r);
     assert_eq!(read(mp("dir/file")), b"from the inner mount");

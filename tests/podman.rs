@@ -10,54 +10,74 @@
 //! cgroupfs manager; networking is off (`netns = "none"`), nothing needs it.
 
 mod common;
-mod rootless_support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::read_str;
-use rootless_support::*;
+use common::rootless::*;
 
+/// Ends the rootless pause process (`catatonit -P`) that podman started for the test's
+/// XDG_RUNTIME_DIR: it holds podman's user namespace and would outlive the test. Only that
+/// one process: the pid podman recorded under this runtime dir, and only while it still
+/// belongs to the test user and was started with this runtime dir (never the pause
+/// process of another podman user or another test run).
+struct PodmanPauseGuard {
+    xdg_runtime_dir: PathBuf,
+    uid: u32,
+}
+
+impl PodmanPauseGuard {
+    fn pid(&self) -> Option<i32> {
+        let pid_file = self.xdg_runtime_dir.join("libpod/tmp/pause.pid");
+        let pid: i32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let status = fs::read_to_string(proc_dir.join("status")).ok()?;
+        let real_uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        let environ = fs::read(proc_dir.join("environ")).ok()?;
+        let want = format!("XDG_RUNTIME_DIR={}", self.xdg_runtime_dir.display());
+        let ours = environ.split(|b| *b == 0).any(|v| v == want.as_bytes());
+        (pid > 1 && real_uid == self.uid && ours).then_some(pid)
+    }
+}
+
+impl Drop for PodmanPauseGuard {
+    fn drop(&mut self) {
+        let Some(pid) = self.pid() else { return };
+        // SAFETY: kill has no memory-safety preconditions; pid is checked above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Wait (bounded) until it is gone or a zombie waiting for init.
+        for _ in 0..500 {
+            let alive = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false);
+            if !alive {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        eprintln!("podman's pause process {pid} survived SIGKILL");
+    }
+}
+
+/// The busybox root file system as a tar (entries owned by 0:0), for `podman import`.
 fn busybox_tar(dir: &Path, tar: &Path) {
     let root = dir.join("rootfs");
-    for d in [
-        "bin",
-        "etc",
-        "home/app",
-        "opt/lowerdir",
-        "proc",
-        "dev",
-        "sys",
-        "tmp",
-        "root",
-    ] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    require_tool("busybox", "busybox-static");
-    let bb = Command::new("sh")
-        .args(["-c", "command -v busybox"])
-        .output()
-        .unwrap();
-    let bb = String::from_utf8_lossy(&bb.stdout).trim().to_string();
-    fs::copy(&bb, root.join("bin/busybox")).unwrap();
-    let list = Command::new(&bb).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.is_empty() {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-    fs::write(root.join("etc/motd"), "base\n").unwrap();
-    fs::write(root.join("home/app/.profile"), "# app\n").unwrap();
-    fs::write(root.join("opt/lowerdir/old"), "old\n").unwrap();
-    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    busybox_rootfs(&root);
     let st = Command::new("tar")
         .arg("-C")
         .arg(&root)
@@ -73,8 +93,7 @@ fn busybox_tar(dir: &Path, tar: &Path) {
 fn podman_with_layerfs_mount_program() {
     require_tool("podman", "podman");
     require_tool("runc", "runc");
-    let user = test_user();
-    open_dev_fuse();
+    let user = fuse_user();
     let dir = UserDir::new(&user);
     let d = dir.path().display().to_string();
     busybox_tar(dir.path(), &dir.p("bb.tar"));
@@ -110,6 +129,11 @@ fn podman_with_layerfs_mount_program() {
     fs::create_dir(dir.p("home")).unwrap();
     fs::set_permissions(dir.p("xdg"), fs::Permissions::from_mode(0o700)).unwrap();
     chown_tree(dir.path(), user.uid, user.gid);
+    // Declared after `dir`, so dropped before it: the pid file is inside.
+    let _pause = PodmanPauseGuard {
+        xdg_runtime_dir: dir.p("xdg"),
+        uid: user.uid,
+    };
 
     let script = format!(
         r##"{SH_PRELUDE}

@@ -4,56 +4,13 @@
 //! landed in the upper directory: whiteouts, `user.overlay.*` xattrs, owners.
 
 mod common;
-mod rootless_support;
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::{lgetxattr, llistxattr, ls, lstat, read_str};
-use rootless_support::*;
-
-/// Every name under `root` (relative, sorted), with a type letter: `f`, `d`, `l`,
-/// `c<maj>:<min>`, `p`.
-fn tree(root: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let mut names: Vec<_> = fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        for p in names {
-            let m = fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(base).unwrap().display().to_string();
-            let t = m.file_type();
-            let kind = if t.is_dir() {
-                "d".to_string()
-            } else if t.is_symlink() {
-                "l".to_string()
-            } else if t.is_char_device() {
-                let rdev = m.rdev();
-                format!("c{}:{}", libc::major(rdev), libc::minor(rdev))
-            } else if t.is_fifo() {
-                "p".to_string()
-            } else {
-                "f".to_string()
-            };
-            out.push(format!("{kind} {rel}"));
-            if t.is_dir() {
-                walk(base, &p, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out
-}
-
-fn xattr_str(path: &Path, name: &str) -> Option<String> {
-    lgetxattr(path, name)
-        .ok()
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-}
+use common::rootless::*;
+use common::{assert_success, lgetxattr_str, llistxattr, ls, lstat, read_str, type_tree};
 
 /// Overlay xattrs on a path, excluding the daemon's own inode-number record.
 fn overlay_xattrs(path: &Path) -> Vec<String> {
@@ -161,7 +118,7 @@ fn check_upper(dir: &UserDir, whiteout: &str, renamed: bool) {
         want.push(wh("", "ren"));
     }
     want.sort_by(|a, b| a[2..].trim_start().cmp(b[2..].trim_start()));
-    let mut got = tree(&upper);
+    let mut got = type_tree(&upper);
     got.sort_by(|a, b| a[2..].trim_start().cmp(b[2..].trim_start()));
     // Type letters differ in width ("c0:0"); compare whole entries as sets.
     let mut w = want.clone();
@@ -170,7 +127,7 @@ fn check_upper(dir: &UserDir, whiteout: &str, renamed: bool) {
     assert_eq!(got, w, "upper layer contents (whiteouts as {whiteout})");
     // Unprivileged: overlay markers in the user namespace, never trusted.*.
     assert_eq!(
-        xattr_str(&upper.join("d"), "user.overlay.opaque").as_deref(),
+        lgetxattr_str(upper.join("d"), "user.overlay.opaque").as_deref(),
         Some("y")
     );
     assert_eq!(
@@ -179,11 +136,11 @@ fn check_upper(dir: &UserDir, whiteout: &str, renamed: bool) {
     );
     if renamed {
         assert_eq!(
-            xattr_str(&upper.join("ren2"), "user.overlay.redirect").as_deref(),
+            lgetxattr_str(upper.join("ren2"), "user.overlay.redirect").as_deref(),
             Some("/ren")
         );
     }
-    for entry in tree(&upper) {
+    for entry in type_tree(&upper) {
         let rel = entry.split_once(' ').unwrap().1;
         let names = llistxattr(upper.join(rel)).unwrap_or_default();
         assert!(
@@ -193,7 +150,7 @@ fn check_upper(dir: &UserDir, whiteout: &str, renamed: bool) {
     }
     assert_eq!(read_str(upper.join("a")), "hello\nmore\n");
     assert_eq!(
-        xattr_str(&upper.join("b"), "user.note").as_deref(),
+        lgetxattr_str(upper.join("b"), "user.note").as_deref(),
         Some("hi")
     );
     assert_eq!(lstat(upper.join("b")).mode() & 0o7777, 0o600);
@@ -209,11 +166,20 @@ fn check_upper(dir: &UserDir, whiteout: &str, renamed: bool) {
     assert_eq!(read_str(dir.p("l0/a")), "hello\n");
 }
 
-/// `script` wrapped to run in a fresh user and mount namespace where the user is root.
-fn in_userns(unshare_args: &str, script: &str) -> String {
+/// A temp dir of the user's with `lower_layer` (owned by the user), upper, work and mnt.
+fn user_layers(user: &TestUser) -> UserDir {
+    let dir = UserDir::new(user);
+    lower_layer(&dir, user.uid, user.gid);
+    dir
+}
+
+/// Script lines: mount layerfs over `dir`'s layers (`extra` options appended) on
+/// `$M` = dir/mnt, and unmount it with `unmount` on exit.
+fn mount_lines(dir: &UserDir, extra: &str, unmount: &str) -> String {
     format!(
-        "unshare {unshare_args} sh -euc '{}'",
-        script.replace('\'', r"'\''")
+        "M={}\nlayerfs -o {} \"$M\"\ntrap 'cd /; {unmount} \"$M\"' EXIT",
+        dir.p("mnt").display(),
+        mount_opts(dir, extra)
     )
 }
 
@@ -231,15 +197,11 @@ fn mount_opts(dir: &UserDir, extra: &str) -> String {
 /// `user.overlay.*`; privileged requests fail with the kernel's errnos.
 #[test]
 fn userns_mount_with_file_whiteouts() {
-    let user = test_user();
-    open_dev_fuse();
-    let dir = UserDir::new(&user);
-    lower_layer(&dir, user.uid, user.gid);
+    let user = fuse_user();
+    let dir = user_layers(&user);
     let script = format!(
         r#"{SH_PRELUDE}
-M={mnt}
-layerfs -o {opts} "$M"
-trap 'cd /; umount "$M"' EXIT
+{mount}
 grep -q " $M .*fuse.layerfs" /proc/self/mountinfo
 {CHANGES}
 {RENAME_DIR}
@@ -254,8 +216,7 @@ cd /
 umount "$M"
 trap - EXIT
 # remount: the same tree comes back
-layerfs -o {opts} "$M"
-trap 'cd /; umount "$M"' EXIT
+{mount}
 test "$(cat $M/a)" = "hello
 more"
 test ! -e $M/keep/k
@@ -263,8 +224,7 @@ test ! -e $M/ren
 test "$(ls $M/d)" = g
 test "$(ls $M/ren2)" = r1
 "#,
-        mnt = dir.p("mnt").display(),
-        opts = mount_opts(&dir, ",whiteout=file"),
+        mount = mount_lines(&dir, ",whiteout=file", "umount"),
     );
     user_ok(&user, &in_userns("-Urm", &script), &[]);
     check_upper(&dir, "file", true);
@@ -277,17 +237,13 @@ test "$(ls $M/ren2)" = r1
 /// kernel overlayfs (`userxattr`, mounted in the same namespace) reads it identically.
 #[test]
 fn userns_auto_whiteouts_read_by_kernel_overlayfs() {
-    let user = test_user();
-    open_dev_fuse();
-    let dir = UserDir::new(&user);
-    lower_layer(&dir, user.uid, user.gid);
+    let user = fuse_user();
+    let dir = user_layers(&user);
     fs::create_dir(dir.p("kmnt")).unwrap();
     chown_tree(&dir.p("kmnt"), user.uid, user.gid);
     let script = format!(
         r#"{SH_PRELUDE}
-M={mnt}
-layerfs -o {opts} "$M"
-trap 'cd /; umount "$M"' EXIT
+{mount}
 {CHANGES}
 (cd "$M" && find . | sort && stat -c '%n %s %a' a b d/g keep) > {d}/fuse.txt
 umount "$M"
@@ -297,8 +253,7 @@ mount -t overlay overlay -o ro,userxattr,lowerdir={d}/upper:{d}/l0 {d}/kmnt
 (cd {d}/kmnt && find . | sort && stat -c '%n %s %a' a b d/g keep) > {d}/kernel.txt
 umount {d}/kmnt
 "#,
-        mnt = dir.p("mnt").display(),
-        opts = mount_opts(&dir, ""),
+        mount = mount_lines(&dir, "", "umount"),
         d = dir.path().display(),
     );
     let probe = run_as_user(
@@ -325,20 +280,16 @@ umount {d}/kmnt
 /// Outside any user namespace, mounted through the setuid fusermount3 by the user.
 #[test]
 fn fusermount3_mount_as_user() {
-    let user = test_user();
-    open_dev_fuse();
     require_tool("fusermount3", "fuse3");
-    let dir = UserDir::new(&user);
-    lower_layer(&dir, user.uid, user.gid);
+    let user = fuse_user();
+    let dir = user_layers(&user);
     // One lower file and dir the user does not own: changes to them need privileges.
     fs::write(dir.p("l0/rootfile"), "r\n").unwrap();
     fs::create_dir(dir.p("l0/rootdir")).unwrap();
     fs::write(dir.p("l0/rootdir/x"), "x\n").unwrap();
     let script = format!(
         r#"{SH_PRELUDE}
-M={mnt}
-layerfs -o {opts} "$M"
-trap 'cd /; fusermount3 -u "$M"' EXIT
+{mount}
 grep " $M " /proc/self/mountinfo | grep -q "user_id={uid}"
 {CHANGES}
 {RENAME_DIR}
@@ -354,8 +305,7 @@ cd /
 fusermount3 -u "$M"
 trap - EXIT
 "#,
-        mnt = dir.p("mnt").display(),
-        opts = mount_opts(&dir, ""),
+        mount = mount_lines(&dir, "", "fusermount3 -u"),
         uid = user.uid,
     );
     let out = user_ok(&user, &script, &[]);
@@ -370,10 +320,8 @@ trap - EXIT
 /// ids (newuidmap). chown inside works and lands on the subordinate ids on disk.
 #[test]
 fn userns_with_subordinate_ids() {
-    let user = test_user();
-    open_dev_fuse();
-    let dir = UserDir::new(&user);
-    lower_layer(&dir, user.uid, user.gid);
+    let user = fuse_user();
+    let dir = user_layers(&user);
     // A lower file owned by container uid 1000 (subordinate id start + 999).
     let (sub, len) = user.subuid;
     let (subg, leng) = user.subgid;
@@ -382,9 +330,7 @@ fn userns_with_subordinate_ids() {
     common::lchown(dir.p("l0/owned1000"), sub + 999, subg + 999).unwrap();
     let script = format!(
         r#"{SH_PRELUDE}
-M={mnt}
-layerfs -o {opts} "$M"
-trap 'cd /; umount "$M"' EXIT
+{mount}
 {CHANGES}
 cd "$M"
 test "$(stat -c %u:%g owned1000)" = 1000:1000
@@ -397,11 +343,9 @@ fails "Operation not permitted" mknod dev c 1 3
 fails "Operation not permitted" setfattr -n trusted.x -v 1 b
 cd /
 "#,
-        mnt = dir.p("mnt").display(),
-        opts = mount_opts(&dir, ""),
+        mount = mount_lines(&dir, "", "umount"),
     );
-    let args = format!("--map-root-user --map-users={sub},1,65536 --map-groups={subg},1,65536 -m");
-    user_ok(&user, &in_userns(&args, &script), &[]);
+    user_ok(&user, &in_userns(&subid_userns_args(&user), &script), &[]);
     let up = |r: &str| lstat(dir.p("upper").join(r));
     assert_eq!((up("b").uid(), up("b").gid()), (sub + 4, subg + 5));
     assert_eq!(
@@ -417,8 +361,7 @@ cd /
 /// squash options, on a root mount (allow_other, so a second caller can be tested).
 #[test]
 fn id_mapping_options() {
-    let user = test_user();
-    open_dev_fuse();
+    let user = fuse_user();
     let dir = UserDir::new(&user);
     lower_layer(&dir, 100000, 100000);
     fs::write(dir.p("l0/u5"), "5\n").unwrap();
@@ -466,11 +409,7 @@ fn id_mapping_options() {
         ))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     m.unmount();
     let up = |r: &str| {
         let m = lstat(dir.p("upper").join(r));
@@ -594,24 +533,15 @@ cd /
 /// same merged tree afterwards.
 #[test]
 fn userns_operations_match_kernel_overlayfs() {
-    let user = test_user();
-    open_dev_fuse();
-    let mut dirs = Vec::new();
-    for _ in 0..2 {
-        let dir = UserDir::new(&user);
-        lower_layer(&dir, user.uid, user.gid);
-        dirs.push(dir);
-    }
+    let user = fuse_user();
+    let dirs = [user_layers(&user), user_layers(&user)];
     let snapshot = r#"(cd "$M" && find . -printf '%p %y %m %U:%G %l\n' | sort && find . -type f -exec sha256sum {} + | sort && getfattr -R -d -m - . 2>/dev/null | grep -v '^#' | sort)"#;
     let fuse = format!(
-        r#"M={m}
-layerfs -o {opts} "$M"
-trap 'cd /; umount "$M"' EXIT
+        r#"{mount}
 {ROOTLESS_OPS}
 {snapshot} > {d}/tree.txt
 "#,
-        m = dirs[0].p("mnt").display(),
-        opts = mount_opts(&dirs[0], ",redirect_dir=off"),
+        mount = mount_lines(&dirs[0], ",redirect_dir=off", "umount"),
         d = dirs[0].path().display(),
     );
     let kernel = format!(

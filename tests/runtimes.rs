@@ -9,65 +9,14 @@
 //! /sys/fs/cgroup (see `CRUN_NS`), and its spec has no cgroup settings.
 
 mod common;
-mod rootless_support;
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
-use common::{lgetxattr, lstat, read_str};
-use rootless_support::*;
-
-/// A busybox root file system at `root`: /bin with every applet, /etc (passwd, group,
-/// motd), /home/app, /opt/lowerdir with a file, and the mount points runtimes need.
-fn busybox_rootfs(root: &Path) {
-    require_tool("busybox", "busybox-static");
-    let busybox = Command::new("sh")
-        .args(["-c", "command -v busybox"])
-        .output()
-        .unwrap();
-    let busybox = String::from_utf8_lossy(&busybox.stdout).trim().to_string();
-    let kind = Command::new("file").arg("-L").arg(&busybox).output();
-    if let Ok(k) = kind {
-        let text = String::from_utf8_lossy(&k.stdout);
-        assert!(
-            !text.contains("dynamically linked"),
-            "{busybox} is dynamically linked; the container needs busybox-static"
-        );
-    }
-    for d in [
-        "bin",
-        "etc",
-        "home/app",
-        "opt/lowerdir",
-        "proc",
-        "dev",
-        "sys",
-        "tmp",
-        "root",
-    ] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-    let list = Command::new(&busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.is_empty() {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-    fs::write(root.join("etc/motd"), "base\n").unwrap();
-    fs::write(root.join("home/app/.profile"), "# app\n").unwrap();
-    fs::write(root.join("opt/lowerdir/old"), "old\n").unwrap();
-    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
-    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
-}
+use common::rootless::*;
+use common::{assert_success, lgetxattr_str, lstat, read_str, type_tree};
 
 /// What every container does (busybox sh). `$CHOWN` is an extra chown command line.
 const CONTAINER_SCRIPT: &str = r##"set -e
@@ -115,42 +64,14 @@ fn expected_upper(extra: &[&str]) -> Vec<String> {
     v
 }
 
-fn tree(root: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        for e in fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            let m = fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(base).unwrap().display().to_string();
-            let t = m.file_type();
-            let kind = if t.is_dir() {
-                "d".to_string()
-            } else if t.is_symlink() {
-                "l".to_string()
-            } else if t.is_char_device() {
-                format!("c{}:{}", libc::major(m.rdev()), libc::minor(m.rdev()))
-            } else {
-                "f".to_string()
-            };
-            out.push(format!("{kind} {rel}"));
-            if t.is_dir() {
-                walk(base, &p, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
-}
-
 fn check_upper(dir: &UserDir, extra: &[&str]) {
     let upper = dir.p("upper");
-    assert_eq!(tree(&upper), expected_upper(extra), "upper layer contents");
-    let x = |rel: &str, name: &str| {
-        lgetxattr(upper.join(rel), name)
-            .ok()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-    };
+    assert_eq!(
+        type_tree(&upper),
+        expected_upper(extra),
+        "upper layer contents"
+    );
+    let x = |rel: &str, name: &str| lgetxattr_str(upper.join(rel), name);
     assert_eq!(
         x("opt/lowerdir", "user.overlay.opaque").as_deref(),
         Some("y")
@@ -230,25 +151,13 @@ crun --root "$D/state" --cgroup-manager=disabled run --bundle "$D/bundle" c1 > "
 grep -q container-done "$D/out.txt"
 "#;
 
-fn user_ns_args(user: &TestUser) -> String {
-    format!(
-        "--map-root-user --map-users={},1,65536 --map-groups={},1,65536 -m -C",
-        user.subuid.0, user.subgid.0
-    )
-}
-
-fn in_ns(args: &str, script: &str) -> String {
-    format!("unshare {args} sh -euc '{}'", script.replace('\'', r"'\''"))
-}
-
 /// crun in a podman-like user namespace (root = the user, 1..65536 = subordinate ids),
 /// layerfs mounted directly in it; the container's chown to 1000 and 5 land on the
 /// subordinate ids.
 #[test]
 fn crun_on_userns_mount_with_subordinate_ids() {
     require_tool("crun", "crun");
-    let user = test_user();
-    open_dev_fuse();
+    let user = fuse_user();
     let dir = setup(&user);
     crun_spec(
         &user,
@@ -263,7 +172,8 @@ trap 'umount $D/mnt' EXIT
 {CRUN_RUN}"#,
         d = dir.path().display()
     );
-    user_ok(&user, &in_ns(&user_ns_args(&user), &script), &[]);
+    let ns_args = format!("{} -C", subid_userns_args(&user));
+    user_ok(&user, &in_userns(&ns_args, &script), &[]);
     check_upper(&dir, &[]);
     let (su, sg) = (user.subuid.0, user.subgid.0);
     let m = lstat(dir.p("upper/new"));
@@ -279,8 +189,7 @@ trap 'umount $D/mnt' EXIT
 fn crun_on_fusermount3_mount() {
     require_tool("crun", "crun");
     require_tool("fusermount3", "fuse3");
-    let user = test_user();
-    open_dev_fuse();
+    let user = fuse_user();
     let dir = setup(&user);
     crun_spec(&user, &dir, "chown 0:0 /new", true);
     let script = format!(
@@ -301,9 +210,8 @@ unshare -UrmC sh -euc '{crun}'
 #[test]
 fn bwrap_on_layerfs_mounts() {
     require_tool("bwrap", "bubblewrap");
-    let user = test_user();
-    open_dev_fuse();
-    for in_userns in [false, true] {
+    let user = fuse_user();
+    for userns_mount in [false, true] {
         let dir = setup(&user);
         let bwrap = format!(
             r#"CHOWN="chown 0:0 /new" bwrap --unshare-user --unshare-pid --uid 0 --gid 0 --cap-add ALL \
@@ -311,7 +219,7 @@ fn bwrap_on_layerfs_mounts() {
 grep -q container-done $D/out.txt"#,
             CONTAINER_SCRIPT.replace('\'', r"'\''")
         );
-        let (unmount, wrap): (&str, bool) = if in_userns {
+        let (unmount, wrap): (&str, bool) = if userns_mount {
             ("umount", true)
         } else {
             ("fusermount3 -u", false)
@@ -324,10 +232,24 @@ trap '{unmount} $D/mnt' EXIT
 "#,
             d = dir.path().display()
         );
-        let script = if wrap { in_ns("-Urm", &script) } else { script };
+        let script = if wrap {
+            in_userns("-Urm", &script)
+        } else {
+            script
+        };
         user_ok(&user, &script, &[]);
         check_upper(&dir, &[]);
     }
+}
+
+/// layerctl run by root (this process) on the store at `store`.
+fn layerctl_as_root(store: &Path, args: &[&str]) -> Output {
+    Command::new(bin_dir().join("layerctl"))
+        .arg("--root")
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// `layerctl run` as an ordinary user with the default store (~/.local/share/layerfs):
@@ -335,8 +257,7 @@ trap '{unmount} $D/mnt' EXIT
 /// User/WorkingDir/Env, and the committed image's content.
 #[test]
 fn layerctl_run_as_user() {
-    let user = test_user();
-    open_dev_fuse();
+    let user = fuse_user();
     let bins = bin_dir();
     assert!(
         bins.join("layerctl").exists(),
@@ -405,25 +326,10 @@ test "$(layerctl images --json | grep -c '"name"')" = 2
         .unwrap();
     assert!(st.success());
     chown_tree(&copy, 0, 0);
-    let out = Command::new(bin_dir().join("layerctl"))
-        .arg("--root")
-        .arg(dir.p("rootstore"))
-        .arg("import")
-        .arg(&copy)
-        .arg("bb:1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(bin_dir().join("layerctl"))
-        .arg("--root")
-        .arg(dir.p("rootstore"))
-        .args(["layers", "--json"])
-        .output()
-        .unwrap();
+    let root_store = dir.p("rootstore");
+    let out = layerctl_as_root(&root_store, &["import", copy.to_str().unwrap(), "bb:1"]);
+    assert_success(&out);
+    let out = layerctl_as_root(&root_store, &["layers", "--json"]);
     let root_layer = String::from_utf8_lossy(&out.stdout).to_string();
     let user_layers = read_str(dir.p("user-layers.txt"));
     let first = user_layers.lines().next().unwrap_or("<none>").to_string();
@@ -454,21 +360,10 @@ fn layerctl_run_as_root() {
     let user = test_user();
     let dir = setup(&user);
     chown_tree(&dir.p("l0"), 0, 0);
-    let ctl = |args: &[&str]| {
-        Command::new(bin_dir().join("layerctl"))
-            .arg("--root")
-            .arg(dir.p("store"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let ctl = |args: &[&str]| layerctl_as_root(&dir.p("store"), args);
     let l0 = dir.p("l0").display().to_string();
     let out = ctl(&["import", &l0, "bb:1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for rt in ["crun", "bwrap"] {
         let name = format!("root-{rt}");
         let out = ctl(&[

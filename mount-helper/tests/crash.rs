@@ -10,55 +10,10 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-fn daemon_pids(target: &Path) -> Vec<i32> {
-    let want = target.as_os_str().as_encoded_bytes();
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let mut args = cmd.split(|b| *b == 0);
-        let prog = args.next().unwrap_or(b"");
-        if !prog.ends_with(b"layerctl") && cmd.split(|b| *b == 0).any(|a| a == want) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-fn kill9_all(pids: &[i32]) {
-    for p in pids {
-        Command::new("kill")
-            .args(["-9", &p.to_string()])
-            .status()
-            .unwrap();
-    }
-    for _ in 0..500 {
-        if pids.iter().all(|p| {
-            fs::read_to_string(format!("/proc/{p}/stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(true)
-        }) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("daemon survived SIGKILL");
-}
 
 /// Pseudo-random delays in 0..max_ms, seeded (no time dependence between runs).
 fn delays(seed: u64, n: usize, max_ms: u64) -> Vec<u64> {
@@ -76,13 +31,8 @@ fn delays(seed: u64, n: usize, max_ms: u64) -> Vec<u64> {
 #[test]
 fn daemon_death_keeps_upper_data() {
     let env = Env::new();
-    let rootfs = env.path("rootfs");
-    make_rootfs(&rootfs);
-    env.ok(&["import", rootfs.to_str().unwrap(), "base"]);
-    let m = env.path("m");
-    fs::create_dir(&m).unwrap();
-    let _guard = MountGuard(vec![m.clone()]);
-    env.ok(&["mount", "base", m.to_str().unwrap(), "--name", "c"]);
+    env.import_rootfs("base");
+    let (m, _guard) = env.mount_new("base", "m", "c");
     let mut written = Vec::new();
     for i in 0..50 {
         let p = format!("data/f{i}");
@@ -155,7 +105,7 @@ fn daemon_death_keeps_upper_data() {
     }
     assert!(!m.join("etc/passwd").exists());
     env.ok(&["commit", "c", "after-crash"]);
-    assert!(env.ok(&["fsck"]).contains("store is clean"));
+    env.fsck_clean();
     env.ok(&["umount", "c"]);
 }
 
@@ -170,10 +120,7 @@ fn commit_and_import_killed_at_random_points() {
         );
     }
     env.ok(&["import", rootfs.to_str().unwrap(), "base"]);
-    let m = env.path("m");
-    fs::create_dir(&m).unwrap();
-    let _guard = MountGuard(vec![m.clone()]);
-    env.ok(&["mount", "base", m.to_str().unwrap(), "--name", "c"]);
+    let (m, _guard) = env.mount_new("base", "m", "c");
     for i in 0..200 {
         write(&m.join(format!("new/g{i}")), &"q".repeat(i * 80));
     }
@@ -195,35 +142,18 @@ fn commit_and_import_killed_at_random_points() {
             )
         };
         let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let mut child = env
-            .cmd(&argv)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        let _ = child.kill();
-        let _ = child.wait();
-        let o = env.run(&["fsck"]);
-        assert!(
-            o.status.success(),
-            "{what} killed after {delay}ms: fsck fails: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        env.kill_after(&argv, Duration::from_millis(delay));
+        env.fsck_passes(&format!("{what} killed after {delay}ms"));
     }
     // After all that, a commit works and carries the changes.
     env.ok(&["commit", "c", "final"]);
     env.ok(&["umount", "c"]);
-    let m2 = env.path("m2");
-    fs::create_dir(&m2).unwrap();
-    let _guard2 = MountGuard(vec![m2.clone()]);
-    env.ok(&["mount", "final", m2.to_str().unwrap(), "--name", "check"]);
+    let (m2, _guard2) = env.mount_new("final", "m2", "check");
     assert_eq!(
         fs::read_to_string(m2.join("new/g199")).unwrap(),
         "q".repeat(199 * 80)
     );
     assert!(!m2.join("d3").exists());
     env.ok(&["umount", "check"]);
-    assert!(env.ok(&["fsck"]).contains("store is clean"));
+    env.fsck_clean();
 }

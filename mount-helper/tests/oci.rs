@@ -23,20 +23,6 @@ fn tree(dir: &Path) -> Tree {
     (snapshot(dir), link_groups(dir))
 }
 
-fn sh(cwd: &Path, script: &str) {
-    let o = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 fn tool(prog: &str, args: &[&str]) -> Output {
     let o = Command::new(prog).args(args).output().unwrap_or_else(|e| {
         panic!("{prog} cannot run ({e}): apt-get install skopeo umoci podman docker-registry")
@@ -71,13 +57,8 @@ mkdir -m 1777 tmp
 /// Store with `multi:1`: the common rootfs plus the CHANGE layer, committed through a
 /// real mount. Returns the image id.
 fn build_image(env: &Env) -> String {
-    let rootfs = env.path("rootfs");
-    make_rootfs(&rootfs);
-    env.ok(&["import", rootfs.to_str().unwrap(), "base:1"]);
-    let mnt = env.path("build-mnt");
-    fs::create_dir_all(&mnt).unwrap();
-    let _g = MountGuard(vec![mnt.clone()]);
-    env.ok(&["mount", "base:1", mnt.to_str().unwrap(), "--name", "build"]);
+    env.import_rootfs("base:1");
+    let (mnt, _g) = env.mount_new("base:1", "build-mnt", "build");
     sh(&mnt, CHANGE);
     env.ok(&["commit", "build", "multi:1", "-m", "change"]);
     env.ok(&["umount", "build"]);
@@ -159,11 +140,6 @@ fn walk(d: &Path) -> Vec<PathBuf> {
         out.push(p);
     }
     out
-}
-
-fn fsck_clean(env: &Env) {
-    let o = env.ok(&["fsck"]);
-    assert!(o.contains("store is clean"), "{o}");
 }
 
 #[test]
@@ -310,7 +286,7 @@ fn save_formats_are_right_and_deterministic() {
         let r = name.unwrap_or("multi:1");
         assert!(o.contains(&format!("{r} {id}")), "{o}");
         assert_eq!(mounted(&e2, r), want, "tree differs after loading {src:?}");
-        fsck_clean(&e2);
+        e2.fsck_clean();
     }
 
     // Refusals: output in the way, nothing to save.
@@ -469,7 +445,7 @@ fn interop_skopeo_umoci_podman() {
     let e3 = Env::new();
     e3.ok(&["load", back.to_str().unwrap()]);
     assert_eq!(mounted(&e3, "multi:1"), pod.tree("localhost/multi:1"));
-    fsck_clean(&e3);
+    e3.fsck_clean();
     // ... and so does its docker-archive (classic layout: <id>/layer.tar, VERSION, json).
     let back = env.path("podman-save-docker.tar");
     pod.run(&[
@@ -519,7 +495,7 @@ fn interop_skopeo_umoci_podman() {
     podman_sees.retain(|k, _| !k.is_empty());
     assert_eq!(got, podman_sees);
     assert_eq!(got_links, podman_links);
-    fsck_clean(&e4);
+    e4.fsck_clean();
 }
 
 /// The Debian `docker-registry` on 127.0.0.1, killed (and its storage removed with the
@@ -623,7 +599,7 @@ fn registry_round_trip() {
         "the registry round trip should keep the image id: {o}"
     );
     assert_eq!(mounted(&e2, "x:1"), want);
-    fsck_clean(&e2);
+    e2.fsck_clean();
     drop(reg);
 }
 
@@ -711,16 +687,14 @@ fn refused(env: &Env, src: &Path, extra: &[&str], want: &str) {
         before,
         "a refused load changed the store"
     );
-    fsck_clean(env);
+    env.fsck_clean();
 }
 
 #[test]
 fn hostile_archives_are_refused_and_change_nothing() {
     use tar::EntryType::{Directory as D, Link as H, Regular as F, Symlink as S};
     let env = Env::new();
-    let rootfs = env.path("rootfs");
-    make_rootfs(&rootfs);
-    env.ok(&["import", rootfs.to_str().unwrap(), "base:1"]);
+    let rootfs = env.import_rootfs("base:1");
     let good = raw_tar(&[("etc/", D, "", b""), ("etc/ok", F, "", b"ok\n")]);
 
     // A sane layout loads (the cases below differ from it in one thing each).
@@ -825,7 +799,7 @@ fn hostile_archives_are_refused_and_change_nothing() {
             e
         };
         assert!(err.contains(entry), "{name}: {err}");
-        fsck_clean(&env);
+        env.fsck_clean();
     }
     assert!(!Path::new("/tmp/evil").exists());
 

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -132,7 +132,7 @@ fn import_listings_and_canonical_tar() {
     );
     assert_eq!(names[0], "bin/");
 
-    assert!(env.ok(&["fsck"]).contains("store is clean"));
+    env.fsck_clean();
 }
 
 #[test]
@@ -189,9 +189,7 @@ fn whiteouts_in_tar_import_and_round_trip() {
 #[test]
 fn hostile_tars_are_refused_and_change_nothing() {
     let env = Env::new();
-    let rootfs = env.path("rootfs");
-    make_rootfs(&rootfs);
-    env.ok(&["import", rootfs.to_str().unwrap(), "base"]);
+    env.import_rootfs("base");
     let before = store_state(&env.root);
     use tar::EntryType::*;
     let cases: Vec<(&str, Vec<RawEntry>, &str)> = vec![
@@ -380,21 +378,11 @@ fn kill_during_import_leaves_clean_store() {
         );
     }
     for (n, delay_ms) in [1u64, 5, 10, 20, 40, 80, 150, 300].iter().enumerate() {
-        let mut child = env
-            .cmd(&["import", rootfs.to_str().unwrap(), &format!("big:{n}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(*delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        let o = env.run(&["fsck"]);
-        assert!(
-            o.status.success(),
-            "after kill at {delay_ms}ms: {}",
-            String::from_utf8_lossy(&o.stderr)
+        env.kill_after(
+            &["import", rootfs.to_str().unwrap(), &format!("big:{n}")],
+            Duration::from_millis(*delay_ms),
         );
+        env.fsck_passes(&format!("after kill at {delay_ms}ms"));
         for l in env.json(&["layers", "--json"]).as_array().unwrap() {
             assert!(env
                 .root

@@ -7,24 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-fn sh(cwd: &Path, script: &str) {
-    let o = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 /// The change every test applies, through a mount or to a plain directory. Times of
 /// everything touched are pinned so that the same change always gives the same layer.
@@ -82,9 +67,7 @@ fn layer_names(tar_path: &Path) -> Vec<String> {
 #[test]
 fn import_mount_change_commit_remount() {
     let env = Env::new();
-    let rootfs = env.path("rootfs");
-    make_rootfs(&rootfs);
-    env.ok(&["import", rootfs.to_str().unwrap(), "base"]);
+    let rootfs = env.import_rootfs("base");
 
     // The expected result: the same change on a plain copy.
     let expected = env.path("expected");
@@ -194,15 +177,19 @@ fn import_mount_change_commit_remount() {
 
     // Committing the same upper again gives the same layer, stored once.
     let layers_before = env.json(&["layers", "--json"]).as_array().unwrap().len();
+    // Image `id` has the new layer as its second, and the store holds no layer more.
+    let reuses_new_layer = |id: &str| {
+        assert_eq!(
+            env.json(&["inspect", id])["image"]["config"]["rootfs"]["diff_ids"][1],
+            new_layer.as_str()
+        );
+        assert_eq!(
+            env.json(&["layers", "--json"]).as_array().unwrap().len(),
+            layers_before
+        );
+    };
     let id2 = env.ok(&["commit", "c1", "img:again"]);
-    assert_eq!(
-        env.json(&["inspect", &id2])["image"]["config"]["rootfs"]["diff_ids"][1],
-        new_layer.as_str()
-    );
-    assert_eq!(
-        env.json(&["layers", "--json"]).as_array().unwrap().len(),
-        layers_before
-    );
+    reuses_new_layer(&id2);
 
     env.ok(&["umount", "c1"]);
     assert_eq!(env.json(&["ps", "--json"])[0]["state"], "unmounted");
@@ -237,14 +224,7 @@ fn import_mount_change_commit_remount() {
     sh(&m3, CHANGE);
     env.ok(&["umount", "c2"]);
     let id3 = env.ok(&["commit", "c2", "img:3"]);
-    assert_eq!(
-        env.json(&["inspect", &id3])["image"]["config"]["rootfs"]["diff_ids"][1],
-        new_layer.as_str()
-    );
-    assert_eq!(
-        env.json(&["layers", "--json"]).as_array().unwrap().len(),
-        layers_before
-    );
+    reuses_new_layer(&id3);
 
     // rmi refuses while a container uses the image; gc keeps what is referenced.
     env.fails(&["rmi", "base"], "used by container");
@@ -258,41 +238,14 @@ fn import_mount_change_commit_remount() {
     env.ok(&["rmi", "img:3"]);
     let out = env.ok(&["gc"]);
     assert!(out.contains(&format!("deleted layer {new_layer}")), "{out}");
-    assert!(env.ok(&["fsck"]).contains("store is clean"));
-}
-
-/// Process ids whose command line mentions `target` (the mount daemon).
-fn daemon_pids(target: &Path) -> Vec<i32> {
-    let want = target.to_str().unwrap();
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.split('\0').any(|a| a == want)
-            && !cmd.split('\0').next().unwrap_or("").ends_with("layerctl")
-            && pid != std::process::id() as i32
-        {
-            out.push(pid);
-        }
-    }
-    out
+    env.fsck_clean();
 }
 
 #[test]
 fn stale_mount_and_kill_during_commit() {
     let env = Env::new();
-    let rootfs = env.path("rootfs");
-    make_rootfs(&rootfs);
-    env.ok(&["import", rootfs.to_str().unwrap(), "base"]);
-    let m = env.path("m");
-    fs::create_dir(&m).unwrap();
-    let _guard = MountGuard(vec![m.clone()]);
-    env.ok(&["mount", "base", m.to_str().unwrap(), "--name", "s"]);
+    env.import_rootfs("base");
+    let (m, _guard) = env.mount_new("base", "m", "s");
     for i in 0..300 {
         write(&m.join(format!("data/f{i}")), &"y".repeat(i * 40));
     }
@@ -305,12 +258,7 @@ fn stale_mount_and_kill_during_commit() {
         "no daemon process found for {}",
         m.display()
     );
-    for p in pids {
-        Command::new("kill")
-            .args(["-9", &p.to_string()])
-            .status()
-            .unwrap();
-    }
+    send_sigkill(&pids);
     std::thread::sleep(Duration::from_millis(200));
     let before = store_state(&env.root);
     env.fails(&["commit", "s", "x"], "stale mount");
@@ -320,22 +268,12 @@ fn stale_mount_and_kill_during_commit() {
 
     // Kill commit at many moments: the store stays fsck-clean, no half layer referenced.
     for (n, delay) in [1u64, 5, 15, 30, 60, 120].iter().enumerate() {
-        let mut child = env
-            .cmd(&["commit", "s", &format!("k:{n}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(*delay));
-        let _ = child.kill();
-        let _ = child.wait();
-        let o = env.run(&["fsck"]);
-        assert!(
-            o.status.success(),
-            "after kill at {delay}ms: {}",
-            String::from_utf8_lossy(&o.stderr)
+        env.kill_after(
+            &["commit", "s", &format!("k:{n}")],
+            Duration::from_millis(*delay),
         );
+        env.fsck_passes(&format!("after kill at {delay}ms"));
     }
     env.ok(&["commit", "s", "k:final"]);
-    assert!(env.ok(&["fsck"]).contains("store is clean"));
+    env.fsck_clean();
 }

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: layer trees in fresh temp dirs, mounting
 //! (layerfs or kernel overlayfs) with a guard that always unmounts, whiteout/opaque
-//! encodings, raw syscalls std lacks, and a tree snapshot for comparisons.
+//! encodings, raw syscalls std lacks, and a tree snapshot for comparisons. The helpers for
+//! tests that act as an unprivileged user are in [`rootless`].
 //!
 //! Environment:
 //! - `LAYERFS_BIN`: the daemon under test (default: this workspace's `layerfs`).
@@ -21,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
+
+pub mod rootless;
 
 // ---------------------------------------------------------------------------
 // Environment checks
@@ -468,6 +471,16 @@ pub fn ls(path: impl AsRef<Path>) -> Vec<String> {
     v
 }
 
+/// Asserts that a finished command succeeded; its stderr is the failure message.
+#[track_caller]
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn errno_of<T>(r: &io::Result<T>) -> i32 {
     match r {
         Ok(_) => 0,
@@ -634,6 +647,13 @@ pub fn lgetxattr(path: impl AsRef<Path>, name: &str) -> io::Result<Vec<u8>> {
     })?;
     buf.truncate(len);
     Ok(buf)
+}
+
+/// An xattr's value as text, or None when it is not set (or cannot be read).
+pub fn lgetxattr_str(path: impl AsRef<Path>, name: &str) -> Option<String> {
+    lgetxattr(path, name)
+        .ok()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
 pub fn llistxattr(path: impl AsRef<Path>) -> io::Result<Vec<String>> {
@@ -872,6 +892,25 @@ fn snap_dir(dir: &Path, prefix: &str, out: &mut Snapshot) {
             snap_dir(&p, &format!("{rel}/"), out);
         }
     }
+}
+
+/// Every name under `root` (as "KIND PATH", sorted), KIND a type letter: `d`, `l`, `p`,
+/// `f` (anything else), or `c<major>:<minor>` for a character device.
+pub fn type_tree(root: impl AsRef<Path>) -> Vec<String> {
+    let mut out: Vec<String> = snapshot(root)
+        .into_iter()
+        .filter(|(rel, _)| !rel.is_empty())
+        .map(|(rel, e)| match e.kind {
+            'c' => {
+                let (major, minor) = (libc::major(e.rdev), libc::minor(e.rdev));
+                format!("c{major}:{minor} {rel}")
+            }
+            'd' | 'l' | 'p' => format!("{} {rel}", e.kind),
+            _ => format!("f {rel}"),
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Drop what legitimately differs between two mounts of the same tree: inode numbers,

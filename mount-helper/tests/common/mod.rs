@@ -1,12 +1,14 @@
 //! Shared helpers for layerctl's integration tests: running the binary against a private
-//! store, building small root filesystems, snapshotting trees.
+//! store, building small root filesystems and mounting images, snapshotting trees, and
+//! finding and killing the mount daemons.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -103,6 +105,69 @@ impl Env {
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&self.ok(args)).expect("valid JSON")
     }
+
+    /// Asserts that `fsck` passes and finds the store clean.
+    pub fn fsck_clean(&self) {
+        let o = self.ok(&["fsck"]);
+        assert!(o.contains("store is clean"), "{o}");
+    }
+
+    /// Asserts that `fsck` passes (whatever it reports); `when` says what happened before.
+    pub fn fsck_passes(&self, when: &str) {
+        let o = self.run(&["fsck"]);
+        assert!(
+            o.status.success(),
+            "{when}: fsck fails: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Runs layerctl (output discarded) and kills it after `delay`, wherever it is then.
+    pub fn kill_after(&self, args: &[&str], delay: Duration) {
+        let mut child = self
+            .cmd(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// [`make_rootfs`] in `rootfs` of the test dir, imported as `image`; returns the rootfs.
+    pub fn import_rootfs(&self, image: &str) -> PathBuf {
+        let rootfs = self.path("rootfs");
+        make_rootfs(&rootfs);
+        self.ok(&["import", rootfs.to_str().unwrap(), image]);
+        rootfs
+    }
+
+    /// Mounts `image` as container `name` on a new directory `rel` of the test dir; returns
+    /// the mount point and a guard that unmounts it should the test fail half-way.
+    pub fn mount_new(&self, image: &str, rel: &str, name: &str) -> (PathBuf, MountGuard) {
+        let mnt = self.path(rel);
+        fs::create_dir_all(&mnt).unwrap();
+        let guard = MountGuard(vec![mnt.clone()]);
+        self.ok(&["mount", image, mnt.to_str().unwrap(), "--name", name]);
+        (mnt, guard)
+    }
+}
+
+/// Runs `script` with `sh -e` in `cwd`; it must succeed.
+pub fn sh(cwd: &Path, script: &str) {
+    let o = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 pub fn write(p: &Path, data: &str) {
@@ -266,4 +331,57 @@ impl Drop for MountGuard {
             let _ = Command::new("umount").arg(p).output();
         }
     }
+}
+
+/// Process ids whose command line has `target` as an argument (the mount daemon): neither
+/// layerctl itself nor this test process.
+pub fn daemon_pids(target: &Path) -> Vec<i32> {
+    let want = target.as_os_str().as_encoded_bytes();
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let prog = cmd.split(|b| *b == 0).next().unwrap_or(b"");
+        if pid != me && !prog.ends_with(b"layerctl") && cmd.split(|b| *b == 0).any(|a| a == want) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Sends SIGKILL to each of `pids` (`kill -9`), without waiting.
+pub fn send_sigkill(pids: &[i32]) {
+    for p in pids {
+        Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+/// SIGKILLs `pids` and waits until each is gone or a zombie.
+pub fn kill9_all(pids: &[i32]) {
+    send_sigkill(pids);
+    for _ in 0..500 {
+        if pids.iter().all(|p| {
+            fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true)
+        }) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("daemon survived SIGKILL");
 }

@@ -150,6 +150,13 @@ pub fn open_dev_fuse() {
     }
 }
 
+/// The test user, with /dev/fuse opened up for it (what every mounting test needs).
+pub fn fuse_user() -> TestUser {
+    let user = test_user();
+    open_dev_fuse();
+    user
+}
+
 /// A directory the test user can read and enter, holding copies of the workspace's
 /// binaries (the target dir may live where the user cannot reach).
 pub fn bin_dir() -> PathBuf {
@@ -170,7 +177,7 @@ pub fn bin_dir() -> PathBuf {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let layerfs = crate::common::layerfs_bin();
+        let layerfs = super::layerfs_bin();
         fs::copy(&layerfs, dir.join("layerfs"))
             .unwrap_or_else(|e| panic!("copy {}: {e}", layerfs.display()));
         // layerctl is built by the other workspace member; it sits next to layerfs.
@@ -289,3 +296,72 @@ fails() {
     case $out in *"$want"*) ;; *) echo "expected '$want' from: $*, got: $out" >&2; exit 1;; esac
 }
 "#;
+
+/// `script` wrapped to run under `unshare {unshare_args}` (a fresh user namespace, and the
+/// other namespaces the arguments ask for) with `sh -euc`.
+pub fn in_userns(unshare_args: &str, script: &str) -> String {
+    format!(
+        "unshare {unshare_args} sh -euc '{}'",
+        script.replace('\'', r"'\''")
+    )
+}
+
+/// `unshare` arguments for a podman-like user namespace with a mount namespace: root is the
+/// user, ids 1..65536 are the user's subordinate ids (through newuidmap/newgidmap).
+pub fn subid_userns_args(user: &TestUser) -> String {
+    format!(
+        "--map-root-user --map-users={},1,65536 --map-groups={},1,65536 -m",
+        user.subuid.0, user.subgid.0
+    )
+}
+
+/// A busybox root file system at `root` (created, mode 0755): /bin with every applet, /etc
+/// (passwd, group, motd), /home/app with a .profile, /opt/lowerdir with a file, a 1777
+/// /tmp, and the mount points runtimes need.
+pub fn busybox_rootfs(root: &Path) {
+    require_tool("busybox", "busybox-static");
+    let busybox = Command::new("sh")
+        .args(["-c", "command -v busybox"])
+        .output()
+        .unwrap();
+    let busybox = String::from_utf8_lossy(&busybox.stdout).trim().to_string();
+    let kind = Command::new("file").arg("-L").arg(&busybox).output();
+    if let Ok(k) = kind {
+        let text = String::from_utf8_lossy(&k.stdout);
+        assert!(
+            !text.contains("dynamically linked"),
+            "{busybox} is dynamically linked; the container needs busybox-static"
+        );
+    }
+    for d in [
+        "bin",
+        "etc",
+        "home/app",
+        "opt/lowerdir",
+        "proc",
+        "dev",
+        "sys",
+        "tmp",
+        "root",
+    ] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::copy(&busybox, root.join("bin/busybox")).unwrap();
+    let list = Command::new(&busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    fs::write(root.join("etc/motd"), "base\n").unwrap();
+    fs::write(root.join("home/app/.profile"), "# app\n").unwrap();
+    fs::write(root.join("opt/lowerdir/old"), "old\n").unwrap();
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+}
