@@ -223,26 +223,28 @@ impl Tree {
         }
     }
 
-    /// The kernel dropped `n` lookups of `id`; a node nobody holds any more goes.
-    pub fn forget(&mut self, id: u64, n: u64) {
+    /// The kernel dropped `n` lookups of `id`; a node nobody holds any more goes, and is
+    /// returned so that the caller can drop it after releasing the namespace lock: closing
+    /// the last handle of an unlinked inode (`pinned`) frees the inode on its filesystem,
+    /// which is slow enough to hold up every other operation waiting for the lock.
+    #[must_use = "drop the removed node outside the namespace lock"]
+    pub fn forget(&mut self, id: u64, n: u64) -> Option<Node> {
         if id == ROOT {
-            return;
+            return None;
         }
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return;
-        };
+        let node = self.nodes.get_mut(&id)?;
         let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
         node.lookups.store(left, Ordering::Relaxed);
         if left > 0 {
-            return;
+            return None;
         }
-        if let Some(node) = self.nodes.remove(&id) {
-            for a in node.aliases {
-                if self.child(a.0, &a.1) == Some(id) {
-                    self.unlink_name(a.0, &a.1);
-                }
+        let node = self.nodes.remove(&id)?;
+        for a in &node.aliases {
+            if self.child(a.0, &a.1) == Some(id) {
+                self.unlink_name(a.0, &a.1);
             }
         }
+        Some(node)
     }
 
     /// The node's path from the root of the merged tree, through its first name.
@@ -310,7 +312,7 @@ mod tests {
         assert_eq!(t.remove_name(a, OsStr::new("b")), Some(b));
         assert_eq!(t.path(b), None);
         // Looked up twice (as b and b2): gone after both are forgotten.
-        t.forget(b, 2);
+        assert!(t.forget(b, 2).is_some());
         assert!(t.get(b).is_none());
     }
 

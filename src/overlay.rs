@@ -273,13 +273,15 @@ impl Overlay {
 
     pub fn forget(&self, id: u64, n: u64) {
         let mut tree = self.tree.write();
-        tree.forget(id, n);
+        let gone = tree.forget(id, n);
         // After the kernel dropped many nodes, give their memory back.
         let len = tree.len();
+        drop(tree);
+        // Outside the lock: this may close the last handle of an unlinked file.
+        drop(gone);
         let peak = self.nodes_peak.fetch_max(len, Ordering::Relaxed).max(len);
         if peak >= len + TRIM_AFTER_FORGETTING {
             self.nodes_peak.store(len, Ordering::Relaxed);
-            drop(tree);
             sys::trim_heap();
         }
     }
