@@ -350,18 +350,20 @@ impl Tree {
         }
     }
 
-    /// The kernel dropped `n` lookups of `id`; a node nobody holds any more goes.
-    pub fn forget(&mut self, id: u64, n: u64) {
+    /// The kernel dropped `n` lookups of `id`; a node nobody holds any more goes, and is
+    /// returned so that the caller can drop it after releasing the namespace lock: closing
+    /// the last handle of an unlinked inode (`pinned`) frees the inode on its filesystem,
+    /// which is slow enough to hold up every other operation waiting for the lock.
+    #[must_use = "drop the removed node outside the namespace lock"]
+    pub fn forget(&mut self, id: u64, n: u64) -> Option<Node> {
         if id == ROOT {
-            return;
+            return None;
         }
-        let Some(node) = self.get(id) else {
-            return;
-        };
+        let node = self.get(id)?;
         let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
         node.lookups.store(left, Ordering::Relaxed);
         if left > 0 {
-            return;
+            return None;
         }
         // Names first: their entries are found through the node's aliases.
         for (p, name) in node.aliases.clone() {
@@ -370,9 +372,13 @@ impl Tree {
             }
         }
         let hash = self.id_hash(id);
-        if let Ok(e) = self.nodes.find_entry(hash, |n| n.st_ino == id) {
-            e.remove();
-        }
+        let node = self
+            .nodes
+            .find_entry(hash, |n| n.st_ino == id)
+            .ok()?
+            .remove()
+            .0;
+        Some(*node)
     }
 
     /// Gives back the tables' spare room after the kernel forgot many nodes.
@@ -460,7 +466,7 @@ mod tests {
         assert_eq!(t.remove_name(a, OsStr::new("b")), Some(b));
         assert_eq!(t.path(b), None);
         // Looked up twice (as b and b2): gone after both are forgotten.
-        t.forget(b, 2);
+        assert!(t.forget(b, 2).is_some());
         assert!(t.get(b).is_none());
     }
 
@@ -477,7 +483,7 @@ mod tests {
         assert_eq!(t.child(ROOT, OsStr::new("d1")), Some(c));
         assert_eq!(t.child(ROOT, OsStr::new("c")), Some(d));
         assert_eq!(t.path(c), Some(PathBuf::from("d1")));
-        t.forget(d, 1);
+        assert!(t.forget(d, 1).is_some());
         assert_eq!(t.child(ROOT, OsStr::new("c")), None);
         assert_eq!(t.child(ROOT, OsStr::new("d1")), Some(c));
     }

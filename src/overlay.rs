@@ -275,14 +275,16 @@ impl Overlay {
 
     pub fn forget(&self, id: u64, n: u64) {
         let mut tree = self.tree.write();
-        tree.forget(id, n);
+        let gone = tree.forget(id, n);
         // After the kernel dropped many nodes, give their memory back.
         let len = tree.len();
+        drop(tree);
+        // Outside the lock: this may close the last handle of an unlinked file.
+        drop(gone);
         let peak = self.nodes_peak.fetch_max(len, Ordering::Relaxed).max(len);
         if peak >= len + TRIM_AFTER_FORGETTING {
             self.nodes_peak.store(len, Ordering::Relaxed);
-            tree.shrink();
-            drop(tree);
+            self.tree.write().shrink();
             sys::trim_heap();
         }
     }
@@ -702,7 +704,14 @@ impl Overlay {
         // The other names of a hard-linked lower inode must see the link count drop.
         self.ensure_index(&mut tree, id)?;
         self.pin_if_last_name(&mut tree, id)?;
-        self.remove_upper_name(pdir.as_fd(), name, dir, need_whiteout)?;
+        // A node in the upper layer that is not an indexed hard link has every one of its
+        // names there (copy-up, link and rename keep it so): no need to look. An indexed
+        // node may have names the kernel found only in a lower layer.
+        let known_present = tree
+            .get(id)
+            .is_some_and(|n| n.upper && !n.indexed)
+            .then_some(true);
+        self.remove_upper_name(pdir.as_fd(), name, dir, need_whiteout, known_present)?;
         if dir {
             self.upper()?.forget_dirs();
         }
@@ -727,17 +736,21 @@ impl Overlay {
 
     /// Removes whatever the upper layer has at `name` and leaves a whiteout there when a
     /// lower layer still has the name; with the char-device encoding the two happen in one
-    /// rename, so the lower entry never shows through.
+    /// rename, so the lower entry never shows through. `known_present`: whether the upper
+    /// layer has an object (not a whiteout) at `name`, when the caller knows; else it is
+    /// looked up.
     fn remove_upper_name(
         &self,
         pdir: BorrowedFd,
         name: &OsStr,
         is_dir: bool,
         need_whiteout: bool,
+        known_present: Option<bool>,
     ) -> Result<()> {
         let work = self.work()?;
-        let present =
-            matches!(sys::fstatat(pdir, name), Ok(st) if !whiteout::is_chardev_whiteout(&st));
+        let present = known_present.unwrap_or_else(
+            || matches!(sys::fstatat(pdir, name), Ok(st) if !whiteout::is_chardev_whiteout(&st)),
+        );
         if present && is_dir {
             let sub = sys::openat(
                 pdir,
