@@ -190,6 +190,11 @@ fn fail(e: Error) -> Errno {
 
 const GEN: Generation = Generation(0);
 
+thread_local! {
+    /// Each worker thread's buffer for READ replies, grown to the largest read it served.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         use fuser::InitFlags;
@@ -425,17 +430,25 @@ impl Filesystem for LayerFs {
             Ok(fd) => fd,
             Err(e) => return reply.error(fail(e)),
         };
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            match sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return reply.error(fail(e.into())),
+        READ_BUF.with_borrow_mut(|buf| {
+            // Reused per worker thread: a fresh zeroed buffer per request cost more than the
+            // read itself (a 128 KiB one is an mmap and munmap in glibc).
+            let size = size as usize;
+            if buf.len() < size {
+                buf.resize(size, 0);
             }
-        }
-        reply.data(&buf[..done]);
+            let buf = &mut buf[..size];
+            let mut done = 0;
+            while done < size {
+                match sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => return reply.error(fail(e.into())),
+                }
+            }
+            reply.data(&buf[..done]);
+        });
     }
 
     fn write(
