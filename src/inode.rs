@@ -244,8 +244,6 @@ impl Tree {
                 }
             }
         }
-        // Whatever `name` named before is no longer reachable through it.
-        self.unlink_name(parent, name);
         let name: Name = Arc::from(name);
         node.aliases.push((parent, name.clone()));
         node.lookups

@@ -262,6 +262,17 @@ impl Overlay {
         Ok(self.stack.resolve(None, &pnode.lower_dirs, name)?.is_some())
     }
 
+    /// Whether the merged directory `id` lists no entry (rmdir's and rename's ENOTEMPTY).
+    fn merged_dir_is_empty(&self, tree: &Tree, id: u64) -> Result<bool> {
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        let upath = if node.upper {
+            Some(self.path(tree, id)?)
+        } else {
+            None
+        };
+        readdir::is_empty(&self.stack, upath.as_deref(), &node.lower_dirs)
+    }
+
     fn path(&self, tree: &Tree, id: u64) -> Result<PathBuf> {
         tree.path(id).ok_or_else(|| errno(libc::ENOENT))
     }
@@ -686,15 +697,8 @@ impl Overlay {
         match (dir, node.is_dir()) {
             (false, true) => return Err(errno(libc::EISDIR)),
             (true, false) => return Err(errno(libc::ENOTDIR)),
-            (true, true) => {
-                let upath = if node.upper {
-                    Some(self.path(&tree, id)?)
-                } else {
-                    None
-                };
-                if !readdir::is_empty(&self.stack, upath.as_deref(), &node.lower_dirs)? {
-                    return Err(errno(libc::ENOTEMPTY));
-                }
+            (true, true) if !self.merged_dir_is_empty(&tree, id)? => {
+                return Err(errno(libc::ENOTEMPTY));
             }
             _ => {}
         }
@@ -840,15 +844,8 @@ impl Overlay {
                 match (src_dir, dnode.is_dir()) {
                     (true, false) => return Err(errno(libc::ENOTDIR)),
                     (false, true) => return Err(errno(libc::EISDIR)),
-                    (true, true) => {
-                        let upath = if dnode.upper {
-                            Some(self.path(&tree, dst)?)
-                        } else {
-                            None
-                        };
-                        if !readdir::is_empty(&self.stack, upath.as_deref(), &dnode.lower_dirs)? {
-                            return Err(errno(libc::ENOTEMPTY));
-                        }
+                    (true, true) if !self.merged_dir_is_empty(&tree, dst)? => {
+                        return Err(errno(libc::ENOTEMPTY));
                     }
                     _ => {}
                 }
