@@ -1,13 +1,12 @@
-//! Open files and directories: what a FUSE file handle stands for.
+//! Open files: what a FUSE file handle stands for. Directories have none: the mount
+//! declines OPENDIR (see readdir.rs).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock};
-
-use crate::readdir::DirEntry;
+use parking_lot::RwLock;
 
 pub struct OpenFile {
     pub node: u64,
@@ -25,17 +24,9 @@ impl OpenFile {
     }
 }
 
-pub struct OpenDir {
-    pub node: u64,
-    /// The listing, taken when the directory is read from offset 0, so offsets stay stable
-    /// while a reader walks it.
-    pub entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
-}
-
-/// Handle numbers to open files and directories.
+/// Handle numbers to open files.
 pub struct Handles {
     files: DashMap<u64, Arc<OpenFile>>,
-    dirs: DashMap<u64, Arc<OpenDir>>,
     next: AtomicU64,
 }
 
@@ -43,7 +34,6 @@ impl Default for Handles {
     fn default() -> Self {
         Handles {
             files: DashMap::new(),
-            dirs: DashMap::new(),
             next: AtomicU64::new(1),
         }
     }
@@ -62,20 +52,6 @@ impl Handles {
 
     pub fn remove_file(&self, fh: u64) -> Option<Arc<OpenFile>> {
         self.files.remove(&fh).map(|(_, f)| f)
-    }
-
-    pub fn add_dir(&self, d: OpenDir) -> u64 {
-        let fh = self.next.fetch_add(1, Ordering::Relaxed);
-        self.dirs.insert(fh, Arc::new(d));
-        fh
-    }
-
-    pub fn dir(&self, fh: u64) -> Option<Arc<OpenDir>> {
-        self.dirs.get(&fh).map(|d| d.clone())
-    }
-
-    pub fn remove_dir(&self, fh: u64) {
-        self.dirs.remove(&fh);
     }
 
     pub fn open_files(&self) -> usize {

@@ -14,15 +14,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::config::{Config, WhiteoutMode};
 use crate::copy_up::{self, WorkDir};
 use crate::error::{Context, Error, Result};
-use crate::handles::{Handles, OpenDir, OpenFile};
+use crate::handles::{Handles, OpenFile};
 use crate::inode::{compose_ino, index_name, Node, Tree, ROOT};
 use crate::layer::{split, Layer};
-use crate::readdir::{self, DirEntry};
+use crate::readdir::{self, DirEntry, Listing, Listings};
 use crate::stack::{Found, Stack};
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, Encoding, XattrNs};
@@ -69,6 +69,7 @@ pub struct Overlay {
     work: Option<WorkDir>,
     tree: RwLock<Tree>,
     pub handles: Handles,
+    listings: Listings,
     /// Counts copy-ups, so a read handle opened on a lower file notices cheaply that it
     /// may have to move on to the upper copy.
     copyups: AtomicU64,
@@ -133,6 +134,7 @@ impl Overlay {
             work,
             tree: RwLock::new(Tree::new(root)),
             handles: Handles::default(),
+            listings: Listings::default(),
             copyups: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             nodes_peak: std::sync::atomic::AtomicUsize::new(0),
@@ -1221,62 +1223,42 @@ impl Overlay {
         Ok(sys::fsync(fd.as_fd(), datasync)?)
     }
 
-    pub fn opendir(&self, id: u64) -> Result<u64> {
+    /// The listing of directory `id` to answer a READDIR at `offset` from (see readdir.rs
+    /// for why any kept listing may continue a read).
+    pub fn listing(&self, id: u64, offset: u64) -> Result<Arc<Listing>> {
         let tree = self.tree.read();
-        if !tree.get(id).ok_or_else(|| errno(libc::ENOENT))?.is_dir() {
-            return Err(errno(libc::ENOTDIR));
-        }
-        Ok(self.handles.add_dir(OpenDir {
-            node: id,
-            entries: Mutex::new(None),
-        }))
-    }
-
-    /// The listing of an open directory, taken afresh when read from the start.
-    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
-        let d = self.handles.dir(fh).ok_or_else(|| errno(libc::EBADF))?;
-        let mut cached = d.entries.lock();
-        if offset == 0 || cached.is_none() {
-            let tree = self.tree.read();
-            let node = tree.get(d.node).ok_or_else(|| errno(libc::ENOENT))?;
+        // Stable while the shared lock is held: changes take the exclusive one.
+        let changes = self.changes.load(Ordering::Acquire);
+        self.listings.get(id, offset, changes, || {
+            let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+            if !node.is_dir() {
+                return Err(errno(libc::ENOTDIR));
+            }
             let upath = if node.upper {
-                Some(self.path(&tree, d.node)?)
+                Some(self.path(&tree, id)?)
             } else {
                 None
             };
-            let mut list = Vec::new();
             let parent_ino = node
                 .aliases()
                 .first()
                 .and_then(|(p, _)| tree.get(*p))
                 .map(|p| p.st_ino)
                 .unwrap_or(node.st_ino);
-            list.push(DirEntry {
-                name: ".".into(),
+            let dot = |name: &str, ino| DirEntry {
+                name: name.into(),
                 dtype: libc::DT_DIR,
-                ino: node.st_ino,
-            });
-            list.push(DirEntry {
-                name: "..".into(),
-                dtype: libc::DT_DIR,
-                ino: parent_ino,
-            });
+                ino,
+                cookie: 0,
+            };
+            let mut list = vec![dot(".", node.st_ino), dot("..", parent_ino)];
             list.extend(readdir::list(
                 &self.stack,
                 upath.as_deref(),
                 &node.lower_dirs,
             )?);
-            *cached = Some(Arc::new(list));
-        }
-        cached.clone().ok_or_else(|| errno(libc::EIO))
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.remove_dir(fh);
-    }
-
-    pub fn dir_node(&self, fh: u64) -> Option<u64> {
-        self.handles.dir(fh).map(|d| d.node)
+            Ok(list)
+        })
     }
 
     pub fn statfs(&self) -> Result<libc::statvfs> {

@@ -184,3 +184,97 @@ fn readdir_hides_markers_and_reports_types() {
     );
     fs::File::open(m.p("d")).unwrap().sync_all().unwrap();
 }
+
+/// An open directory stream, read one entry at a time (libc fetches entries in batches,
+/// so the kernel and the daemon see reads at positions well inside the directory).
+struct DirStream(*mut libc::DIR);
+
+impl DirStream {
+    fn open(path: &std::path::Path) -> DirStream {
+        let c = cstr(path);
+        // SAFETY: valid path; the DIR* is closed on drop.
+        let dir = unsafe { libc::opendir(c.as_ptr()) };
+        assert!(!dir.is_null(), "opendir {}", path.display());
+        DirStream(dir)
+    }
+
+    fn next_name(&mut self) -> Option<String> {
+        // SAFETY: self.0 is a valid open DIR*.
+        let ent = unsafe { libc::readdir(self.0) };
+        if ent.is_null() {
+            return None;
+        }
+        // SAFETY: readdir returned a valid dirent with a NUL-terminated name.
+        let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
+        Some(name.to_string_lossy().into_owned())
+    }
+
+    fn rest(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.next_name())
+            .filter(|n| n != "." && n != "..")
+            .collect()
+    }
+
+    fn rewind(&mut self) {
+        // SAFETY: self.0 is a valid open DIR*.
+        unsafe { libc::rewinddir(self.0) };
+    }
+}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        // SAFETY: self.0 is valid and not used afterwards.
+        unsafe { libc::closedir(self.0) };
+    }
+}
+
+/// POSIX: while a directory is read, entries added or removed since opendir may or may
+/// not show up, but every other entry shows up exactly once; after rewinddir the listing
+/// is current. Positions must not shift when entries before them go.
+#[test]
+fn readdir_continues_across_changes_and_rewinddir_sees_them() {
+    let s = Stack::new(2);
+    let name = |i: usize| format!("a-name-long-enough-to-fill-directory-buffers-quickly-{i:05}");
+    let mut original = BTreeSet::new();
+    for i in 0..4000 {
+        put(s.l(i % 2, &format!("d/{}", name(i))), b"");
+        original.insert(name(i));
+    }
+    let m = s.mount();
+    let mut stream = DirStream::open(&m.p("d"));
+    let mut got = Vec::new();
+    while got.len() < 1000 {
+        let n = stream.next_name().expect("directory ended early");
+        if n != "." && n != ".." {
+            got.push(n);
+        }
+    }
+    let seen: BTreeSet<String> = got.iter().cloned().collect();
+    let unseen: Vec<String> = original.difference(&seen).cloned().collect();
+    let mut removed = BTreeSet::new();
+    for n in seen.iter().step_by(5).take(200).chain(unseen.iter().step_by(7).take(200)) {
+        fs::remove_file(m.p(&format!("d/{n}"))).unwrap();
+        removed.insert(n.clone());
+    }
+    let added: BTreeSet<String> = (5000..5200).map(name).collect();
+    for n in &added {
+        put(m.p(&format!("d/{n}")), b"");
+    }
+    got.extend(stream.rest());
+    let listed: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(listed.len(), got.len(), "an entry was listed twice");
+    let kept: BTreeSet<String> = original.difference(&removed).cloned().collect();
+    let missing: Vec<&String> = kept.difference(&listed).collect();
+    assert!(missing.is_empty(), "untouched entries skipped: {missing:?}");
+    let strays: Vec<&String> = listed
+        .iter()
+        .filter(|n| !original.contains(*n) && !added.contains(*n))
+        .collect();
+    assert!(strays.is_empty(), "entries that never existed: {strays:?}");
+
+    stream.rewind();
+    let now: BTreeSet<String> = stream.rest().into_iter().collect();
+    let want: BTreeSet<String> = kept.union(&added).cloned().collect();
+    assert_eq!(now.len(), want.len());
+    assert!(now == want, "rewinddir does not show the current directory");
+}
