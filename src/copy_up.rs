@@ -26,7 +26,12 @@ pub struct WorkDir {
     pub index: OwnedFd,
     pub fsync: bool,
     counter: AtomicU64,
+    /// Whether `work/work` holds the shared whiteout inode that whiteouts link to.
+    shared_whiteout: parking_lot::Mutex<bool>,
 }
+
+/// Name of the shared whiteout in `work/work` (cleared with the rest at every mount).
+const SHARED_WHITEOUT: &str = "whiteout";
 
 impl WorkDir {
     /// Opens (creating) `work/work` and `work/index` under the workdir handle, and
@@ -56,7 +61,45 @@ impl WorkDir {
             index,
             fsync,
             counter: AtomicU64::new(0),
+            shared_whiteout: parking_lot::Mutex::new(false),
         })
+    }
+
+    /// Makes a char-device whiteout `name` in `dir` as one more link to a shared whiteout
+    /// inode, as kernel overlayfs does: a link costs a directory entry, while a new inode
+    /// per whiteout is several times slower on ext4 once many inodes were freed recently
+    /// (its allocator steps over them), which is exactly what `rm -rf` produces. Where a
+    /// link is refused (a full link count, a filesystem without hard links) the whiteout
+    /// gets an inode of its own.
+    pub fn make_chardev_whiteout(&self, dir: BorrowedFd, name: &OsStr) -> std::io::Result<()> {
+        let shared = OsStr::new(SHARED_WHITEOUT);
+        let mut made = self.shared_whiteout.lock();
+        for _ in 0..2 {
+            if !*made {
+                match whiteout::make_whiteout(self.temp(), shared, whiteout::Encoding::CharDev) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                    _ => *made = true,
+                }
+            }
+            match sys::linkat(self.temp(), shared, dir, name) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EMLINK) => {
+                    // Full: start a new shared inode; the old one lives on in its links.
+                    sys::unlinkat(self.temp(), shared, false)?;
+                    *made = false;
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EPERM | libc::EXDEV | libc::ENOTSUP)
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        whiteout::make_whiteout(dir, name, whiteout::Encoding::CharDev)
     }
 
     pub fn temp(&self) -> BorrowedFd<'_> {
@@ -132,6 +175,16 @@ impl WorkDir {
             let _ = remove_tree(self.temp(), tmp);
             Error::from(e)
         })
+    }
+}
+
+impl Drop for WorkDir {
+    /// Leaves the workdir as kernel overlayfs does at unmount: without the shared whiteout
+    /// (the next mount would clear it anyway).
+    fn drop(&mut self) {
+        if *self.shared_whiteout.get_mut() {
+            let _ = sys::unlinkat(self.temp(), OsStr::new(SHARED_WHITEOUT), false);
+        }
     }
 }
 

@@ -770,7 +770,7 @@ impl Overlay {
         match (present, need_whiteout, self.stack.whiteout) {
             (true, true, Encoding::CharDev) => {
                 let tmp = work.temp_name();
-                whiteout::make_whiteout(work.temp(), &tmp, Encoding::CharDev)?;
+                work.make_chardev_whiteout(work.temp(), &tmp)?;
                 if is_dir {
                     sys::renameat2(work.temp(), &tmp, pdir, name, sys::RENAME_EXCHANGE)?;
                     sys::unlinkat(work.temp(), &tmp, true)?;
@@ -783,10 +783,19 @@ impl Overlay {
                 whiteout::make_whiteout(pdir, name, Encoding::File)?;
             }
             (true, false, _) => sys::unlinkat(pdir, name, is_dir)?,
-            (false, true, enc) => whiteout::make_whiteout(pdir, name, enc)?,
+            (false, true, enc) => self.make_whiteout(pdir, name, enc)?,
             (false, false, _) => {}
         }
         Ok(())
+    }
+
+    /// A whiteout for `name` in `dir` in `encoding`; char devices link to the workdir's
+    /// shared whiteout.
+    fn make_whiteout(&self, dir: BorrowedFd, name: &OsStr, encoding: Encoding) -> Result<()> {
+        match encoding {
+            Encoding::CharDev => Ok(self.work()?.make_chardev_whiteout(dir, name)?),
+            Encoding::File => Ok(whiteout::make_whiteout(dir, name, encoding)?),
+        }
     }
 
     /// Before the last name of an object goes while the kernel still knows its node, keeps
@@ -948,7 +957,7 @@ impl Overlay {
             match sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, rflags) {
                 Err(e) if atomic_whiteout && e.raw_os_error() == Some(libc::EINVAL) => {
                     sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, 0)?;
-                    whiteout::make_whiteout(sdir.as_fd(), name, Encoding::CharDev)?;
+                    self.make_whiteout(sdir.as_fd(), name, Encoding::CharDev)?;
                 }
                 r => r.context(format!(
                     "rename {} -> {}",
@@ -957,7 +966,7 @@ impl Overlay {
                 ))?,
             }
             if need_whiteout && !atomic_whiteout {
-                whiteout::make_whiteout(sdir.as_fd(), name, self.stack.whiteout)?;
+                self.make_whiteout(sdir.as_fd(), name, self.stack.whiteout)?;
             }
             if dst_whiteout {
                 whiteout::remove_whiteout(ddir.as_fd(), newname)?;

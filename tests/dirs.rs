@@ -252,7 +252,12 @@ fn readdir_continues_across_changes_and_rewinddir_sees_them() {
     let seen: BTreeSet<String> = got.iter().cloned().collect();
     let unseen: Vec<String> = original.difference(&seen).cloned().collect();
     let mut removed = BTreeSet::new();
-    for n in seen.iter().step_by(5).take(200).chain(unseen.iter().step_by(7).take(200)) {
+    for n in seen
+        .iter()
+        .step_by(5)
+        .take(200)
+        .chain(unseen.iter().step_by(7).take(200))
+    {
         fs::remove_file(m.p(&format!("d/{n}"))).unwrap();
         removed.insert(n.clone());
     }

@@ -179,3 +179,35 @@ fn readonly_mount_without_upper_is_erofs() {
     assert_errno(lsetxattr(m.p("f"), "user.x", b"1"), libc::EROFS);
     assert_eq!(read_str(s.l(1, "f")), "data");
 }
+
+/// Deleting lower entries leaves 0:0 char devices in the upper layer that are links of one
+/// inode (as kernel overlayfs makes them), and they read back as deletions after a remount.
+#[test]
+fn deletions_share_one_whiteout_inode() {
+    use std::fs;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let s = Stack::new(1);
+    for n in ["a", "b", "c"] {
+        put(s.l(0, &format!("d/{n}")), b"x");
+    }
+    mkdirs(s.l(0, "d/sub"));
+    let m = s.mount();
+    fs::remove_file(m.p("d/a")).unwrap();
+    fs::remove_file(m.p("d/b")).unwrap();
+    fs::remove_dir(m.p("d/sub")).unwrap();
+    m.unmount();
+    let inodes: std::collections::BTreeSet<u64> = ["a", "b", "sub"]
+        .iter()
+        .map(|n| {
+            let md = lstat(s.u(&format!("d/{n}")));
+            assert!(
+                md.file_type().is_char_device() && md.rdev() == 0,
+                "{n}: not a whiteout"
+            );
+            md.ino()
+        })
+        .collect();
+    assert_eq!(inodes.len(), 1, "each whiteout has an inode of its own");
+    let m = s.mount();
+    assert_eq!(ls(m.p("d")), ["c"]);
+}
