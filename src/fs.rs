@@ -200,12 +200,19 @@ impl Filesystem for LayerFs {
         use fuser::InitFlags;
         // Readdirplus fills the kernel's caches in one round trip per directory block.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
-        // The overlay applies the caller's umask itself, exactly once.
+        // The overlay applies the caller's umask itself, exactly once, and not at all
+        // under a default ACL.
         let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
         let _ = config.add_capabilities(InitFlags::FUSE_EXPORT_SUPPORT);
         // Lookups in one directory need not wait for each other: the overlay locks itself.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        // The kernel then caches each inode's ACLs (without it every system.posix_acl_*
+        // read, two per `ls -l` entry, is a round trip) and checks them in permission
+        // checks, where default_permissions alone looks at the mode bits only. The layers'
+        // filesystem keeps mode and ACL in step; the overlay applies default ACLs on
+        // create (`Overlay::create`).
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
         // Depth 1: the layers are on an ordinary filesystem, and the mount may itself be a
         // layer of kernel overlayfs.
         if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
