@@ -211,8 +211,14 @@ impl Filesystem for LayerFs {
         // read, two per `ls -l` entry, is a round trip) and checks them in permission
         // checks, where default_permissions alone looks at the mode bits only. The layers'
         // filesystem keeps mode and ACL in step; the overlay applies default ACLs on
-        // create (`Overlay::create`).
-        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        // create (`Overlay::create`). Not with id translation: ACL entries pass through
+        // with on-disk ids, and the kernel would match them against callers' ids (an entry
+        // for on-disk uid 1000 would grant inside uid 1000).
+        if self.ids.is_identity() {
+            let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        } else {
+            log::debug!("id mapping: ACLs are not enforced by the kernel (their ids are on-disk)");
+        }
         // Depth 1: the layers are on an ordinary filesystem, and the mount may itself be a
         // layer of kernel overlayfs.
         if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)

@@ -368,3 +368,27 @@ cd /
     }
     assert_eq!(ours, kernel, "layerfs (left) and kernel overlayfs (right)");
 }
+
+/// With `uidmapping=` ACL entries reach the kernel with their on-disk ids, so it must not
+/// be the one to enforce them: an entry for on-disk uid 1000 (unmapped, shown as
+/// nobody) grants nothing to the caller inside whose id is 1000 (on disk 101000).
+#[test]
+fn id_mapped_acl_entries_grant_no_inside_ids() {
+    let s = Stack::new(1);
+    chmod(s.root.path(), 0o755).unwrap();
+    put(s.l(0, "raw"), b"secret\n");
+    chmod(s.l(0, "raw"), 0o600).unwrap();
+    lchown(s.l(0, "raw"), 100000, 100000).unwrap();
+    setfacl(&["-m", "u:1000:r"], &s.l(0, "raw"));
+    let m = s.mount_layerfs(
+        &[
+            "uidmapping=0:100000:65536",
+            "gidmapping=0:100000:65536",
+            "allow_other",
+        ],
+        true,
+    );
+    assert_eq!(lstat(m.p("raw")).uid(), 0);
+    let raw = m.p("raw").display().to_string();
+    assert_eq!(as_user(&["cat", &raw]), "denied");
+}
