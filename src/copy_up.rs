@@ -7,6 +7,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::acl;
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
 use crate::whiteout;
@@ -56,6 +57,19 @@ impl WorkDir {
         let index = open_sub("index")?;
         remove_contents(temp.as_fd())
             .context("workdir: clearing leftovers of an earlier daemon")?;
+        // Copies and new objects are built in work/work: an ACL it inherited from the
+        // workdir's parent would be passed on to them (kernel overlayfs removes it too).
+        for attr in [acl::default(), acl::access()] {
+            match sys::removexattr(temp.as_fd(), OsStr::new(""), attr) {
+                Err(e) if !matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) => {
+                    log::warn!(
+                        "workdir: cannot remove {} of work: {e}",
+                        attr.to_string_lossy()
+                    )
+                }
+                _ => {}
+            }
+        }
         Ok(WorkDir {
             temp,
             index,

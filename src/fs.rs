@@ -203,7 +203,8 @@ impl Filesystem for LayerFs {
         use fuser::InitFlags;
         // Readdirplus fills the kernel's caches in one round trip per directory block.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
-        // The overlay applies the caller's umask itself, exactly once.
+        // The overlay applies the caller's umask itself, exactly once, and not at all
+        // under a default ACL.
         let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
         let _ = config.add_capabilities(InitFlags::FUSE_EXPORT_SUPPORT);
         // Lookups in one directory need not wait for each other: the overlay locks itself.
@@ -212,6 +213,18 @@ impl Filesystem for LayerFs {
         self.decline_opendir = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        // With FUSE_POSIX_ACL the kernel caches each inode's ACLs (without it every
+        // system.posix_acl_* read, two per `ls -l` entry, is a round trip) and checks them
+        // in permission checks, where default_permissions alone looks at the mode bits. The layers'
+        // filesystem keeps mode and ACL in step; the overlay applies default ACLs on
+        // create (`Overlay::create`). Not with id translation: ACL entries pass through
+        // with on-disk ids, and the kernel would match them against callers' ids (an entry
+        // for on-disk uid 1000 would grant inside uid 1000).
+        if self.ids.is_identity() {
+            let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        } else {
+            log::debug!("id mapping: ACLs are not enforced by the kernel (their ids are on-disk)");
+        }
         // Depth 1: the layers are on an ordinary filesystem, and the mount may itself be a
         // layer of kernel overlayfs.
         if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)

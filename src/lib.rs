@@ -4,6 +4,7 @@
 //! `fs` adapts FUSE requests onto [`overlay::Overlay`]; the modules below it (layers,
 //! whiteouts, lookup, copy-up, listings) are unit-testable without a mount.
 
+pub mod acl;
 pub mod config;
 pub mod copy_up;
 pub mod daemon;

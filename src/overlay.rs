@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::acl;
 use crate::config::{Config, WhiteoutMode};
 use crate::copy_up::{self, WorkDir};
 use crate::error::{Context, Error, Result};
@@ -600,7 +601,21 @@ impl Overlay {
         } else {
             caller.gid
         };
-        let mut perm = mode & 0o7777 & !umask;
+        let is_link = matches!(kind, NewKind::Symlink { .. });
+        let default_acl = if is_link {
+            None
+        } else {
+            default_acl(pdir.as_fd())?
+        };
+        // Under a default ACL the umask does not apply: the ACL limits the mode instead
+        // (the kernel leaves the umask to the filesystem once it handles ACLs).
+        let mut perm = match default_acl
+            .as_deref()
+            .and_then(|a| acl::inherited_mode(a, mode))
+        {
+            Some(m) => m & 0o7777,
+            None => mode & 0o7777 & !umask,
+        };
         let fmt = match kind {
             NewKind::Dir => {
                 if pst.st_mode & libc::S_ISGID != 0 {
@@ -625,7 +640,19 @@ impl Overlay {
         let fd = make_object(dir, &tmp, &kind, fmt)?;
         let finish = (|| -> Result<()> {
             sys::fchownat(dir, &tmp, caller.uid, gid)?;
-            if fmt != libc::S_IFLNK {
+            if let (Some(acl), true) = (&default_acl, whiteout_here) {
+                // Made in the workdir, the object inherited nothing: give it what the
+                // parent's default ACL passes on (the chmod below then narrows the access
+                // ACL to the new mode, as creation would have).
+                sys::setxattr(dir, &tmp, acl::access(), acl, 0)?;
+                if fmt == libc::S_IFDIR {
+                    sys::setxattr(dir, &tmp, acl::default(), acl, 0)?;
+                }
+            }
+            if !is_link {
+                // Made in place under a default ACL, the object inherited it narrowed to
+                // the creation mode above; this chmod also sets its owner, mask and other
+                // entries to what creating it with `mode` would have.
                 sys::fchmodat(dir, &tmp, perm)?;
             }
             if opaque {
@@ -1339,6 +1366,16 @@ fn replace_whiteout(
     }
     whiteout::remove_whiteout(dir, name)?;
     Ok(())
+}
+
+/// The default ACL of directory `dir`; `None` when it has none or its filesystem keeps no
+/// ACLs.
+fn default_acl(dir: BorrowedFd) -> Result<Option<Vec<u8>>> {
+    match sys::getxattr(dir, OsStr::new(""), acl::default()) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) => Ok(None),
+        Err(e) => Err(Error::from(e).context("reading the parent's default ACL")),
+    }
 }
 
 /// Creates the bare object (owner and mode are set by the caller); a file comes back open.
