@@ -241,3 +241,26 @@ fn posix_and_ofd_locks() {
     assert_eq!(got.l_type, libc::F_WRLCK as i16);
     assert_eq!(got.l_pid, std::process::id() as i32);
 }
+
+/// Terminal ioctls on a file fail with ENOTTY (what `isatty` expects), as on kernel
+/// overlayfs; fuser's default answer would be ENOSYS.
+#[test]
+fn terminal_ioctl_on_a_file_is_enotty() {
+    use std::os::fd::AsRawFd;
+    let s = Stack::new(1);
+    put(s.l(0, "lower"), b"x");
+    let m = s.mount();
+    put(m.p("upper"), b"y");
+    for name in ["lower", "upper"] {
+        let f = std::fs::File::open(m.p(name)).unwrap();
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::zeroed();
+        // SAFETY: valid fd and a buffer of the size TCGETS writes.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, termios.as_mut_ptr()) };
+        assert_eq!(r, -1, "{name}: TCGETS succeeded on a file");
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTTY),
+            "{name}"
+        );
+    }
+}
