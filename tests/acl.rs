@@ -3,7 +3,8 @@
 //! would not), getfacl shows the same entries before and after setfacl, setfacl -b and
 //! chmod (the kernel's cached ACL is dropped on every change), a default ACL is inherited
 //! on create in place of the umask, copy-up keeps both ACL xattrs, and nothing inherits
-//! the workdir's ACL. Needs setfacl/getfacl (the `acl` package); never skipped.
+//! the workdir's ACL; under `uidmapping=` entries are translated like owners and enforced
+//! against the inside ids. Needs setfacl/getfacl (the `acl` package); never skipped.
 mod common;
 use common::rootless::*;
 use common::*;
