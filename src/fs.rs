@@ -1,6 +1,7 @@
 //! The `fuser::Filesystem` implementation: a thin adapter from FUSE requests onto
 //! [`Overlay`]. It converts arguments and replies and holds no overlay logic.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -13,6 +14,7 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::acl;
 use crate::idmap::IdMap;
 use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
 use crate::passthrough::{Mode, Passthrough};
@@ -215,16 +217,12 @@ impl Filesystem for LayerFs {
             .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         // With FUSE_POSIX_ACL the kernel caches each inode's ACLs (without it every
         // system.posix_acl_* read, two per `ls -l` entry, is a round trip) and checks them
-        // in permission checks, where default_permissions alone looks at the mode bits. The layers'
-        // filesystem keeps mode and ACL in step; the overlay applies default ACLs on
-        // create (`Overlay::create`). Not with id translation: ACL entries pass through
-        // with on-disk ids, and the kernel would match them against callers' ids (an entry
-        // for on-disk uid 1000 would grant inside uid 1000).
-        if self.ids.is_identity() {
-            let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
-        } else {
-            log::debug!("id mapping: ACLs are not enforced by the kernel (their ids are on-disk)");
-        }
+        // in permission checks, where default_permissions alone looks at the mode bits.
+        // The layers' filesystem keeps mode and ACL in step; the overlay applies default
+        // ACLs on create (`Overlay::create`). Under uidmapping=/gidmapping= the kernel
+        // sees and sends ACL entries with inside ids: getxattr/setxattr translate them
+        // (`IdMap::acl_out`/`acl_in`) as attributes translate owners.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
         // Depth 1: the layers are on an ordinary filesystem, and the mount may itself be a
         // layer of kernel overlayfs.
         if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
@@ -691,7 +689,18 @@ impl Filesystem for LayerFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.overlay.setxattr(ino.0, name, value, flags) {
+        let value = if acl::is_acl(name) {
+            match self.ids.acl_in(value) {
+                Ok(v) => v,
+                Err(e) => {
+                    log::debug!("setxattr {name:?} on node {}: {e:?} ACL", ino.0);
+                    return reply.error(Errno::EINVAL);
+                }
+            }
+        } else {
+            Cow::Borrowed(value)
+        };
+        match self.overlay.setxattr(ino.0, name, &value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail(e)),
         }
@@ -699,6 +708,13 @@ impl Filesystem for LayerFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self.overlay.getxattr(ino.0, name) {
+            Ok(v) if acl::is_acl(name) => match self.ids.acl_out(v) {
+                Ok(v) => xattr_reply(reply, &v, size),
+                Err(e) => {
+                    log::warn!("node {}: {name:?} on disk is a {e:?} ACL", ino.0);
+                    reply.error(Errno::EIO)
+                }
+            },
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(fail(e)),
         }

@@ -13,7 +13,13 @@
 //! range cannot be written: a chown to it fails with EINVAL and a create by such a caller
 //! with EOVERFLOW — the errnos the kernel gives for the same cases in a user namespace and
 //! on an idmapped mount.
+//!
+//! The ids inside POSIX ACL entries (`system.posix_acl_*`) go through the same ranges
+//! ([`IdMap::acl_out`], [`IdMap::acl_in`]) but are never squashed; `acl.rs` says why.
 
+use std::borrow::Cow;
+
+use crate::acl::{self, MapError};
 use crate::config::{Config, IdRange};
 
 /// What the kernel reports for an id that has no mapping (`/proc/sys/kernel/overflowuid`).
@@ -58,6 +64,29 @@ impl IdMap {
     pub fn gid_out(&self, gid: u32) -> u32 {
         self.squash_gid
             .unwrap_or_else(|| to_inside(&self.gids, gid).unwrap_or(OVERFLOW_ID))
+    }
+
+    /// An ACL value read from disk as callers see it: named-user and named-group entries
+    /// translated disk -> inside (unmapped ids become the overflow id), not squashed.
+    /// Without ranges the value is returned as it is, unparsed.
+    pub fn acl_out(&self, value: Vec<u8>) -> Result<Vec<u8>, MapError> {
+        if self.uids.is_empty() && self.gids.is_empty() {
+            return Ok(value);
+        }
+        acl::map_ids(
+            &value,
+            |u| Some(to_inside(&self.uids, u).unwrap_or(OVERFLOW_ID)),
+            |g| Some(to_inside(&self.gids, g).unwrap_or(OVERFLOW_ID)),
+        )
+    }
+
+    /// An ACL value from a caller as it is stored: entries translated inside -> disk;
+    /// `Unmapped` when an entry names an inside id outside every range.
+    pub fn acl_in<'a>(&self, value: &'a [u8]) -> Result<Cow<'a, [u8]>, MapError> {
+        if self.uids.is_empty() && self.gids.is_empty() {
+            return Ok(Cow::Borrowed(value));
+        }
+        acl::map_ids(value, |u| self.uid_in(u), |g| self.gid_in(g)).map(Cow::Owned)
     }
 
     /// The on-disk uid for inside uid `uid`; `None` when it has no mapping.
@@ -175,5 +204,43 @@ mod tests {
         c.squash_to_gid = Some(8);
         let m = IdMap::new(&c);
         assert_eq!((m.uid_out(1000), m.gid_out(1000)), (1000, 8));
+    }
+
+    fn entry(tag: u16, id: u32) -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&4u16.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn acl_entries_are_mapped_not_squashed() {
+        const USER: u16 = 0x02;
+        const GROUP: u16 = 0x08;
+        let mut c = config();
+        c.uid_mapping = vec![IdRange {
+            from: 0,
+            to: 100000,
+            len: 65536,
+        }];
+        c.gid_mapping = c.uid_mapping.clone();
+        c.squash_to_root = true;
+        let m = IdMap::new(&c);
+        assert_eq!(m.acl_out(entry(USER, 101000)), Ok(entry(USER, 1000)));
+        assert_eq!(m.acl_out(entry(GROUP, 100005)), Ok(entry(GROUP, 5)));
+        assert_eq!(m.acl_out(entry(USER, 1000)), Ok(entry(USER, OVERFLOW_ID)));
+        assert_eq!(m.acl_in(&entry(USER, 1000)).unwrap(), entry(USER, 101000));
+        assert_eq!(m.acl_in(&entry(GROUP, 70000)), Err(MapError::Unmapped));
+        assert_eq!(m.acl_in(&[2, 0, 0, 0, 2]), Err(MapError::Malformed));
+        assert_eq!(m.acl_out(vec![1]), Err(MapError::Malformed));
+
+        // Squash only: entries untouched, not even parsed.
+        let mut c = config();
+        c.squash_to_uid = Some(7);
+        let m = IdMap::new(&c);
+        assert_eq!(m.acl_out(entry(USER, 1000)), Ok(entry(USER, 1000)));
+        assert_eq!(m.acl_out(vec![9]), Ok(vec![9]));
+        assert_eq!(m.acl_in(&entry(USER, 1000)).unwrap(), entry(USER, 1000));
     }
 }

@@ -3,7 +3,8 @@
 //! would not), getfacl shows the same entries before and after setfacl, setfacl -b and
 //! chmod (the kernel's cached ACL is dropped on every change), a default ACL is inherited
 //! on create in place of the umask, copy-up keeps both ACL xattrs, and nothing inherits
-//! the workdir's ACL. Needs setfacl/getfacl (the `acl` package); never skipped.
+//! the workdir's ACL; under `uidmapping=` entries are translated like owners and enforced
+//! against the inside ids. Needs setfacl/getfacl (the `acl` package); never skipped.
 mod common;
 use common::rootless::*;
 use common::*;
@@ -369,17 +370,38 @@ cd /
     assert_eq!(ours, kernel, "layerfs (left) and kernel overlayfs (right)");
 }
 
-/// With `uidmapping=` ACL entries reach the kernel with their on-disk ids, so it must not
-/// be the one to enforce them: an entry for on-disk uid 1000 (unmapped, shown as
-/// nobody) grants nothing to the caller inside whose id is 1000 (on disk 101000).
+/// The named entries of a raw `system.posix_acl_*` value: (tag, id).
+fn raw_named_entries(path: &Path, name: &str) -> Vec<(u16, u32)> {
+    let v = lgetxattr(path, name).unwrap_or_else(|e| panic!("{name} of {}: {e}", path.display()));
+    assert_eq!(v[..4], 2u32.to_le_bytes(), "{v:?}");
+    v[4..]
+        .chunks_exact(8)
+        .map(|e| {
+            let tag = u16::from_le_bytes([e[0], e[1]]);
+            (tag, u32::from_le_bytes([e[4], e[5], e[6], e[7]]))
+        })
+        .filter(|(tag, _)| matches!(tag, 0x02 | 0x08))
+        .collect()
+}
+
+/// Under `uidmapping=`/`gidmapping=` ACL entries are translated like owners, and the kernel
+/// enforces them (FUSE_POSIX_ACL) against callers' inside ids: an entry for on-disk uid
+/// 101000 is inside uid 1000's, one for on-disk uid 1000 (unmapped) is nobody's; setfacl
+/// through the mount stores on-disk ids and refuses an inside id outside the mapping.
 #[test]
-fn id_mapped_acl_entries_grant_no_inside_ids() {
+fn id_mapped_acl_entries_are_translated() {
+    const ACCESS: &str = "system.posix_acl_access";
     let s = Stack::new(1);
     chmod(s.root.path(), 0o755).unwrap();
-    put(s.l(0, "raw"), b"secret\n");
-    chmod(s.l(0, "raw"), 0o600).unwrap();
-    lchown(s.l(0, "raw"), 100000, 100000).unwrap();
-    setfacl(&["-m", "u:1000:r"], &s.l(0, "raw"));
+    for (name, entry) in [("mapped", "u:101000:r,g:101001:r"), ("stray", "u:1000:r")] {
+        put(s.l(0, name), b"secret\n");
+        chmod(s.l(0, name), 0o600).unwrap();
+        lchown(s.l(0, name), 100000, 100000).unwrap();
+        setfacl(&["-m", entry], &s.l(0, name));
+    }
+    put(s.l(0, "later"), b"secret\n");
+    chmod(s.l(0, "later"), 0o600).unwrap();
+    lchown(s.l(0, "later"), 100000, 100000).unwrap();
     let m = s.mount_layerfs(
         &[
             "uidmapping=0:100000:65536",
@@ -388,7 +410,55 @@ fn id_mapped_acl_entries_grant_no_inside_ids() {
         ],
         true,
     );
-    assert_eq!(lstat(m.p("raw")).uid(), 0);
-    let raw = m.p("raw").display().to_string();
-    assert_eq!(as_user(&["cat", &raw]), "denied");
+    let p = |name: &str| m.p(name).display().to_string();
+    assert_eq!(lstat(m.p("mapped")).uid(), 0);
+
+    let mapped = getfacl(&m.p("mapped"));
+    assert!(mapped.contains("user:1000:r--"), "{mapped}");
+    assert!(mapped.contains("group:1001:r--"), "{mapped}");
+    assert_eq!(as_user(&["cat", &p("mapped")]), "ok: secret");
+
+    let stray = getfacl(&m.p("stray"));
+    assert!(stray.contains("user:65534:r--"), "{stray}");
+    assert!(!stray.contains("user:1000:"), "{stray}");
+    assert_eq!(as_user(&["cat", &p("stray")]), "denied");
+
+    // setfacl through the mount: copy-up, then the entry stored with its on-disk id.
+    assert_eq!(as_user(&["cat", &p("later")]), "denied");
+    setfacl(&["-m", "u:1000:r,g:1001:r"], &m.p("later"));
+    assert_eq!(
+        raw_named_entries(&s.u("later"), ACCESS),
+        [(0x02, 101000), (0x08, 101001)]
+    );
+    assert!(getfacl(&m.p("later")).contains("user:1000:r--"));
+    assert_eq!(as_user(&["cat", &p("later")]), "ok: secret");
+
+    // A file made through the mount, and an entry the mapping cannot store.
+    put(m.p("new"), b"new\n");
+    chmod(m.p("new"), 0o600).unwrap();
+    assert_eq!(lstat(s.u("new")).uid(), 100000);
+    let out = tool("setfacl", &["-m", "u:70000:r"], &m.p("new"));
+    assert!(
+        !out.status.success(),
+        "setfacl u:70000 through the mount succeeded"
+    );
+    let out = tool("setfacl", &["-m", "g:70000:r"], &m.p("new"));
+    assert!(
+        !out.status.success(),
+        "setfacl g:70000 through the mount succeeded"
+    );
+    assert!(lgetxattr(s.u("new"), ACCESS).is_err());
+    assert_eq!(as_user(&["cat", &p("new")]), "denied");
+
+    // A default ACL set through the mount is stored with on-disk ids and inherited so.
+    mkdir(m.p("d"), 0o755).unwrap();
+    setfacl(&["-d", "-m", "u:1000:rw"], &m.p("d"));
+    assert_eq!(
+        raw_named_entries(&s.u("d"), "system.posix_acl_default"),
+        [(0x02, 101000)]
+    );
+    put(m.p("d/n"), b"inherited\n");
+    assert_eq!(raw_named_entries(&s.u("d/n"), ACCESS), [(0x02, 101000)]);
+    assert!(getfacl(&m.p("d/n")).contains("user:1000:rw-"));
+    assert_eq!(as_user(&["cat", &p("d/n")]), "ok: inherited");
 }
