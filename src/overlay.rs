@@ -120,12 +120,14 @@ impl Overlay {
             None => (Encoding::File, XattrNs::User),
         };
         log::debug!("whiteouts as {whiteout:?}, overlay xattrs in {xattr_ns:?}");
+        let shared_dev = shared_dev(upper.iter().chain(&lowers))?;
         let stack = Stack {
             upper,
             work: work_layer,
             lowers,
             xattr_ns,
             whiteout,
+            shared_dev,
         };
         let mut root = Node::new(libc::S_IFDIR, ROOT);
         root.upper = stack.upper.is_some();
@@ -1396,6 +1398,20 @@ fn make_object(dir: BorrowedFd, name: &OsStr, kind: &NewKind, fmt: u32) -> Resul
         NewKind::Symlink { target } => sys::symlinkat(target, dir, name)?,
     }
     Ok(None)
+}
+
+/// The device all `layers` are on, if they share one.
+fn shared_dev<'a>(layers: impl Iterator<Item = &'a Layer>) -> Result<Option<u64>> {
+    let mut dev = None;
+    for layer in layers {
+        let d = sys::fstat(layer.root())?.st_dev;
+        match dev {
+            None => dev = Some(d),
+            Some(first) if first != d => return Ok(None),
+            Some(_) => {}
+        }
+    }
+    Ok(dev)
 }
 
 /// Chooses how deletions are written: a char device 0:0 where mknod works, else `.wh.` files.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::inode::{compose_ino, LowerRef};
+use crate::inode::LowerRef;
 use crate::layer::Layer;
 use crate::stack::Stack;
 use crate::sys;
@@ -180,7 +180,7 @@ pub fn list(stack: &Stack, upper: Option<&Path>, lowers: &[LowerRef]) -> Result<
             out.push(DirEntry {
                 name,
                 dtype,
-                ino: compose_ino(slot, ino),
+                ino: stack.dirent_ino(slot, ino),
                 cookie: 0,
             });
         }

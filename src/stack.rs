@@ -23,6 +23,8 @@ pub struct Stack {
     pub xattr_ns: XattrNs,
     /// How this mount writes deletions.
     pub whiteout: Encoding,
+    /// The device of every layer's root, when they are all on one filesystem.
+    pub shared_dev: Option<u64>,
 }
 
 /// What a name resolves to.
@@ -47,6 +49,25 @@ impl Found {
 
 impl Stack {
     /// Reads the inode number the daemon recorded on an upper entry at copy-up.
+    /// The inode number reported for an object of layer slot `slot` (0 upper, `i + 1` lower
+    /// `i`) with stat `st`. With every layer on one filesystem the layer's own number is
+    /// unique already and is reported as it is, as kernel overlayfs does: tools that kept
+    /// inode numbers from the layer itself (git's index, for one) then see the same files.
+    /// Otherwise, and for anything on another filesystem mounted inside a layer, the slot
+    /// goes into the top bits (`compose_ino`).
+    pub fn ino(&self, slot: usize, st: &Stat) -> u64 {
+        match self.shared_dev {
+            Some(dev) if dev == st.st_dev => compose_ino(0, st.st_ino),
+            _ => compose_ino(slot, st.st_ino),
+        }
+    }
+
+    /// The inode number a listing reports for an entry the layer of slot `slot` lists with
+    /// inode number `ino` (a best effort: no device is known; lookups give the exact one).
+    pub fn dirent_ino(&self, slot: usize, ino: u64) -> u64 {
+        compose_ino(if self.shared_dev.is_some() { 0 } else { slot }, ino)
+    }
+
     pub fn recorded_ino(&self, dir: std::os::fd::BorrowedFd, name: &OsStr) -> Option<u64> {
         let v = sys::getxattr(dir, name, OsStr::new(self.xattr_ns.ino())).ok()?;
         Some(u64::from_le_bytes(v.try_into().ok()?))
@@ -80,7 +101,7 @@ impl Stack {
                 Ok(st) => {
                     let st_ino = self
                         .recorded_ino(dir.as_fd(), name)
-                        .unwrap_or_else(|| compose_ino(0, st.st_ino));
+                        .unwrap_or_else(|| self.ino(0, &st));
                     if !is_dir(&st) {
                         return Ok(Some(Found {
                             stat: st,
@@ -161,7 +182,7 @@ impl Stack {
             match &mut found {
                 None if !is_dir(&st) => {
                     return Ok(Some(Found {
-                        st_ino: compose_ino(cand.layer + 1, st.st_ino),
+                        st_ino: self.ino(cand.layer + 1, &st),
                         stat: st,
                         upper: false,
                         lower: Some(cand),
@@ -171,7 +192,7 @@ impl Stack {
                 None => {
                     let opaque = lower_opaque(layer, dir.as_fd(), &cand.path, cname);
                     found = Some(Found {
-                        st_ino: compose_ino(cand.layer + 1, st.st_ino),
+                        st_ino: self.ino(cand.layer + 1, &st),
                         stat: st,
                         upper: false,
                         lower: Some(cand.clone()),

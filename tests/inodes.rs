@@ -95,3 +95,29 @@ fn renamed_file_keeps_its_inode() {
     let m = s.mount();
     assert_eq!(lstat(m.p("moved")).ino(), ino);
 }
+
+/// With every layer on one filesystem, an object keeps the inode number its layer gives
+/// it, as on kernel overlayfs (tools that recorded numbers in the layer, such as git's
+/// index, see the same files), and keeps it across copy-up.
+#[test]
+fn one_filesystem_keeps_layer_inode_numbers() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Stack::new(2);
+    put(s.l(1, "d/bottom"), b"b");
+    put(s.l(0, "d/top"), b"t");
+    let m = s.mount();
+    for (layer, name) in [(1, "d/bottom"), (0, "d/top")] {
+        let want = lstat(s.l(layer, name)).ino();
+        assert_eq!(lstat(m.p(name)).ino(), want, "{name}");
+    }
+    let before = lstat(m.p("d/bottom")).ino();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("d/bottom"))
+        .unwrap();
+    assert_eq!(
+        lstat(m.p("d/bottom")).ino(),
+        before,
+        "copy-up changed the inode number"
+    );
+}
