@@ -301,6 +301,9 @@ impl Overlay {
         if peak >= len + TRIM_AFTER_FORGETTING {
             self.nodes_peak.store(len, Ordering::Relaxed);
             self.tree.write().shrink();
+            // Kept listings are only a cache (their positions are the same when retaken);
+            // left in place, they pin the pages the forgotten nodes freed.
+            self.listings.clear();
             sys::trim_heap();
         }
     }

@@ -129,6 +129,11 @@ impl Listings {
         Ok(listing)
     }
 
+    /// Drops every kept listing.
+    pub fn clear(&self) {
+        *self.kept.lock() = Kept::default();
+    }
+
     fn keep(&self, dir: u64, listing: Arc<Listing>) {
         let mut kept = self.kept.lock();
         let kept = &mut *kept;
