@@ -21,7 +21,7 @@ use crate::config::{Config, WhiteoutMode};
 use crate::copy_up::{self, WorkDir};
 use crate::error::{Context, Error, Result};
 use crate::handles::{Handles, OpenFile};
-use crate::inode::{compose_ino, index_name, Node, Tree, ROOT};
+use crate::inode::{index_name, Node, Tree, ROOT};
 use crate::layer::{split, Layer};
 use crate::readdir::{self, DirEntry, Listing, Listings};
 use crate::stack::{Found, Stack};
@@ -673,7 +673,7 @@ impl Overlay {
             return Err(e.context(upper.describe(&self.path(&tree, parent)?.join(name))));
         }
         let st = sys::fstatat(pdir.as_fd(), name)?;
-        let mut node = Node::new(fmt, compose_ino(0, st.st_ino));
+        let mut node = Node::new(fmt, self.stack.ino(0, &st));
         node.upper = true;
         let id = tree.insert(parent, name, node, st.st_nlink, true);
         let st = self.stat_node(&tree, id)?;
