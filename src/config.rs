@@ -68,6 +68,8 @@ pub struct Config {
     pub timeout: f64,
     /// Worker threads serving FUSE requests.
     pub threads: usize,
+    /// `io_uring=on|off`: take requests over FUSE over io_uring when the kernel offers it.
+    pub io_uring: bool,
     /// Source shown in /proc/self/mountinfo (`fsname=`); "layerfs" unless given.
     pub fsname: String,
 }
@@ -102,6 +104,7 @@ impl Config {
             squash_to_gid: None,
             timeout: DEFAULT_TIMEOUT,
             threads: 2,
+            io_uring: true,
             fsname: "layerfs".to_string(),
         }
     }
@@ -144,6 +147,8 @@ FUSE and kernel options:
     allow_other, allow_root, default_permissions, ro, rw, dev, nodev, suid, nosuid,
     exec, noexec, atime, noatime, sync, async, dirsync, fsname=NAME,
     timeout=SECONDS (entry and attribute cache, default 86400), threads=N (default 2)
+    io_uring=on|off (FUSE over io_uring when the kernel offers it: fuse module
+    parameter enable_uring=Y; default on)
 
 Options of fuse-overlayfs that do not apply (noacl, fast_ino=, static_nlink, plugins=,
 xattr_permissions=, index=, metacopy=, xino=, userxattr, context=, ...) are accepted
@@ -421,6 +426,7 @@ struct OptionParser {
     squash_to_gid: Option<u32>,
     timeout: Option<f64>,
     threads: Option<usize>,
+    io_uring: Option<bool>,
     fsname: Option<String>,
 }
 
@@ -577,6 +583,13 @@ impl OptionParser {
                     _ => return Err(bad_value(key, v, "a whole number from 1 to 1024")),
                 }
             }
+            "io_uring" => {
+                self.io_uring = Some(match text(key, value)? {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(bad_value(key, v, "on or off")),
+                })
+            }
             "uidmapping" => self.uid_mapping = parse_mapping(key, value)?,
             "gidmapping" => self.gid_mapping = parse_mapping(key, value)?,
             "squash_to_uid" => self.squash_to_uid = Some(parse_id(key, value)?),
@@ -618,8 +631,8 @@ impl OptionParser {
             "default_permissions" => {}
             "squash_to_root" => self.squash_to_root = true,
             "lowerdir" | "upperdir" | "workdir" | "redirect_dir" | "whiteout" | "fsync"
-            | "timeout" | "threads" | "uidmapping" | "gidmapping" | "squash_to_uid"
-            | "squash_to_gid" | "fsname" => {
+            | "timeout" | "threads" | "io_uring" | "uidmapping" | "gidmapping"
+            | "squash_to_uid" | "squash_to_gid" | "fsname" => {
                 return Err(Error::usage(format!(
                     "option {key} needs a value; write {key}=VALUE"
                 )))
@@ -676,6 +689,9 @@ impl OptionParser {
         }
         if let Some(n) = self.threads {
             config.threads = n;
+        }
+        if let Some(r) = self.io_uring {
+            config.io_uring = r;
         }
         if let Some(name) = self.fsname {
             config.fsname = name;

@@ -11,15 +11,17 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use fuser::{MountOption, SessionACL, SessionUnmounter};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fs::LayerFs;
+use crate::ring::Access;
 use crate::sys::process::{self, SignalSet};
 
 /// Environment variable naming the readiness pipe of a re-executed background daemon.
@@ -144,8 +146,8 @@ fn start_background() -> std::result::Result<(), StartError> {
 /// pipe of a background daemon; it learns the outcome of the mount either way.
 pub fn serve(config: Config, ready: Option<ReadyPipe>) -> Result<()> {
     let mounted = mount(&config, ready.is_some());
-    let session = match mounted {
-        Ok(session) => session,
+    let (session, rings) = match mounted {
+        Ok(mounted) => mounted,
         Err(e) => {
             if let Some(ready) = ready {
                 ready.fail(&e);
@@ -157,16 +159,24 @@ pub fn serve(config: Config, ready: Option<ReadyPipe>) -> Result<()> {
         ready.ready();
     }
     log::info!("serving {}", config.mountpoint.display());
-    session
+    let served = session
         .run()
-        .map_err(|e| io_error(e, format!("serving {} failed", config.mountpoint.display())))?;
+        .map_err(|e| io_error(e, format!("serving {} failed", config.mountpoint.display())));
+    if let Some(rings) = rings {
+        rings.finish(std::time::Duration::from_secs(5));
+    }
+    served?;
     log::info!("{} unmounted", config.mountpoint.display());
     Ok(())
 }
 
 /// Prepares the process and mounts; on success the kernel has completed the FUSE
 /// handshake, so the mount answers requests as soon as the session runs.
-fn mount(config: &Config, background: bool) -> Result<fuser::Session<LayerFs>> {
+/// The mounted session, and the io_uring queues when INIT agreed to them.
+fn mount(
+    config: &Config,
+    background: bool,
+) -> Result<(fuser::Session<LayerFs>, Option<crate::ring::Rings>)> {
     // Before any thread exists, so that every thread inherits the mask and the signals
     // reach only the waiting thread below.
     let signals = SignalSet::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
@@ -189,6 +199,7 @@ fn mount(config: &Config, background: bool) -> Result<fuser::Session<LayerFs>> {
     process::set_umask(0);
 
     let fs = LayerFs::new(config)?;
+    let ops = fs.ops().clone();
     // Canonical as mountinfo shows it; resolved before the mount, as nothing answers
     // requests on it until the session runs.
     let mountpoint =
@@ -200,6 +211,17 @@ fn mount(config: &Config, background: bool) -> Result<fuser::Session<LayerFs>> {
                 format!("cannot mount on {}", config.mountpoint.display()),
             )
         })?;
+    // Backing files for passthrough are registered on the session's device, and the
+    // io_uring queues send their commands to it.
+    let device = session
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::from(e).context("cannot duplicate the FUSE device descriptor"))?;
+    let device = Arc::new(device);
+    ops.set_device(device.clone());
+    let rings = ops
+        .ring_agreed()
+        .then(|| crate::ring::start(ops.clone(), device.as_fd(), Access::of(config)));
     let unmounter = session.unmount_callable();
     let device = match process::mount_device(&mountpoint) {
         Ok(device) => device,
@@ -212,7 +234,7 @@ fn mount(config: &Config, background: bool) -> Result<fuser::Session<LayerFs>> {
         .name("layerfs-signals".to_string())
         .spawn(move || unmount_on_signal(signals, unmounter, &mountpoint, device))
         .map_err(|e| Error::from(e).context("cannot start the signal thread"))?;
-    Ok(session)
+    Ok((session, rings))
 }
 
 /// Waits for a termination signal and unmounts, which ends the session loop. `device` is
@@ -311,12 +333,10 @@ pub fn fuse_config(config: &Config) -> fuser::Config {
     }
     let mut cfg = fuser::Config::default();
     cfg.mount_options = options;
-    cfg.acl = if config.allow_other {
-        SessionACL::All
-    } else if config.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
+    cfg.acl = match Access::of(config) {
+        Access::All => SessionACL::All,
+        Access::RootAndOwner => SessionACL::RootAndOwner,
+        Access::Owner => SessionACL::Owner,
     };
     cfg.n_threads = Some(config.threads.max(1));
     cfg.clone_fd = true;

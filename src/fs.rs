@@ -1,10 +1,10 @@
-//! The `fuser::Filesystem` implementation: a thin adapter from FUSE requests onto
-//! [`Overlay`]. It converts arguments and replies and holds no overlay logic.
+//! The `fuser::Filesystem` implementation: requests read from `/dev/fuse` by fuser,
+//! answered by [`Ops`]. It converts arguments and replies and holds no overlay logic; with
+//! FUSE over io_uring (`ring.rs`) the same operations answer requests from the ring.
 
-use std::borrow::Cow;
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -14,103 +14,36 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::acl;
-use crate::idmap::IdMap;
-use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
-use crate::passthrough::{Mode, Passthrough};
+use crate::ops::{self, Answer, Ctx, DirPlusSink, DirSink, Ops, ReadSink, Xattr};
+use crate::overlay::SetAttr;
 use crate::sys::{self, Stat};
-use crate::{Config, Error, Result};
+use crate::{ring, Config, Result};
 
 pub struct LayerFs {
-    overlay: Overlay,
-    ttl: Duration,
-    passthrough: Passthrough,
-    ids: IdMap,
-    /// Whether the kernel opens directories by itself when OPENDIR says ENOSYS.
-    decline_opendir: bool,
+    ops: Arc<Ops>,
+    /// Whether to move requests onto FUSE over io_uring when the kernel offers it.
+    want_ring: bool,
 }
 
 impl LayerFs {
     /// Opens every layer of `config` and prepares the overlay; no mount happens here.
     pub fn new(config: &Config) -> Result<LayerFs> {
         Ok(LayerFs {
-            overlay: Overlay::new(config)?,
-            ttl: Duration::from_secs_f64(config.timeout.max(0.0)),
-            passthrough: Passthrough::new(),
-            ids: IdMap::new(config),
-            decline_opendir: false,
+            ops: Arc::new(Ops::new(config)?),
+            want_ring: config.io_uring,
         })
     }
 
-    /// Attributes as callers see them: owners translated by the id options.
-    fn attr(&self, st: &Stat) -> FileAttr {
-        let mut attr = to_attr(st);
-        attr.uid = self.ids.uid_out(attr.uid);
-        attr.gid = self.ids.gid_out(attr.gid);
-        attr
+    /// The operations, shared with the other transport.
+    pub fn ops(&self) -> &Arc<Ops> {
+        &self.ops
     }
+}
 
-    /// Creates `name` in `parent` for the caller of `req` and answers with the new entry
-    /// (mknod, mkdir, symlink).
-    #[allow(clippy::too_many_arguments)]
-    fn create_entry(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        kind: NewKind,
-        mode: u32,
-        umask: u32,
-        reply: ReplyEntry,
-    ) {
-        let caller = match self.caller(req) {
-            Ok(c) => c,
-            Err(e) => return reply.error(e),
-        };
-        match self
-            .overlay
-            .create(parent.0, name, kind, mode, umask, caller)
-        {
-            Ok((id, st, _)) => {
-                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
-            }
-            Err(e) => reply.error(fail(e)),
-        }
-    }
-
-    /// The generation of node `id`: tells the kernel a reused inode number is a new object.
-    fn gen(&self, id: u64) -> Generation {
-        Generation(self.overlay.generation(id))
-    }
-
-    /// The caller's ids on disk. A caller the id mapping cannot represent may not create
-    /// anything: EOVERFLOW, as the kernel answers on an idmapped mount.
-    fn caller(&self, req: &Request) -> std::result::Result<Caller, Errno> {
-        match (self.ids.uid_in(req.uid()), self.ids.gid_in(req.gid())) {
-            (Some(uid), Some(gid)) => Ok(Caller { uid, gid }),
-            _ => {
-                log::debug!("caller {}:{} has no id mapping", req.uid(), req.gid());
-                Err(Errno::EOVERFLOW)
-            }
-        }
-    }
-
-    /// A chown target on disk; an id outside the mapping is EINVAL, as chown(2) answers
-    /// for an id the caller's user namespace cannot map.
-    fn owner_in(
-        &self,
-        uid: Option<u32>,
-        gid: Option<u32>,
-    ) -> std::result::Result<(Option<u32>, Option<u32>), Errno> {
-        let uid = match uid {
-            Some(u) => Some(self.ids.uid_in(u).ok_or(Errno::EINVAL)?),
-            None => None,
-        };
-        let gid = match gid {
-            Some(g) => Some(self.ids.gid_in(g).ok_or(Errno::EINVAL)?),
-            None => None,
-        };
-        Ok((uid, gid))
+fn ctx(req: &Request) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
     }
 }
 
@@ -188,16 +121,89 @@ fn timespec(t: TimeOrNow) -> sys::Timespec {
     }
 }
 
-fn fail(e: Error) -> Errno {
-    log::debug!("{e}");
-    e.to_fuse()
+fn errno(e: i32) -> Errno {
+    Errno::from_i32(e)
 }
 
-const GEN: Generation = Generation(0);
+fn entry(ttl: Duration, a: Answer<ops::Entry>, reply: ReplyEntry) {
+    match a {
+        Ok(e) => {
+            // fuser names the node by `attr.ino`: node ids are the reported inode numbers.
+            reply.entry_with_ttls(&ttl, &ttl, &to_attr(&e.st), Generation(e.generation))
+        }
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn attr(ttl: Duration, a: Answer<Stat>, reply: ReplyAttr) {
+    match a {
+        Ok(st) => reply.attr(&ttl, &to_attr(&st)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn empty(a: Answer<()>, reply: ReplyEmpty) {
+    match a {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn opened(a: Answer<ops::Opened>, reply: ReplyOpen) {
+    match a {
+        Ok(o) => {
+            let flags = FopenFlags::from_bits_retain(o.flags & !ops::FOPEN_PASSTHROUGH);
+            match o.backing {
+                Some(id) => sys::reply_opened_passthrough(reply, FileHandle(o.fh), flags, id),
+                None => reply.opened(FileHandle(o.fh), flags),
+            }
+        }
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn xattr(a: Answer<Xattr>, reply: ReplyXattr) {
+    match a {
+        Ok(Xattr::Size(n)) => reply.size(n),
+        Ok(Xattr::Data(v)) => reply.data(&v),
+        Err(e) => reply.error(errno(e)),
+    }
+}
 
 thread_local! {
     /// Each worker thread's buffer for READ replies, grown to the largest read it served.
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl ReadSink for Vec<u8> {
+    fn buffer(&mut self, size: usize) -> &mut [u8] {
+        // Reused per worker thread: a fresh zeroed buffer per request cost more than the
+        // read itself (a 128 KiB one is an mmap and munmap in glibc).
+        if self.len() < size {
+            self.resize(size, 0);
+        }
+        &mut self[..size]
+    }
+}
+
+impl DirSink for ReplyDirectory {
+    fn add(&mut self, ino: u64, cookie: u64, dtype: u8, name: &OsStr) -> bool {
+        ReplyDirectory::add(self, INodeNo(ino), cookie, dtype_to_file_type(dtype), name)
+    }
+}
+
+impl DirPlusSink for ReplyDirectoryPlus {
+    fn add(&mut self, e: &ops::Entry, ttl: Duration, cookie: u64, name: &OsStr) -> bool {
+        ReplyDirectoryPlus::add(
+            self,
+            INodeNo(e.id),
+            cookie,
+            name,
+            &ttl,
+            &to_attr(&e.st),
+            Generation(e.generation),
+        )
+    }
 }
 
 impl Filesystem for LayerFs {
@@ -212,7 +218,7 @@ impl Filesystem for LayerFs {
         // Lookups in one directory need not wait for each other: the overlay locks itself.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
-        self.decline_opendir = config
+        let decline_opendir = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         // With FUSE_POSIX_ACL the kernel caches each inode's ACLs (without it every
@@ -225,42 +231,51 @@ impl Filesystem for LayerFs {
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
         // Depth 1: the layers are on an ordinary filesystem, and the mount may itself be a
         // layer of kernel overlayfs.
-        if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+        let passthrough = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(1).is_ok()
-        {
-            self.passthrough.enable();
-        } else {
+            && config.set_max_stack_depth(1).is_ok();
+        if !passthrough {
             log::debug!("kernel offers no FUSE passthrough: I/O goes through the daemon");
         }
+        let mut ring = false;
+        if self.want_ring {
+            if !config
+                .capabilities()
+                .contains(InitFlags::FUSE_OVER_IO_URING)
+            {
+                log::debug!(
+                    "kernel offers no FUSE over io_uring (fuse module parameter enable_uring): \
+                     requests come through /dev/fuse"
+                );
+            } else if let Err(e) = ring::available() {
+                log::warn!("cannot use FUSE over io_uring ({e}); requests come through /dev/fuse");
+            } else {
+                // The rings' buffers are sized for the largest request; 1 MiB is what the
+                // kernel sends at most anyway (256 pages).
+                let _ = config.set_max_write(ring::MAX_PAYLOAD as u32);
+                ring = config
+                    .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                    .is_ok();
+            }
+        }
+        self.ops.negotiated(decline_opendir, passthrough, ring);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.overlay.lookup(parent.0, name) {
-            Ok((id, st)) => {
-                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
-            }
-            Err(e) if e.errno() == libc::ENOENT => {
-                // A negative entry (node id 0) lets the kernel remember the absence too;
-                // anything created through the mount replaces it.
-                let mut attr = to_attr(&zero_stat());
-                attr.ino = INodeNo(0);
-                reply.entry_with_ttls(&self.ttl, &self.ttl, &attr, GEN)
-            }
-            Err(e) => reply.error(fail(e)),
-        }
+        entry(self.ops.ttl(), self.ops.lookup(parent.0, name), reply)
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.overlay.forget(ino.0, nlookup);
+        self.ops.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.overlay.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
-            Err(e) => reply.error(fail(e)),
-        }
+        attr(
+            self.ops.ttl(),
+            self.ops.getattr(ino.0, fh.map(|f| f.0)),
+            reply,
+        )
     }
 
     fn setattr(
@@ -281,11 +296,7 @@ impl Filesystem for LayerFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let (uid, gid) = match self.owner_in(uid, gid) {
-            Ok(ids) => ids,
-            Err(e) => return reply.error(e),
-        };
-        let attr = SetAttr {
+        let set = SetAttr {
             mode,
             uid,
             gid,
@@ -294,16 +305,13 @@ impl Filesystem for LayerFs {
             mtime: mtime.map(timespec),
             fh: fh.map(|f| f.0),
         };
-        match self.overlay.setattr(ino.0, &attr) {
-            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
-            Err(e) => reply.error(fail(e)),
-        }
+        attr(self.ops.ttl(), self.ops.setattr(ino.0, set), reply)
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.overlay.readlink(ino.0) {
+        match self.ops.readlink(ino.0) {
             Ok(target) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str())),
-            Err(e) => reply.error(fail(e)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -317,20 +325,8 @@ impl Filesystem for LayerFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        // A character device 0:0 in the upper layer is a whiteout: made through the mount
-        // it would vanish (and hide a lower entry of that name) instead of existing.
-        // Kernel overlayfs refuses it with EPERM, even for root.
-        if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
-            return reply.error(Errno::EPERM);
-        }
-        let kind = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
-            NewKind::File {
-                flags: libc::O_RDONLY,
-            }
-        } else {
-            NewKind::Special { rdev: rdev as u64 }
-        };
-        self.create_entry(req, parent, name, kind, mode, umask, reply);
+        let a = self.ops.mknod(ctx(req), parent.0, name, mode, umask, rdev);
+        entry(self.ops.ttl(), a, reply)
     }
 
     fn mkdir(
@@ -342,21 +338,16 @@ impl Filesystem for LayerFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.create_entry(req, parent, name, NewKind::Dir, mode, umask, reply);
+        let a = self.ops.mkdir(ctx(req), parent.0, name, mode, umask);
+        entry(self.ops.ttl(), a, reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.overlay.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(e)),
-        }
+        empty(self.ops.unlink(parent.0, name), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.overlay.rmdir(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(e)),
-        }
+        empty(self.ops.rmdir(parent.0, name), reply)
     }
 
     fn symlink(
@@ -367,10 +358,10 @@ impl Filesystem for LayerFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let kind = NewKind::Symlink {
-            target: target.as_os_str(),
-        };
-        self.create_entry(req, parent, link_name, kind, 0o777, 0, reply);
+        let a = self
+            .ops
+            .symlink(ctx(req), parent.0, link_name, target.as_os_str());
+        entry(self.ops.ttl(), a, reply)
     }
 
     fn rename(
@@ -383,13 +374,10 @@ impl Filesystem for LayerFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self
-            .overlay
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(e)),
-        }
+        let a = self
+            .ops
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        empty(a, reply)
     }
 
     fn link(
@@ -400,36 +388,15 @@ impl Filesystem for LayerFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.overlay.link(ino.0, newparent.0, newname) {
-            Ok((id, st)) => {
-                reply.entry_with_ttls(&self.ttl, &self.ttl, &self.attr(&st), self.gen(id))
-            }
-            Err(e) => reply.error(fail(e)),
-        }
+        entry(
+            self.ops.ttl(),
+            self.ops.link(ino.0, newparent.0, newname),
+            reply,
+        )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fh = match self.overlay.open(ino.0, flags.0) {
-            Ok(fh) => fh,
-            Err(e) => return reply.error(fail(e)),
-        };
-        let mode = match self.overlay.file_fd(fh) {
-            Ok(fd) => {
-                let on_lower = self.overlay.handle_on_lower(fh);
-                self.passthrough
-                    .open(ino.0, fh, fd.as_fd(), on_lower, |fd| reply.open_backing(fd))
-            }
-            Err(_) => Mode::Cached,
-        };
-        match mode {
-            Mode::Passthrough(id) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
-            }
-            Mode::DirectIo => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-            // Every change of a file's data goes through this mount (lower layers are
-            // immutable), so the kernel's page cache stays valid across opens.
-            Mode::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-        }
+        opened(self.ops.open(ino.0, flags.0), reply)
     }
 
     fn read(
@@ -443,34 +410,9 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let fd = match self.overlay.read_fd(fh.0) {
-            Ok(fd) => fd,
-            Err(e) => return reply.error(fail(e)),
-        };
-        READ_BUF.with_borrow_mut(|buf| {
-            // Reused per worker thread: a fresh zeroed buffer per request cost more than the
-            // read itself (a 128 KiB one is an mmap and munmap in glibc).
-            let size = size as usize;
-            if buf.len() < size {
-                buf.resize(size, 0);
-            }
-            let buf = &mut buf[..size];
-            let mut done = 0;
-            while done < size {
-                match sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64) {
-                    Ok(0) => break,
-                    // A short read of a regular file is its end: asking again to be told
-                    // 0 would cost a syscall per READ of every small file.
-                    Ok(n) if n < size - done => {
-                        done += n;
-                        break;
-                    }
-                    Ok(n) => done += n,
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) => return reply.error(fail(e.into())),
-                }
-            }
-            reply.data(&buf[..done]);
+        READ_BUF.with_borrow_mut(|buf| match self.ops.read(fh.0, offset, size, buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(errno(e)),
         });
     }
 
@@ -486,23 +428,10 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let fd = match self.overlay.file_fd(fh.0) {
-            Ok(fd) => fd,
-            Err(e) => return reply.error(fail(e)),
-        };
-        let mut done = 0;
-        while done < data.len() {
-            match sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
-                Ok(n) => done += n,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if done > 0 => {
-                    log::debug!("short write: {e}");
-                    break;
-                }
-                Err(e) => return reply.error(fail(e.into())),
-            }
+        match self.ops.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
         }
-        reply.written(done as u32);
     }
 
     fn flush(
@@ -513,10 +442,7 @@ impl Filesystem for LayerFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing to do at close (data goes to the layer file at once; POSIX locks are the
-        // kernel's): ENOSYS tells the kernel so, and it stops sending FLUSH altogether,
-        // saving a round trip on every close.
-        reply.error(Errno::ENOSYS);
+        empty(self.ops.flush(), reply)
     }
 
     fn release(
@@ -529,9 +455,7 @@ impl Filesystem for LayerFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.passthrough.release(fh.0);
-        self.overlay.release(fh.0);
-        reply.ok();
+        empty(self.ops.release(fh.0), reply)
     }
 
     fn fsync(
@@ -542,24 +466,11 @@ impl Filesystem for LayerFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.overlay.fsync(fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(e)),
-        }
+        empty(self.ops.fsync(fh.0, datasync), reply)
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Directories need no handle (readdir.rs): declined, the kernel opens them without
-        // asking and never sends RELEASEDIR, two round trips fewer per directory opened,
-        // and keeps their listings cached as the flags below ask. Listings change only
-        // through this mount, and the kernel drops one whenever it changes an entry.
-        if self.decline_opendir {
-            return reply.error(Errno::ENOSYS);
-        }
-        reply.opened(
-            FileHandle(0),
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-        )
+        opened(self.ops.opendir(), reply)
     }
 
     fn readdir(
@@ -570,21 +481,10 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listing = match self.overlay.listing(ino.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(fail(e)),
-        };
-        for e in listing.after(offset) {
-            if reply.add(
-                INodeNo(e.ino),
-                e.cookie,
-                dtype_to_file_type(e.dtype),
-                &e.name,
-            ) {
-                break;
-            }
+        match self.ops.readdir(ino.0, offset, &mut reply) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -595,58 +495,10 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listing = match self.overlay.listing(ino.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(fail(e)),
-        };
-        for e in listing.after(offset) {
-            let next = e.cookie;
-            let name = e.name.as_os_str();
-            if name == "." || name == ".." {
-                // The kernel takes no reference on these: answer without a counted lookup.
-                let id = if name == "." { Some(ino.0) } else { None };
-                let st = id.and_then(|id| self.overlay.getattr(id, None).ok());
-                let full = match st {
-                    Some(st) => reply.add(
-                        INodeNo(id.unwrap_or(0)),
-                        next,
-                        name,
-                        &Duration::ZERO,
-                        &self.attr(&st),
-                        GEN,
-                    ),
-                    None => {
-                        let mut attr = to_attr(&zero_stat());
-                        attr.ino = INodeNo(e.ino);
-                        attr.kind = FileType::Directory;
-                        reply.add(INodeNo(0), next, name, &Duration::ZERO, &attr, GEN)
-                    }
-                };
-                if full {
-                    break;
-                }
-                continue;
-            }
-            match self.overlay.lookup(ino.0, name) {
-                Ok((id, st)) => {
-                    if reply.add(
-                        INodeNo(id),
-                        next,
-                        name,
-                        &self.ttl,
-                        &self.attr(&st),
-                        self.gen(id),
-                    ) {
-                        // The entry did not fit: the kernel never saw this lookup.
-                        self.overlay.forget(id, 1);
-                        break;
-                    }
-                }
-                // Gone since the listing was taken.
-                Err(_) => continue,
-            }
+        match self.ops.readdirplus(ino.0, offset, &mut reply) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
-        reply.ok();
     }
 
     fn fsyncdir(
@@ -657,14 +509,11 @@ impl Filesystem for LayerFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.overlay.fsyncdir(ino.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(e)),
-        }
+        empty(self.ops.fsyncdir(ino.0, datasync), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.overlay.statfs() {
+        match self.ops.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -675,7 +524,7 @@ impl Filesystem for LayerFs {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(fail(e)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -689,65 +538,23 @@ impl Filesystem for LayerFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let value = if acl::is_acl(name) {
-            match self.ids.acl_in(value) {
-                Ok(v) => v,
-                Err(e) => {
-                    log::debug!("setxattr {name:?} on node {}: {e:?} ACL", ino.0);
-                    return reply.error(Errno::EINVAL);
-                }
-            }
-        } else {
-            Cow::Borrowed(value)
-        };
-        match self.overlay.setxattr(ino.0, name, &value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(e)),
-        }
+        empty(self.ops.setxattr(ino.0, name, value, flags), reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.overlay.getxattr(ino.0, name) {
-            Ok(v) if acl::is_acl(name) => match self.ids.acl_out(v) {
-                Ok(v) => xattr_reply(reply, &v, size),
-                Err(e) => {
-                    log::warn!("node {}: {name:?} on disk is a {e:?} ACL", ino.0);
-                    reply.error(Errno::EIO)
-                }
-            },
-            Ok(v) => xattr_reply(reply, &v, size),
-            Err(e) => reply.error(fail(e)),
-        }
+        xattr(self.ops.getxattr(ino.0, name, size), reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.overlay.listxattr(ino.0) {
-            Ok(names) => {
-                let mut buf = Vec::new();
-                for n in names {
-                    buf.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()));
-                    buf.push(0);
-                }
-                xattr_reply(reply, &buf, size)
-            }
-            Err(e) => reply.error(fail(e)),
-        }
+        xattr(self.ops.listxattr(ino.0, size), reply)
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.overlay.removexattr(ino.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(e)),
-        }
+        empty(self.ops.removexattr(ino.0, name), reply)
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // Permission checks are the kernel's (default_permissions); this only confirms the
-        // object still exists.
-        match self.overlay.getattr(ino.0, None) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(fail(e)),
-        }
+        empty(self.ops.access(ino.0), reply)
     }
 
     fn create(
@@ -760,42 +567,27 @@ impl Filesystem for LayerFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let caller = match self.caller(req) {
-            Ok(c) => c,
-            Err(e) => return reply.error(e),
-        };
+        let ttl = self.ops.ttl();
         match self
-            .overlay
-            .create(parent.0, name, NewKind::File { flags }, mode, umask, caller)
+            .ops
+            .create(ctx(req), parent.0, name, mode, umask, flags)
         {
-            Ok((id, st, Some(fd))) => {
-                let fh = self.overlay.add_open_file(id, fd);
-                let mode = match self.overlay.file_fd(fh) {
-                    Ok(fd) => self
-                        .passthrough
-                        .open(id, fh, fd.as_fd(), false, |fd| reply.open_backing(fd)),
-                    Err(_) => Mode::Cached,
-                };
-                let (ttl, attr, fh) = (&self.ttl, &self.attr(&st), FileHandle(fh));
-                match mode {
-                    Mode::Passthrough(b) => reply.created_passthrough(
-                        ttl,
-                        attr,
-                        self.gen(id),
-                        fh,
-                        FopenFlags::empty(),
-                        &b,
+            Ok((e, o)) => {
+                let attr = to_attr(&e.st);
+                let flags = FopenFlags::from_bits_retain(o.flags & !ops::FOPEN_PASSTHROUGH);
+                let gen = Generation(e.generation);
+                match o.backing {
+                    Some(id) => sys::reply_created_passthrough(
+                        reply,
+                        (&ttl, &attr, gen),
+                        FileHandle(o.fh),
+                        flags,
+                        id,
                     ),
-                    Mode::DirectIo => {
-                        reply.created(ttl, attr, self.gen(id), fh, FopenFlags::FOPEN_DIRECT_IO)
-                    }
-                    Mode::Cached => {
-                        reply.created(ttl, attr, self.gen(id), fh, FopenFlags::FOPEN_KEEP_CACHE)
-                    }
+                    None => reply.created(&ttl, &attr, gen, FileHandle(o.fh), flags),
                 }
             }
-            Ok((_, _, None)) => reply.error(Errno::EIO),
-            Err(e) => reply.error(fail(e)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -826,14 +618,7 @@ impl Filesystem for LayerFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = self
-            .overlay
-            .file_fd(fh.0)
-            .and_then(|fd| Ok(sys::fallocate(fd.as_fd(), mode, offset, length)?));
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(e)),
-        }
+        empty(self.ops.fallocate(fh.0, offset, length, mode), reply)
     }
 
     fn lseek(
@@ -845,13 +630,9 @@ impl Filesystem for LayerFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let r = self
-            .overlay
-            .read_fd(fh.0)
-            .and_then(|fd| Ok(sys::lseek(fd.as_fd(), offset, whence)?));
-        match r {
+        match self.ops.lseek(fh.0, offset, whence) {
             Ok(off) => reply.offset(off),
-            Err(e) => reply.error(fail(e)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -868,34 +649,12 @@ impl Filesystem for LayerFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let r = self.overlay.read_fd(fh_in.0).and_then(|fin| {
-            let fout = self.overlay.file_fd(fh_out.0)?;
-            let len = len.min(u32::MAX as u64 & !0xfff) as usize;
-            Ok(sys::copy_file_range(
-                fin.as_fd(),
-                offset_in,
-                fout.as_fd(),
-                offset_out,
-                len,
-            )?)
-        });
-        match r {
+        match self
+            .ops
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(fail(e)),
+            Err(e) => reply.error(errno(e)),
         }
     }
-}
-
-fn xattr_reply(reply: ReplyXattr, data: &[u8], size: u32) {
-    if size == 0 {
-        reply.size(data.len() as u32);
-    } else if data.len() > size as usize {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(data);
-    }
-}
-
-fn zero_stat() -> Stat {
-    sys::zeroed_stat()
 }

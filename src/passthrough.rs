@@ -11,18 +11,31 @@
 //! backing files the whole feature turns itself off on the first refusal.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use fuser::BackingId;
 use parking_lot::Mutex;
 
 use crate::sys;
 
+/// A registered backing file, unregistered when the last handle using it closes.
+struct BackingId {
+    id: u32,
+    dev: Arc<OwnedFd>,
+}
+
+impl Drop for BackingId {
+    fn drop(&mut self) {
+        if let Err(e) = sys::backing_close(self.dev.as_fd(), self.id) {
+            log::debug!("closing backing id {}: {e}", self.id);
+        }
+    }
+}
+
 enum Io {
     Backing {
-        id: Arc<BackingId>,
+        id: BackingId,
         /// (st_dev, st_ino) of the file behind it.
         file: (u64, u64),
     },
@@ -36,7 +49,8 @@ struct NodeIo {
 
 /// What an open should reply.
 pub enum Mode {
-    Passthrough(Arc<BackingId>),
+    /// The backing id to name in the reply.
+    Passthrough(u32),
     /// The inode passes through to another file (cannot happen while inode numbers of
     /// open files are never reused): go through the daemon, uncached.
     DirectIo,
@@ -70,15 +84,14 @@ impl Passthrough {
     }
 
     /// Decides how handle `fh` of `node`, open on `fd`, is served. `on_lower`: the fd is
-    /// a lower layer's file. `register` turns an fd into a backing id (the reply's
-    /// `open_backing`).
+    /// a lower layer's file. Backing files are registered on the session device `dev`.
     pub fn open(
         &self,
         node: u64,
         fh: u64,
         fd: BorrowedFd,
         on_lower: bool,
-        register: impl FnOnce(BorrowedFd) -> std::io::Result<BackingId>,
+        dev: &Arc<OwnedFd>,
     ) -> Mode {
         if !self.enabled() {
             return Mode::Cached;
@@ -92,7 +105,7 @@ impl Passthrough {
             Some(n) => {
                 n.users += 1;
                 match &n.io {
-                    Io::Backing { id, file: f } if *f == file => Mode::Passthrough(id.clone()),
+                    Io::Backing { id, file: f } if *f == file => Mode::Passthrough(id.id),
                     Io::Backing { .. } => Mode::DirectIo,
                     Io::Cached => Mode::Cached,
                 }
@@ -101,9 +114,12 @@ impl Passthrough {
                 let io = if on_lower {
                     Io::Cached
                 } else {
-                    match register(fd.as_fd()) {
+                    match sys::backing_open(dev.as_fd(), fd.as_fd()) {
                         Ok(id) => Io::Backing {
-                            id: Arc::new(id),
+                            id: BackingId {
+                                id,
+                                dev: dev.clone(),
+                            },
                             file,
                         },
                         Err(e) => {
@@ -118,7 +134,7 @@ impl Passthrough {
                     }
                 };
                 let mode = match &io {
-                    Io::Backing { id, .. } => Mode::Passthrough(id.clone()),
+                    Io::Backing { id, .. } => Mode::Passthrough(id.id),
                     Io::Cached => Mode::Cached,
                 };
                 nodes.insert(node, NodeIo { io, users: 1 });

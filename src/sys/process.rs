@@ -192,6 +192,20 @@ pub fn lazy_unmount(path: &Path) -> io::Result<()> {
     check(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }).map(drop)
 }
 
+/// Restricts the calling thread to CPU `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `cpu` is within the set, checked above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: the set is a live local of the size passed; pid 0 is the calling thread.
+    check(unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) })
+        .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
