@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -558,11 +558,6 @@ impl Ops {
         let n = sys::copy_file_range(fin.as_fd(), offset_in, fout.as_fd(), offset_out, len)
             .map_err(|e| fail(e.into()))?;
         Ok(n as u64)
-    }
-
-    /// The session device's descriptor, for transports that need it.
-    pub fn device(&self) -> Option<BorrowedFd<'_>> {
-        self.device.get().map(|d| d.as_fd())
     }
 }
 
