@@ -438,10 +438,16 @@ fn serve(server: &Server, slot: &mut EntryBuffers, scratch: &mut Vec<u8>) -> u64
             opcode,
             &mut Out(scratch),
         );
-        if r.is_ok() {
-            slot.payload[..scratch.len()].copy_from_slice(scratch);
+        // Replies are bounded by what the request allowed (readdir and xattr sizes), which
+        // the kernel keeps within the payload buffer; anything larger is refused, not cut.
+        match (r, slot.payload.get_mut(..scratch.len())) {
+            (Ok(()), Some(body)) => {
+                body.copy_from_slice(scratch);
+                Ok(scratch.len())
+            }
+            (Ok(()), None) => Err(libc::ERANGE),
+            (Err(e), _) => Err(e),
         }
-        r.map(|()| scratch.len())
     };
     let (error, body) = match result {
         Ok(n) => (0, n),
