@@ -5,11 +5,11 @@
 //! ring of the CPU the caller runs on; that queue's thread, pinned to the same CPU, takes
 //! it, answers with [`Ops`], and commits the reply and fetches the next request in one
 //! `io_uring_enter`. INIT, FORGET and INTERRUPT still come through `/dev/fuse` (fuser's
-//! session serves them, and everything else until the rings are registered).
+//! session serves them).
 //!
 //! The kernel queues requests per possible CPU and uses the rings only once every queue
-//! has an entry registered; until then, and for good if registration fails, requests go
-//! through `/dev/fuse`.
+//! has an entry registered; until then new requests wait. If a registration fails the
+//! kernel turns io_uring off for the connection and requests go through `/dev/fuse`.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
