@@ -1,5 +1,6 @@
 //! The one error type of the daemon: an errno plus the context that explains it
-//! (which layer, which path). Mapping to errno for FUSE happens here and only here.
+//! (which layer, which path). The errno a FUSE reply carries is taken here and only
+//! here (`Error::errno`, through `ops.rs`).
 
 use std::fmt;
 use std::io;
@@ -48,11 +49,6 @@ impl Error {
             format!("{what}: {}", self.context)
         };
         self
-    }
-
-    /// The errno handed back to the kernel for this error.
-    pub fn to_fuse(&self) -> fuser::Errno {
-        fuser::Errno::from_i32(self.errno)
     }
 }
 

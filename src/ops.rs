@@ -162,11 +162,7 @@ impl Ops {
 
     /// A chown target on disk; an id outside the mapping is EINVAL, as chown(2) answers
     /// for an id the caller's user namespace cannot map.
-    pub fn owner_in(
-        &self,
-        uid: Option<u32>,
-        gid: Option<u32>,
-    ) -> Answer<(Option<u32>, Option<u32>)> {
+    fn owner_in(&self, uid: Option<u32>, gid: Option<u32>) -> Answer<(Option<u32>, Option<u32>)> {
         let uid = match uid {
             Some(u) => Some(self.ids.uid_in(u).ok_or(libc::EINVAL)?),
             None => None,
@@ -531,7 +527,7 @@ impl Ops {
     /// Permission checks are the kernel's (default_permissions); this only confirms the
     /// object still exists.
     pub fn access(&self, id: u64) -> Answer<()> {
-        self.overlay.getattr(id, None).map(|_| ()).map_err(fail)
+        result(self.overlay.getattr(id, None)).map(drop)
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Answer<()> {
@@ -555,9 +551,8 @@ impl Ops {
         let fin = result(self.overlay.read_fd(fh_in))?;
         let fout = result(self.overlay.file_fd(fh_out))?;
         let len = len.min(u32::MAX as u64 & !0xfff) as usize;
-        let n = sys::copy_file_range(fin.as_fd(), offset_in, fout.as_fd(), offset_out, len)
-            .map_err(|e| fail(e.into()))?;
-        Ok(n as u64)
+        let n = sys::copy_file_range(fin.as_fd(), offset_in, fout.as_fd(), offset_out, len);
+        result(n.map_err(Error::from)).map(|n| n as u64)
     }
 }
 
