@@ -10,6 +10,7 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -70,6 +71,9 @@ pub struct Config {
     pub threads: usize,
     /// `io_uring=on|off`: take requests over FUSE over io_uring when the kernel offers it.
     pub io_uring: bool,
+    /// `io_uring_poll=MICROSECONDS`: how long a queue thread looks for the next request
+    /// without sleeping after any queue took one (0: never).
+    pub io_uring_poll: Duration,
     /// Source shown in /proc/self/mountinfo (`fsname=`); "layerfs" unless given.
     pub fsname: String,
 }
@@ -78,6 +82,10 @@ pub struct Config {
 /// immutable while mounted and the upper one changes only through the mount, which tells
 /// the kernel of every change it makes, so there is nothing to expire.
 pub const DEFAULT_TIMEOUT: f64 = 86400.0;
+
+/// Long enough to cover a caller's turnaround between two requests in a loop (lstat,
+/// getxattr, create: 2-10 us here), short enough that a quiet mount costs nothing.
+pub const DEFAULT_IO_URING_POLL: Duration = Duration::from_micros(50);
 
 impl Config {
     /// A config with defaults for everything but the layers and mount point.
@@ -105,6 +113,7 @@ impl Config {
             timeout: DEFAULT_TIMEOUT,
             threads: 2,
             io_uring: true,
+            io_uring_poll: DEFAULT_IO_URING_POLL,
             fsname: "layerfs".to_string(),
         }
     }
@@ -149,6 +158,8 @@ FUSE and kernel options:
     timeout=SECONDS (entry and attribute cache, default 86400), threads=N (default 2)
     io_uring=on|off (FUSE over io_uring when the kernel offers it: fuse module
     parameter enable_uring=Y; default on)
+    io_uring_poll=MICROSECONDS (queue threads look for the next request without
+    sleeping this long after the last one, 0 to never; default 50)
 
 Options of fuse-overlayfs that do not apply (noacl, fast_ino=, static_nlink, plugins=,
 xattr_permissions=, index=, metacopy=, xino=, userxattr, context=, ...) are accepted
@@ -427,6 +438,7 @@ struct OptionParser {
     timeout: Option<f64>,
     threads: Option<usize>,
     io_uring: Option<bool>,
+    io_uring_poll: Option<Duration>,
     fsname: Option<String>,
 }
 
@@ -590,6 +602,13 @@ impl OptionParser {
                     v => return Err(bad_value(key, v, "on or off")),
                 })
             }
+            "io_uring_poll" => {
+                let v = text(key, value)?;
+                match v.parse::<u64>() {
+                    Ok(us) if us <= 10_000 => self.io_uring_poll = Some(Duration::from_micros(us)),
+                    _ => return Err(bad_value(key, v, "microseconds from 0 to 10000")),
+                }
+            }
             "uidmapping" => self.uid_mapping = parse_mapping(key, value)?,
             "gidmapping" => self.gid_mapping = parse_mapping(key, value)?,
             "squash_to_uid" => self.squash_to_uid = Some(parse_id(key, value)?),
@@ -631,8 +650,8 @@ impl OptionParser {
             "default_permissions" => {}
             "squash_to_root" => self.squash_to_root = true,
             "lowerdir" | "upperdir" | "workdir" | "redirect_dir" | "whiteout" | "fsync"
-            | "timeout" | "threads" | "io_uring" | "uidmapping" | "gidmapping"
-            | "squash_to_uid" | "squash_to_gid" | "fsname" => {
+            | "timeout" | "threads" | "io_uring" | "io_uring_poll" | "uidmapping"
+            | "gidmapping" | "squash_to_uid" | "squash_to_gid" | "fsname" => {
                 return Err(Error::usage(format!(
                     "option {key} needs a value; write {key}=VALUE"
                 )))
@@ -692,6 +711,9 @@ impl OptionParser {
         }
         if let Some(r) = self.io_uring {
             config.io_uring = r;
+        }
+        if let Some(p) = self.io_uring_poll {
+            config.io_uring_poll = p;
         }
         if let Some(name) = self.fsname {
             config.fsname = name;
@@ -1071,6 +1093,11 @@ mod tests {
         assert_eq!(c.timeout, 2.5);
         assert_eq!(c.threads, 8);
         assert_eq!(c.fsname, "img");
+        assert_eq!(c.io_uring_poll, DEFAULT_IO_URING_POLL);
+        let c = parse(&["-o", "lowerdir=/a,io_uring_poll=0", "/m"]).unwrap();
+        assert_eq!(c.io_uring_poll, Duration::ZERO);
+        let c = parse(&["-o", "lowerdir=/a,io_uring_poll=200", "/m"]).unwrap();
+        assert_eq!(c.io_uring_poll, Duration::from_micros(200));
         let c = parse(&["-o", "lowerdir=/a,volatile,whiteout=chardev", "/m"]).unwrap();
         assert!(c.volatile && c.redirect_dir);
         assert_eq!(c.whiteout, WhiteoutMode::CharDev);
@@ -1170,6 +1197,8 @@ mod tests {
         assert!(err(&["-o", "lowerdir=/a,whiteout=x", "/m"]).contains("whiteout"));
         assert!(err(&["-o", "lowerdir=/a,threads=0", "/m"]).contains("threads"));
         assert!(err(&["-o", "lowerdir=/a,timeout=-1", "/m"]).contains("timeout"));
+        assert!(err(&["-o", "lowerdir=/a,io_uring_poll=1ms", "/m"]).contains("io_uring_poll"));
+        assert!(err(&["-o", "lowerdir=/a,io_uring_poll=20000", "/m"]).contains("0 to 10000"));
         assert!(err(&["-o", "lowerdir=/a,fsync=2", "/m"]).contains("fsync"));
         assert!(err(&["-o", "lowerdir=/a,upperdir", "/m"]).contains("upperdir needs a value"));
         assert!(err(&["-o", "lowerdir=/a,ro=1", "/m"]).contains("ro takes no value"));

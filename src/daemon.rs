@@ -219,9 +219,14 @@ fn mount(
         .map_err(|e| Error::from(e).context("cannot duplicate the FUSE device descriptor"))?;
     let device = Arc::new(device);
     ops.set_device(device.clone());
-    let rings = ops
-        .ring_agreed()
-        .then(|| crate::ring::start(ops.clone(), device.as_fd(), Access::of(config)));
+    let rings = ops.ring_agreed().then(|| {
+        crate::ring::start(
+            ops.clone(),
+            device.as_fd(),
+            Access::of(config),
+            config.io_uring_poll,
+        )
+    });
     let unmounter = session.unmount_callable();
     let device = match process::mount_device(&mountpoint) {
         Ok(device) => device,

@@ -2,6 +2,9 @@
 //! requests are served by the per-CPU ring threads and not by the `/dev/fuse` workers;
 //! with `io_uring=off`, or the module parameter off, everything goes through `/dev/fuse`.
 //!
+//! While requests keep coming, queue threads look for the next one without sleeping
+//! (`io_uring_poll`); with `io_uring_poll=0` each request costs its thread one sleep.
+//!
 //! One test function: it sets the module parameter, which the mounts of other tests in
 //! this binary would see too. It puts the parameter back as it found it.
 
@@ -36,7 +39,7 @@ impl Drop for UringParam {
 }
 
 /// Voluntary context switches of the daemon's threads, by thread name: each request a
-/// thread answers costs it one (it sleeps waiting for the next).
+/// thread answers costs it one when it sleeps waiting for the next.
 fn switches(pid: i32) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
@@ -122,9 +125,10 @@ fn requests_go_through_the_ring_when_the_kernel_offers_it() {
     require_mount_privileges();
     let param = UringParam::set("Y");
 
-    // Offered and wanted: one ring thread per possible CPU serves the requests.
+    // Offered and wanted, without polling: one ring thread per possible CPU serves the
+    // requests, sleeping between them.
     let s = stack();
-    let m = s.mount_layerfs(&[], true);
+    let m = s.mount_layerfs(&["io_uring_poll=0"], true);
     let pid = daemon_pid(&m.path);
     let before = switches(pid);
     let rings = before
@@ -143,6 +147,24 @@ fn requests_go_through_the_ring_when_the_kernel_offers_it() {
     );
     m.unmount();
     assert_eq!(read(s.u("d/sub/moved")), b"fresh");
+    assert_eq!(read(s.u("f")), b"lower+");
+
+    // With polling (the default): the same requests, still not through /dev/fuse, and
+    // the ring threads seldom sleep between requests that come one after another.
+    let s = stack();
+    let m = s.mount_layerfs(&[], true);
+    let pid = daemon_pid(&m.path);
+    let before = switches(pid);
+    lookups(&m.path, 2000);
+    let after = switches(pid);
+    let by_ring = total(&after, true) - total(&before, true);
+    let by_dev = total(&after, false) - total(&before, false);
+    assert!(
+        by_ring < 1000 && by_dev < 200,
+        "2000 lookups with polling: ring threads slept {by_ring} times, /dev/fuse workers woke {by_dev}"
+    );
+    exercise(&m.path);
+    m.unmount();
     assert_eq!(read(s.u("f")), b"lower+");
 
     // io_uring=off: the /dev/fuse workers serve everything.

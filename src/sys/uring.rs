@@ -65,6 +65,9 @@ impl CmdRing {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
+            // Flags pending deferred task work (an arrived request) in the shared ring,
+            // so `poll` can see one without a system call.
+            .setup_taskrun_flag()
             .build(depth.next_power_of_two())?;
         Ok(CmdRing { ring })
     }
@@ -130,15 +133,50 @@ impl CmdRing {
     /// Submits what is queued and waits for at least one completion; returns the
     /// completions as (tag, result).
     pub fn wait(&mut self, out: &mut Vec<(u64, i32)>) -> io::Result<()> {
+        retry_eintr(|| self.ring.submit_and_wait(1))?;
+        self.collect(out);
+        Ok(())
+    }
+
+    /// Submits what is queued, then looks for completions without sleeping, yielding the
+    /// CPU between looks, for as long as `keep_polling` says. Returns whether it found any
+    /// (into `out`).
+    pub fn poll(
+        &mut self,
+        out: &mut Vec<(u64, i32)>,
+        keep_polling: impl Fn() -> bool,
+    ) -> io::Result<bool> {
+        retry_eintr(|| self.ring.submit())?;
         loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(e),
+            if !self.ring.completion().is_empty() {
+                self.collect(out);
+                return Ok(true);
             }
+            if self.ring.submission().taskrun() {
+                // A request is waiting as deferred task work; an enter (which `submit` does
+                // when the flag is up) turns it into a completion.
+                retry_eintr(|| self.ring.submit())?;
+                continue;
+            }
+            if !keep_polling() {
+                return Ok(false);
+            }
+            std::thread::yield_now();
         }
+    }
+
+    fn collect(&mut self, out: &mut Vec<(u64, i32)>) {
         out.clear();
         out.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-        Ok(())
+    }
+}
+
+fn retry_eintr(mut enter: impl FnMut() -> io::Result<usize>) -> io::Result<()> {
+    loop {
+        match enter() {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
