@@ -193,7 +193,8 @@ struct Server {
     polling: Arc<Polling>,
 }
 
-/// When the queues last took a request, and how many threads are polling for the next.
+/// When a queue last took or answered a request, and how many threads are polling for
+/// the next.
 struct Polling {
     window_ns: u64,
     epoch: Instant,
@@ -224,13 +225,15 @@ impl Polling {
         self.epoch.elapsed().as_nanos().min(u64::MAX as u128) as u64
     }
 
-    fn took_request(&self) {
+    /// Stamps a request taken or answered: polling lasts a window past either, so a
+    /// request that takes a while to answer does not end the others' polling.
+    fn stamp(&self) {
         if self.window_ns > 0 {
             self.last_ns.store(self.now_ns(), Ordering::Relaxed);
         }
     }
 
-    /// Whether a queue took a request within the window.
+    /// Whether a queue took or answered a request within the window.
     fn busy(&self) -> bool {
         let last = self.last_ns.load(Ordering::Relaxed);
         last != 0 && self.now_ns().saturating_sub(last) < self.window_ns
@@ -285,7 +288,7 @@ fn run(
         if !polled {
             ring.wait(&mut done)?;
         }
-        server.polling.took_request();
+        server.polling.stamp();
         for &(tag, res) in &done {
             let Some(slot) = slots.get_mut(tag as usize) else {
                 continue;
@@ -305,6 +308,7 @@ fn run(
                 }
             }
         }
+        server.polling.stamp();
     }
 }
 
