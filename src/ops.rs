@@ -286,6 +286,11 @@ impl Ops {
         Ok(self.entry(id, st))
     }
 
+    /// Whether a change to node `id` would first copy its data up (and may take long).
+    pub fn would_copy_data_up(&self, id: u64) -> bool {
+        self.overlay.would_copy_data_up(id)
+    }
+
     pub fn open(&self, id: u64, flags: i32) -> Answer<Opened> {
         let fh = result(self.overlay.open(id, flags))?;
         let on_lower = self.overlay.handle_on_lower(fh);

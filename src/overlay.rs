@@ -7,6 +7,7 @@
 //! exclusive, so a copy-up and a rename can never interleave. Data reads and writes on open
 //! handles take no lock at all.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -21,7 +22,7 @@ use crate::config::{Config, WhiteoutMode};
 use crate::copy_up::{self, WorkDir};
 use crate::error::{Context, Error, Result};
 use crate::handles::{Handles, OpenFile};
-use crate::inode::{index_name, Node, Tree, ROOT};
+use crate::inode::{index_name, LowerRef, Node, Tree, ROOT};
 use crate::layer::{split, Layer};
 use crate::readdir::{self, DirEntry, Listing, Listings};
 use crate::stack::{Found, Stack};
@@ -77,6 +78,9 @@ pub struct Overlay {
     /// Counts changes of the namespace, so a lookup resolved under the shared lock knows
     /// whether it may still trust its answer once it holds the exclusive one.
     changes: AtomicU64,
+    /// Copies of lower files' data made in the workdir before taking the namespace lock
+    /// (see `prepare_copy_up`), by node, waiting for their copy-up to install them.
+    prepared: parking_lot::Mutex<HashMap<u64, Prepared>>,
     /// Most nodes known since the heap was last trimmed.
     nodes_peak: std::sync::atomic::AtomicUsize,
     redirect_dir: bool,
@@ -89,6 +93,31 @@ const TRIM_AFTER_FORGETTING: usize = 50_000;
 
 fn errno(e: i32) -> Error {
     Error::from_errno(e)
+}
+
+/// A lower file's copy in the workdir, made without the namespace lock.
+struct Prepared {
+    /// Its temporary name in the workdir.
+    tmp: OsString,
+    /// The lower file it copies: used only while the node still has that lower place.
+    from: LowerRef,
+}
+
+/// Removes a prepared copy its operation did not use (it failed, or someone else copied
+/// the node up first).
+pub struct PreparedCopy<'a> {
+    overlay: &'a Overlay,
+    id: Option<u64>,
+}
+
+impl Drop for PreparedCopy<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.id else { return };
+        let left = self.overlay.prepared.lock().remove(&id);
+        if let (Some(p), Some(work)) = (left, self.overlay.work.as_ref()) {
+            let _ = copy_up::remove_tree(work.temp(), &p.tmp);
+        }
+    }
 }
 
 impl Overlay {
@@ -140,6 +169,7 @@ impl Overlay {
             listings: Listings::default(),
             copyups: AtomicU64::new(0),
             changes: AtomicU64::new(0),
+            prepared: parking_lot::Mutex::new(HashMap::new()),
             nodes_peak: std::sync::atomic::AtomicUsize::new(0),
             redirect_dir: config.redirect_dir,
             read_only,
@@ -434,6 +464,66 @@ impl Overlay {
 
     // ----- copy-up -----
 
+    /// Copies the data of `id`, a regular file still only in a lower layer, into the
+    /// workdir before the caller takes the namespace lock, so the copy (seconds for a large
+    /// file) holds up no other request; `copy_up` then only moves it into place. A file
+    /// with several lower links, or anything else, is left to `copy_up`. Failures here are
+    /// left to `copy_up` too, which tries again and reports them.
+    fn prepare_copy_up(&self, id: u64) -> PreparedCopy<'_> {
+        let mut guard = PreparedCopy {
+            overlay: self,
+            id: None,
+        };
+        let (Ok(_), Some(work)) = (self.upper(), self.work.as_ref()) else {
+            return guard;
+        };
+        let (lower, st_ino) = {
+            let tree = self.tree.read();
+            let Some(node) = tree.get(id) else {
+                return guard;
+            };
+            if node.is_dir() || node.upper || node.indexed || node.kind != libc::S_IFREG {
+                return guard;
+            }
+            let Some(lower) = tree.lower_of(id) else {
+                return guard;
+            };
+            (lower, node.st_ino)
+        };
+        if self.prepared.lock().contains_key(&id) {
+            return guard;
+        }
+        let layer = &self.stack.lowers[lower.layer];
+        let (lparent, lname) = split(&lower.path);
+        let (Some(lname), Ok(ldir)) = (lname, layer.dir(lparent)) else {
+            return guard;
+        };
+        let Ok(st) = sys::fstatat(ldir.as_fd(), lname) else {
+            return guard;
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink > 1 {
+            return guard;
+        }
+        let src = copy_up::Source {
+            dir: ldir.as_fd(),
+            name: lname,
+            stat: &st,
+        };
+        let Ok(tmp) = work.prepare(&src, Some((self.stack.xattr_ns.ino(), st_ino))) else {
+            return guard;
+        };
+        let mut prepared = self.prepared.lock();
+        if prepared.contains_key(&id) {
+            // Another request prepared one meanwhile; it will be used.
+            drop(prepared);
+            let _ = copy_up::remove_tree(work.temp(), &tmp);
+            return guard;
+        }
+        prepared.insert(id, Prepared { tmp, from: lower });
+        guard.id = Some(id);
+        guard
+    }
+
     /// Makes `id` exist in the upper layer, copying its parents first.
     fn copy_up(&self, tree: &mut Tree, id: u64) -> Result<()> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
@@ -485,9 +575,13 @@ impl Overlay {
             name: lname,
             stat: &st,
         };
-        let tmp = work
-            .prepare(&src, Some((self.stack.xattr_ns.ino(), node.st_ino)))
-            .map_err(|e| e.context(format!("copy-up of {}", layer.describe(&lower.path))))?;
+        let prepared = self.prepared.lock().remove(&id).filter(|p| p.from == lower);
+        let tmp = match prepared {
+            Some(p) => p.tmp,
+            None => work
+                .prepare(&src, Some((self.stack.xattr_ns.ino(), node.st_ino)))
+                .map_err(|e| e.context(format!("copy-up of {}", layer.describe(&lower.path))))?,
+        };
         work.install(&tmp, updir.as_fd(), name)
             .context(format!("copy-up to {}", upper.describe(&path)))?;
         if let Some(n) = tree.get_mut(id) {
@@ -1061,6 +1155,7 @@ impl Overlay {
 
     pub fn setattr(&self, id: u64, attr: &SetAttr) -> Result<Stat> {
         self.upper()?;
+        let _prepared = self.prepare_copy_up(id);
         let mut tree = self.change_tree();
         self.copy_up(&mut tree, id)?;
         let loc = self.loc(&tree, id)?;
@@ -1139,6 +1234,7 @@ impl Overlay {
             return Err(errno(libc::EPERM));
         }
         self.upper()?;
+        let _prepared = self.prepare_copy_up(id);
         let mut tree = self.change_tree();
         self.copy_up(&mut tree, id)?;
         self.at_loc(&self.loc(&tree, id)?, |dir, name| {
@@ -1173,8 +1269,10 @@ impl Overlay {
     pub fn open(&self, id: u64, flags: i32) -> Result<u64> {
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
+        let _prepared;
         let (loc, seen) = if writes {
             self.upper()?;
+            _prepared = self.prepare_copy_up(id);
             let mut tree = self.change_tree();
             self.copy_up(&mut tree, id)?;
             (self.loc(&tree, id)?, self.copyups.load(Ordering::Acquire))
@@ -1222,6 +1320,14 @@ impl Overlay {
     }
 
     /// Whether handle `fh` was opened on a lower layer's file.
+    /// Whether a change to node `id` would first copy its data up (a file not yet in the
+    /// upper layer), which may take long.
+    pub fn would_copy_data_up(&self, id: u64) -> bool {
+        let tree = self.tree.read();
+        tree.get(id)
+            .is_some_and(|n| !n.is_dir() && !n.upper && n.lower_layer.is_some())
+    }
+
     pub fn handle_on_lower(&self, fh: u64) -> bool {
         self.handles.file(fh).map(|f| f.on_lower).unwrap_or(false)
     }

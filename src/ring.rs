@@ -15,6 +15,11 @@
 //! other task: no CPU goes idle, the caller stays where it is, and its queue thread is
 //! already awake.
 //!
+//! A request that may take long (a copy-up of a lower file's data, an fsync; see
+//! [`slow`]) is handed to a helper thread instead, which answers it into the same entry
+//! and has the queue thread commit it ([`Helpers`]): otherwise every other request made on
+//! that CPU would wait behind it.
+//!
 //! The kernel queues requests per possible CPU and uses the rings only once every queue
 //! has an entry registered; until then new requests wait. If a registration fails the
 //! kernel turns io_uring off for the connection and requests go through `/dev/fuse`.
@@ -23,7 +28,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::ops::{self, Answer, Ctx, DirPlusSink, DirSink, Ops, ReadSink, Xattr};
@@ -98,7 +103,7 @@ impl Rings {
 /// Starts one thread per possible CPU, each registering its queue's ring entries, after
 /// INIT agreed to FUSE over io_uring. Any queue that cannot start turns io_uring off for
 /// the connection, so requests keep coming through `/dev/fuse`.
-pub fn start(ops: Arc<Ops>, dev: BorrowedFd, access: Access, poll: Duration) -> Rings {
+pub fn start(ops: Arc<Ops>, dev: BorrowedFd, access_rule: Access, poll: Duration) -> Rings {
     let (done, stopped) = mpsc::channel();
     let mut rings = Rings {
         stopped,
@@ -120,20 +125,20 @@ pub fn start(ops: Arc<Ops>, dev: BorrowedFd, access: Access, poll: Duration) -> 
             return rings;
         }
     };
-    let owner = sys::process::geteuid();
-    let polling = Arc::new(Polling::new(poll));
+    let (jobs, queued) = mpsc::channel();
+    let server = Arc::new(Server {
+        ops,
+        access: access_rule,
+        owner: sys::process::geteuid(),
+        polling: Polling::new(poll),
+        jobs: Mutex::new(jobs),
+    });
+    start_helpers(queues, queued);
     for qid in 0..queues {
-        let (ops, queue_dev, done) = (ops.clone(), dev.clone(), done.clone());
-        let polling = polling.clone();
+        let (server, queue_dev, done) = (server.clone(), dev.clone(), done.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("layerfs-ring{qid}"))
             .spawn(move || {
-                let server = Server {
-                    ops,
-                    access,
-                    owner,
-                    polling,
-                };
                 if let Err(e) = serve_queue(&server, &queue_dev, qid as u16) {
                     log::error!("FUSE ring queue {qid} stopped: {e}");
                     disable(queue_dev.as_fd(), u16::MAX);
@@ -190,8 +195,85 @@ struct Server {
     ops: Arc<Ops>,
     access: Access,
     owner: u32,
-    polling: Arc<Polling>,
+    polling: Polling,
+    /// Slow requests for the helper threads. They end when the last queue thread drops
+    /// the server (the jobs in flight hold it too).
+    jobs: Mutex<mpsc::Sender<Job>>,
 }
+
+/// A slow request handed to a helper thread, with the entry it came in.
+struct Job {
+    server: Arc<Server>,
+    slot: EntryBuffers,
+    tag: u64,
+    back: Arc<Answered>,
+}
+
+/// Entries a helper has answered, for their queue thread to commit (only the ring's own
+/// thread may submit to it), and the eventfd that wakes that thread.
+struct Answered {
+    entries: Mutex<Vec<(u64, u64, EntryBuffers)>>,
+    event: OwnedFd,
+}
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        // As with the queue's own entries, the kernel may still hold these buffers'
+        // addresses while the connection winds down.
+        let entries = std::mem::take(&mut *self.entries.lock().unwrap_or_else(|e| e.into_inner()));
+        std::mem::forget(entries);
+    }
+}
+
+/// Helper threads for slow requests: as many as queues, from 2 to 4.
+fn start_helpers(queues: usize, queued: mpsc::Receiver<Job>) {
+    let queued = Arc::new(Mutex::new(queued));
+    for n in 0..queues.clamp(2, 4) {
+        let queued = queued.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("layerfs-slow{n}"))
+            .spawn(move || {
+                let mut scratch = Vec::new();
+                loop {
+                    let job = queued.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(mut job) = job else { return };
+                    let commit_id = serve(&job.server, &mut job.slot, &mut scratch);
+                    job.back
+                        .entries
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((job.tag, commit_id, job.slot));
+                    if let Err(e) = sys::process::eventfd_signal(job.back.event.as_fd()) {
+                        log::error!("cannot wake FUSE ring queue thread: {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Slow requests are then answered by the queue threads themselves.
+            log::warn!("cannot start a helper thread for slow requests ({e})");
+        }
+    }
+}
+
+/// Whether a request may take long enough to hold up the others on its queue: it may copy
+/// a lower file's data up, or waits for the disk. Everything else is answered in place.
+fn slow(server: &Server, header: &[u8]) -> bool {
+    let opcode = u32_at(header, IN_OUT + 4);
+    let node = u64_at(header, IN_OUT + 16);
+    match opcode {
+        FSYNC | FSYNCDIR | FALLOCATE | COPY_FILE_RANGE | RENAME | RENAME2 | LINK => true,
+        OPEN => {
+            let flags = u32_at(header, OP_IN) as i32;
+            let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+            writes && server.ops.would_copy_data_up(node)
+        }
+        SETATTR | SETXATTR | REMOVEXATTR => server.ops.would_copy_data_up(node),
+        _ => false,
+    }
+}
+
+/// The completion tag of the read of a queue's eventfd (entries are tagged 0..DEPTH).
+const EVENT_TAG: u64 = u64::MAX;
 
 /// When a queue last took or answered a request, and how many threads are polling for
 /// the next.
@@ -252,33 +334,54 @@ impl Polling {
     }
 }
 
-fn serve_queue(server: &Server, dev: &OwnedFd, qid: u16) -> std::io::Result<()> {
+fn serve_queue(server: &Arc<Server>, dev: &OwnedFd, qid: u16) -> std::io::Result<()> {
     // Same CPU as the callers this queue serves: the request and its reply stay in one
     // CPU's caches, and the caller's wakeup needs no other CPU.
     if let Err(e) = sys::process::pin_to_cpu(qid as usize) {
         log::debug!("FUSE ring queue {qid} not pinned: {e}");
     }
-    let mut ring = CmdRing::new(DEPTH as u32 * 2)?;
-    let mut slots: Vec<EntryBuffers> = (0..DEPTH).map(|_| EntryBuffers::new(MAX_PAYLOAD)).collect();
-    let result = run(server, dev.as_fd(), qid, &mut ring, &mut slots);
+    let mut ring = CmdRing::new(DEPTH as u32 * 2 + 1)?;
+    let mut slots: Vec<Option<EntryBuffers>> = (0..DEPTH)
+        .map(|_| Some(EntryBuffers::new(MAX_PAYLOAD)))
+        .collect();
+    let answered = Arc::new(Answered {
+        entries: Mutex::new(Vec::new()),
+        event: sys::process::eventfd()?,
+    });
+    let mut counter = Box::new(0u64);
+    let result = run(
+        server,
+        dev.as_fd(),
+        qid,
+        &mut ring,
+        &mut slots,
+        &answered,
+        &mut counter,
+    );
     drop(ring);
     // The kernel may still hold the buffers' addresses while the connection winds down;
     // the process is ending with it, so they are simply left to it.
     std::mem::forget(slots);
+    std::mem::forget(counter);
     result
 }
 
 fn run(
-    server: &Server,
+    server: &Arc<Server>,
     dev: BorrowedFd,
     qid: u16,
     ring: &mut CmdRing,
-    slots: &mut [EntryBuffers],
+    slots: &mut [Option<EntryBuffers>],
+    answered: &Arc<Answered>,
+    counter: &mut u64,
 ) -> std::io::Result<()> {
     for (tag, slot) in slots.iter_mut().enumerate() {
-        ring.register(dev, qid, slot, tag as u64)?;
+        if let Some(slot) = slot {
+            ring.register(dev, qid, slot, tag as u64)?;
+        }
     }
-    let mut done = Vec::with_capacity(slots.len());
+    ring.read_event(answered.event.as_fd(), counter, EVENT_TAG)?;
+    let mut done = Vec::with_capacity(slots.len() + 1);
     let mut scratch = Vec::new();
     loop {
         let polled = match server.polling.turn() {
@@ -290,13 +393,40 @@ fn run(
         }
         server.polling.stamp();
         for &(tag, res) in &done {
-            let Some(slot) = slots.get_mut(tag as usize) else {
+            if tag == EVENT_TAG {
+                let entries = std::mem::take(
+                    &mut *answered.entries.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                for (tag, commit_id, slot) in entries {
+                    if let Some(place) = slots.get_mut(tag as usize) {
+                        *place = Some(slot);
+                        ring.commit_and_fetch(dev, qid, commit_id, tag)?;
+                    }
+                }
+                ring.read_event(answered.event.as_fd(), counter, EVENT_TAG)?;
+                continue;
+            }
+            let Some(place) = slots.get_mut(tag as usize) else {
                 continue;
             };
             match res {
                 0 => {
-                    let commit_id = serve(server, slot, &mut scratch);
-                    ring.commit_and_fetch(dev, qid, commit_id, tag)?;
+                    let Some(slot) = place.as_mut() else {
+                        continue;
+                    };
+                    if slow(server, &slot.header[..]) {
+                        if let Some(slot) = place.take() {
+                            match hand_over(server, slot, tag, answered) {
+                                Ok(()) => continue,
+                                // No helper: answer it here after all.
+                                Err(slot) => *place = Some(slot),
+                            }
+                        }
+                    }
+                    if let Some(slot) = place.as_mut() {
+                        let commit_id = serve(server, slot, &mut scratch);
+                        ring.commit_and_fetch(dev, qid, commit_id, tag)?;
+                    }
                 }
                 // Unmounted (or the connection aborted): this queue is done.
                 r if r == -libc::ENOTCONN || r == -libc::ECONNABORTED || r == -libc::ECANCELED => {
@@ -310,6 +440,23 @@ fn run(
         }
         server.polling.stamp();
     }
+}
+
+/// Gives the request in `slot` to a helper thread; hands the entry back if none is running.
+fn hand_over(
+    server: &Arc<Server>,
+    slot: EntryBuffers,
+    tag: u64,
+    answered: &Arc<Answered>,
+) -> Result<(), EntryBuffers> {
+    let job = Job {
+        server: server.clone(),
+        slot,
+        tag,
+        back: answered.clone(),
+    };
+    let jobs = server.jobs.lock().unwrap_or_else(|e| e.into_inner());
+    jobs.send(job).map_err(|mpsc::SendError(job)| job.slot)
 }
 
 // ----- the request and reply layout (include/uapi/linux/fuse.h) -----

@@ -231,3 +231,10 @@ fn reader_open_before_copy_up_keeps_working() {
     assert_eq!(fstat(&r).unwrap().st_size as usize, old.len());
     assert_eq!(read(s.l(0, "f")), old);
 }
+
+/// The data of a copy-up is copied without the namespace lock: lookups of other names made
+/// while a 512 MiB file is copied up are answered before it ends.
+#[test]
+fn lookups_are_answered_during_a_large_copy_up() {
+    lookups_during_a_large_copy_up(None);
+}

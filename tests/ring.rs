@@ -167,6 +167,8 @@ fn requests_go_through_the_ring_when_the_kernel_offers_it() {
     m.unmount();
     assert_eq!(read(s.u("f")), b"lower+");
 
+    slow_request_does_not_hold_up_its_queue();
+
     // io_uring=off: the /dev/fuse workers serve everything.
     let s = stack();
     let m = s.mount_layerfs(&["io_uring=off"], true);
@@ -180,6 +182,12 @@ fn requests_go_through_the_ring_when_the_kernel_offers_it() {
     let m = s.mount_layerfs(&[], true);
     check_dev_fuse_only(&m.path);
     m.unmount();
+}
+
+/// A copy-up of a large lower file is answered by a helper thread: other requests made on
+/// the same CPU (same ring queue) are answered while it runs, not after it.
+fn slow_request_does_not_hold_up_its_queue() {
+    lookups_during_a_large_copy_up(Some(0));
 }
 
 fn check_dev_fuse_only(m: &Path) {

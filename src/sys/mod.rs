@@ -297,7 +297,11 @@ enum XattrPath {
 
 /// `setxattrat`, `getxattrat`, `listxattrat`, `removexattrat`: numbers shared by every
 /// architecture that takes new system calls from the common table (not yet in `libc`).
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64"))]
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
 mod xattrat {
     pub const SET: libc::c_long = 463;
     pub const GET: libc::c_long = 464;
@@ -305,7 +309,11 @@ mod xattrat {
     pub const REMOVE: libc::c_long = 466;
     pub const SUPPORTED: bool = true;
 }
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64")))]
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+)))]
 mod xattrat {
     pub const SET: libc::c_long = -1;
     pub const GET: libc::c_long = -1;
@@ -809,10 +817,18 @@ mod tests {
             NO_XATTRAT.store(proc_only, Ordering::Relaxed);
             let how = if proc_only { "/proc" } else { "xattrat" };
             setxattr(dir, name("f"), name("user.k"), b"v1", 0).unwrap();
-            assert_eq!(getxattr(dir, name("f"), name("user.k")).unwrap(), b"v1", "{how}");
+            assert_eq!(
+                getxattr(dir, name("f"), name("user.k")).unwrap(),
+                b"v1",
+                "{how}"
+            );
             let long = vec![b'z'; 3000];
             setxattr(dir, name("f"), name("user.long"), &long, 0).unwrap();
-            assert_eq!(getxattr(dir, name("f"), name("user.long")).unwrap(), long, "{how}");
+            assert_eq!(
+                getxattr(dir, name("f"), name("user.long")).unwrap(),
+                long,
+                "{how}"
+            );
             let mut names = listxattr(dir, name("f")).unwrap();
             names.sort();
             assert_eq!(names, ["user.k", "user.long"], "{how}");
@@ -828,7 +844,11 @@ mod tests {
             assert!(listxattr(dir, name("ln")).unwrap().is_empty(), "{how}");
             // The directory itself.
             setxattr(dir, name(""), name("user.d"), b"dir", 0).unwrap();
-            assert_eq!(getxattr(dir, name(""), name("user.d")).unwrap(), b"dir", "{how}");
+            assert_eq!(
+                getxattr(dir, name(""), name("user.d")).unwrap(),
+                b"dir",
+                "{how}"
+            );
             removexattr(dir, name(""), name("user.d")).unwrap();
         }
         NO_XATTRAT.store(false, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -190,6 +190,25 @@ pub fn lazy_unmount(path: &Path) -> io::Result<()> {
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
     check(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
+/// An eventfd (counter mode, blocking, close-on-exec).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; the fd returned is new and owned by nobody else.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
+    // SAFETY: `fd` was just opened by this call.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd's counter, waking whoever reads it.
+pub fn eventfd_signal(fd: BorrowedFd) -> io::Result<()> {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: valid fd; the buffer is 8 readable bytes, as an eventfd write takes.
+    let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Restricts the calling thread to CPU `cpu`.

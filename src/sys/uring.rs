@@ -25,6 +25,11 @@ pub struct EntryBuffers {
     iov: Box<[libc::iovec; 2]>,
 }
 
+// SAFETY: the iovecs' raw pointers point into this entry's own boxed buffers, which move
+// with it (boxes keep their addresses), so the entry owns everything it points at and can
+// be handed to another thread like any owned data.
+unsafe impl Send for EntryBuffers {}
+
 impl EntryBuffers {
     pub fn new(payload_size: usize) -> EntryBuffers {
         let mut header = Box::new([0u8; HEADER_SIZE]);
@@ -100,6 +105,18 @@ impl CmdRing {
         self.push(&sqe)
     }
 
+    /// Queues a read of eventfd `fd`'s counter into `buf`, completing (tagged `tag`) when
+    /// something signals it.
+    ///
+    /// `buf` must stay alive, and not move, until the read completes or the ring is dropped.
+    pub fn read_event(&mut self, fd: BorrowedFd, buf: *mut u64, tag: u64) -> io::Result<()> {
+        let sqe: squeue::Entry128 = opcode::Read::new(types::Fd(fd.as_raw_fd()), buf.cast(), 8)
+            .build()
+            .user_data(tag)
+            .into();
+        self.push(&sqe)
+    }
+
     /// Queues the reply already written into the entry tagged `tag` and asks for its next
     /// request.
     pub fn commit_and_fetch(
@@ -117,8 +134,8 @@ impl CmdRing {
     }
 
     fn push(&mut self, sqe: &squeue::Entry128) -> io::Result<()> {
-        // SAFETY: the only memory the commands name is an entry's buffers (and iovecs),
-        // which the caller keeps alive and in place while the ring exists.
+        // SAFETY: the only memory the commands name is an entry's buffers (and iovecs) and
+        // an event counter, which the caller keeps alive and in place while the ring exists.
         let pushed = unsafe { self.ring.submission().push(sqe) };
         if pushed.is_err() {
             // Full: hand what is queued to the kernel and try once more.

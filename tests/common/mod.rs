@@ -1092,3 +1092,72 @@ impl Mount {
         );
     }
 }
+
+/// Starts the copy-up of a 512 MiB lower file (`printf x >>` it) and, while it runs, stats
+/// 50 other files; asserts those were answered before the copy-up ended. With `cpu`, both
+/// run pinned to that CPU (one FUSE over io_uring queue).
+pub fn lookups_during_a_large_copy_up(cpu: Option<usize>) {
+    let s = Stack::new(1);
+    let big = vec![7u8; 512 << 20];
+    put(s.l(0, "big"), &big);
+    let names: Vec<String> = (0..50).map(|i| format!("n{i:02}")).collect();
+    for n in &names {
+        put(s.l(0, n), b"small");
+    }
+    let m = s.mount_layerfs(&[], true);
+    let pinned = |argv: &[&str]| {
+        let mut c = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).args(argv);
+                c
+            }
+            None => {
+                let mut c = Command::new(argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        c.stdin(std::process::Stdio::null());
+        c
+    };
+    let mut copy = pinned(&["sh", "-c", "printf x >> \"$0\""])
+        .arg(m.path.join("big"))
+        .spawn()
+        .unwrap();
+    // The copy-up is under way once its file appears in the work directory.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let in_progress = |s: &Stack| {
+        s.work_entries()
+            .iter()
+            .any(|n| !n.starts_with("index") && s.work.join(n).is_file())
+    };
+    while !in_progress(&s) {
+        assert!(
+            copy.try_wait().unwrap().is_none(),
+            "the copy-up ended before it was seen in the work directory"
+        );
+        assert!(std::time::Instant::now() < deadline, "no copy-up started");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let out = pinned(&["stat", "-c", "%n %s"])
+        .args(names.iter().map(|n| m.path.join(n)))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        names.len()
+    );
+    assert!(
+        copy.try_wait().unwrap().is_none(),
+        "50 lookups made during a 512 MiB copy-up were answered only after it (cpu {cpu:?})"
+    );
+    assert!(copy.wait().unwrap().success());
+    assert_eq!(
+        fs::metadata(s.u("big")).unwrap().len(),
+        big.len() as u64 + 1
+    );
+    assert_eq!(fs::metadata(s.l(0, "big")).unwrap().len(), big.len() as u64);
+    m.unmount();
+}
