@@ -179,10 +179,20 @@ pub fn mount_fstype(target: &Path) -> Result<Option<String>> {
     Ok(found)
 }
 
+/// The errors of a FUSE mount whose daemon is gone.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+    )
+}
+
 /// True when `p` is a FUSE mount whose daemon is gone ("transport endpoint is not
-/// connected"). stat may still answer from the kernel's cache, so opening is tried too.
+/// connected"; ECONNABORTED while the kernel is still tearing down a connection that was
+/// served over io_uring). stat may still answer from the kernel's cache, so opening is
+/// tried too.
 pub fn is_stale(p: &Path) -> bool {
-    let enotconn = |e: &io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
+    let enotconn = gone;
     match fs::metadata(p) {
         Err(e) => enotconn(&e),
         Ok(m) if m.is_dir() => fs::read_dir(p).err().is_some_and(|e| enotconn(&e)),
@@ -268,6 +278,16 @@ pub fn umount(target: &Path) -> Result<()> {
 
 /// Pushes data still cached by the kernel for the mount down to the upper directory.
 pub fn flush(target: &Path) -> Result<()> {
-    let f = fs::File::open(target).ctx(|| format!("opening mount {}", target.display()))?;
+    // The probes of `is_stale` can be answered from the kernel's caches; this open is
+    // the first request the daemon must answer.
+    let f = match fs::File::open(target) {
+        Err(e) if gone(&e) => {
+            return Err(err!(
+                "{} is a stale mount left by a killed daemon ({e}): run `layerctl umount` on its container",
+                target.display()
+            ))
+        }
+        r => r.ctx(|| format!("opening mount {}", target.display()))?,
+    };
     sys::syncfs(&f).ctx(|| format!("flushing mount {}", target.display()))
 }
