@@ -179,18 +179,17 @@ pub fn mount_fstype(target: &Path) -> Result<Option<String>> {
     Ok(found)
 }
 
-/// The errors of a FUSE mount whose daemon is gone.
+/// The errors of a FUSE mount whose daemon is gone: ENOTCONN, or while the kernel tears
+/// down a connection that was served over io_uring, ECONNABORTED or ECANCELED.
 fn gone(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED) | Some(libc::ECANCELED)
     )
 }
 
-/// True when `p` is a FUSE mount whose daemon is gone ("transport endpoint is not
-/// connected"; ECONNABORTED while the kernel is still tearing down a connection that was
-/// served over io_uring). stat may still answer from the kernel's cache, so opening is
-/// tried too.
+/// True when `p` is a FUSE mount whose daemon is gone (see `gone`). stat may still
+/// answer from the kernel's cache, so opening is tried too.
 pub fn is_stale(p: &Path) -> bool {
     let enotconn = gone;
     match fs::metadata(p) {
