@@ -464,6 +464,37 @@ impl Overlay {
 
     // ----- copy-up -----
 
+    /// A lower place's directory, its name there, and what it is.
+    fn lower_entry<'p>(&self, lower: &'p LowerRef) -> Result<(Arc<OwnedFd>, &'p OsStr, Stat)> {
+        let layer = &self.stack.lowers[lower.layer];
+        let (lparent, lname) = split(&lower.path);
+        let lname = lname.ok_or_else(|| errno(libc::EINVAL))?;
+        let ldir = layer.dir(lparent)?;
+        let st = sys::fstatat(ldir.as_fd(), lname).context(layer.describe(&lower.path))?;
+        Ok((ldir, lname, st))
+    }
+
+    /// Copies the lower entry `(dir, name, stat)` found at `lower` into `work/work`, as the
+    /// object reported with inode number `st_ino`; returns its temporary name.
+    fn copy_to_work(
+        &self,
+        work: &WorkDir,
+        lower: &LowerRef,
+        (dir, name, stat): &(Arc<OwnedFd>, &OsStr, Stat),
+        st_ino: u64,
+    ) -> Result<OsString> {
+        let src = copy_up::Source {
+            dir: dir.as_fd(),
+            name,
+            stat,
+        };
+        work.prepare(&src, Some((self.stack.xattr_ns.ino(), st_ino)))
+            .map_err(|e| {
+                let layer = &self.stack.lowers[lower.layer];
+                e.context(format!("copy-up of {}", layer.describe(&lower.path)))
+            })
+    }
+
     /// Copies the data of `id`, a regular file still only in a lower layer, into the
     /// workdir before the caller takes the namespace lock, so the copy (seconds for a large
     /// file) holds up no other request; `copy_up` then only moves it into place. A file
@@ -493,23 +524,13 @@ impl Overlay {
         if self.prepared.lock().contains_key(&id) {
             return guard;
         }
-        let layer = &self.stack.lowers[lower.layer];
-        let (lparent, lname) = split(&lower.path);
-        let (Some(lname), Ok(ldir)) = (lname, layer.dir(lparent)) else {
+        let Ok(entry) = self.lower_entry(&lower) else {
             return guard;
         };
-        let Ok(st) = sys::fstatat(ldir.as_fd(), lname) else {
-            return guard;
-        };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink > 1 {
+        if entry.2.st_mode & libc::S_IFMT != libc::S_IFREG || entry.2.st_nlink > 1 {
             return guard;
         }
-        let src = copy_up::Source {
-            dir: ldir.as_fd(),
-            name: lname,
-            stat: &st,
-        };
-        let Ok(tmp) = work.prepare(&src, Some((self.stack.xattr_ns.ino(), st_ino))) else {
+        let Ok(tmp) = self.copy_to_work(work, &lower, &entry, st_ino) else {
             return guard;
         };
         let mut prepared = self.prepared.lock();
@@ -565,22 +586,13 @@ impl Overlay {
         let updir = upper.dir(ppath)?;
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
         let lower = tree.lower_of(id).ok_or_else(|| errno(libc::ENOENT))?;
-        let layer = &self.stack.lowers[lower.layer];
-        let (lparent, lname) = split(&lower.path);
-        let lname = lname.ok_or_else(|| errno(libc::EINVAL))?;
-        let ldir = layer.dir(lparent)?;
-        let st = sys::fstatat(ldir.as_fd(), lname).context(layer.describe(&lower.path))?;
-        let src = copy_up::Source {
-            dir: ldir.as_fd(),
-            name: lname,
-            stat: &st,
-        };
         let prepared = self.prepared.lock().remove(&id).filter(|p| p.from == lower);
         let tmp = match prepared {
             Some(p) => p.tmp,
-            None => work
-                .prepare(&src, Some((self.stack.xattr_ns.ino(), node.st_ino)))
-                .map_err(|e| e.context(format!("copy-up of {}", layer.describe(&lower.path))))?,
+            None => {
+                let entry = self.lower_entry(&lower)?;
+                self.copy_to_work(work, &lower, &entry, node.st_ino)?
+            }
         };
         work.install(&tmp, updir.as_fd(), name)
             .context(format!("copy-up to {}", upper.describe(&path)))?;
@@ -602,24 +614,13 @@ impl Overlay {
         let Some(lower) = tree.lower_of(id).filter(|_| !node.is_dir()) else {
             return Ok(None);
         };
-        let layer = &self.stack.lowers[lower.layer];
-        let st = layer.stat(&lower.path)?;
-        if st.st_nlink <= 1 {
+        let entry = self.lower_entry(&lower)?;
+        if entry.2.st_nlink <= 1 {
             return Ok(None);
         }
         let work = self.work()?;
-        let (lparent, lname) = split(&lower.path);
-        let lname = lname.ok_or_else(|| errno(libc::EINVAL))?;
-        let ldir = layer.dir(lparent)?;
-        let src = copy_up::Source {
-            dir: ldir.as_fd(),
-            name: lname,
-            stat: &st,
-        };
-        let tmp = work
-            .prepare(&src, Some((self.stack.xattr_ns.ino(), node.st_ino)))
-            .map_err(|e| e.context(format!("copy-up of {}", layer.describe(&lower.path))))?;
-        let nlink = (st.st_nlink as u32).to_le_bytes();
+        let tmp = self.copy_to_work(work, &lower, &entry, node.st_ino)?;
+        let nlink = (entry.2.st_nlink as u32).to_le_bytes();
         sys::setxattr(
             work.temp(),
             &tmp,

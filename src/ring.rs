@@ -131,7 +131,7 @@ pub fn start(ops: Arc<Ops>, dev: BorrowedFd, access_rule: Access, poll: Duration
         access: access_rule,
         owner: sys::process::geteuid(),
         polling: Polling::new(poll),
-        jobs: Mutex::new(jobs),
+        jobs,
     });
     start_helpers(queues, queued);
     for qid in 0..queues {
@@ -198,7 +198,7 @@ struct Server {
     polling: Polling,
     /// Slow requests for the helper threads. They end when the last queue thread drops
     /// the server (the jobs in flight hold it too).
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 /// A slow request handed to a helper thread, with the entry it came in.
@@ -411,22 +411,20 @@ fn run(
             };
             match res {
                 0 => {
-                    let Some(slot) = place.as_mut() else {
+                    let Some(slot) = place.take() else {
                         continue;
                     };
-                    if slow(server, &slot.header[..]) {
-                        if let Some(slot) = place.take() {
-                            match hand_over(server, slot, tag, answered) {
-                                Ok(()) => continue,
-                                // No helper: answer it here after all.
-                                Err(slot) => *place = Some(slot),
-                            }
+                    let slot = if slow(server, &slot.header[..]) {
+                        match hand_over(server, slot, tag, answered) {
+                            Ok(()) => continue,
+                            // No helper: answer it here after all.
+                            Err(slot) => slot,
                         }
-                    }
-                    if let Some(slot) = place.as_mut() {
-                        let commit_id = serve(server, slot, &mut scratch);
-                        ring.commit_and_fetch(dev, qid, commit_id, tag)?;
-                    }
+                    } else {
+                        slot
+                    };
+                    let commit_id = serve(server, place.insert(slot), &mut scratch);
+                    ring.commit_and_fetch(dev, qid, commit_id, tag)?;
                 }
                 // Unmounted (or the connection aborted): this queue is done.
                 r if r == -libc::ENOTCONN || r == -libc::ECONNABORTED || r == -libc::ECANCELED => {
@@ -455,8 +453,10 @@ fn hand_over(
         tag,
         back: answered.clone(),
     };
-    let jobs = server.jobs.lock().unwrap_or_else(|e| e.into_inner());
-    jobs.send(job).map_err(|mpsc::SendError(job)| job.slot)
+    server
+        .jobs
+        .send(job)
+        .map_err(|mpsc::SendError(job)| job.slot)
 }
 
 // ----- the request and reply layout (include/uapi/linux/fuse.h) -----
