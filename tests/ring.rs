@@ -130,12 +130,18 @@ fn requests_go_through_the_ring_when_the_kernel_offers_it() {
     let s = stack();
     let m = s.mount_layerfs(&["io_uring_poll=0"], true);
     let pid = daemon_pid(&m.path);
+    // A thread takes its name once it runs, which may be just after the mount is up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let rings = |s: &[(String, u64)]| {
+        s.iter()
+            .filter(|(n, _)| n.starts_with("layerfs-ring"))
+            .count()
+    };
+    while rings(&switches(pid)) < possible_cpus() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let before = switches(pid);
-    let rings = before
-        .iter()
-        .filter(|(n, _)| n.starts_with("layerfs-ring"))
-        .count();
-    assert_eq!(rings, possible_cpus(), "ring threads: {before:?}");
+    assert_eq!(rings(&before), possible_cpus(), "ring threads: {before:?}");
     lookups(&m.path, 2000);
     exercise(&m.path);
     let after = switches(pid);
