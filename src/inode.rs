@@ -53,6 +53,9 @@ pub struct Node {
     /// A file whose lower inode has several links: its copy lives in the workdir index,
     /// named by `st_ino` (`index_name`), and all its names share it.
     pub indexed: bool,
+    /// Known, when found, to have its data in a lower inode with one link: it never needs
+    /// the index (false: unknown, look).
+    pub single_lower_link: bool,
 }
 
 impl Node {
@@ -68,6 +71,7 @@ impl Node {
             lower_layer: None,
             upper: false,
             indexed: false,
+            single_lower_link: false,
         }
     }
 

@@ -263,6 +263,7 @@ impl Overlay {
         node.upper = found.upper;
         if node.kind != libc::S_IFDIR {
             node.lower_layer = found.lower.and_then(|l| u16::try_from(l.layer).ok());
+            node.single_lower_link = !found.upper && found.stat.st_nlink == 1;
         }
         node.lower_dirs = found.lower_dirs.into_boxed_slice();
         // A name of a hard-linked lower inode, in either layer, shares the index entry once
@@ -611,6 +612,9 @@ impl Overlay {
         if let Some(idx) = node.index() {
             return Ok(Some(idx));
         }
+        if node.single_lower_link {
+            return Ok(None);
+        }
         let Some(lower) = tree.lower_of(id).filter(|_| !node.is_dir()) else {
             return Ok(None);
         };
@@ -871,19 +875,22 @@ impl Overlay {
             }
             _ => {}
         }
-        let need_whiteout = self.lower_has(&tree, parent, name)?;
+        // An object found in a lower layer alone is there by definition; one in the upper
+        // layer may hide a lower one of the same name.
+        let need_whiteout = !node.upper || self.lower_has(&tree, parent, name)?;
         self.check_whiteout_fits(name, need_whiteout)?;
         let pdir = self.upper_dir(&mut tree, parent)?;
         // The other names of a hard-linked lower inode must see the link count drop.
         self.ensure_index(&mut tree, id)?;
         self.pin_if_last_name(&mut tree, id)?;
         // A node in the upper layer that is not an indexed hard link has every one of its
-        // names there (copy-up, link and rename keep it so): no need to look. An indexed
-        // node may have names the kernel found only in a lower layer.
-        let known_present = tree
-            .get(id)
-            .is_some_and(|n| n.upper && !n.indexed)
-            .then_some(true);
+        // names there (copy-up, link and rename keep it so), and one that is in neither
+        // has none there (an upper object would have been found first): no need to look.
+        // An indexed node may have names the kernel found only in a lower layer.
+        let known_present = tree.get(id).and_then(|n| match (n.upper, n.indexed) {
+            (present, false) => Some(present),
+            (_, true) => None,
+        });
         self.remove_upper_name(pdir.as_fd(), name, dir, need_whiteout, known_present)?;
         if dir {
             self.upper()?.forget_dirs();
