@@ -86,6 +86,9 @@ pub struct Overlay {
     redirect_dir: bool,
     read_only: bool,
     volatile: bool,
+    /// The daemon's effective user and group: the owner of what it creates. It never
+    /// changes its credentials, so they are read once.
+    own_ids: (u32, u32),
 }
 
 /// How many nodes must have gone since the last trim before the heap is trimmed again.
@@ -174,6 +177,7 @@ impl Overlay {
             redirect_dir: config.redirect_dir,
             read_only,
             volatile: config.volatile,
+            own_ids: (sys::process::geteuid(), sys::process::getegid()),
         })
     }
 
@@ -747,10 +751,11 @@ impl Overlay {
         // needs no chown or chmod: two syscalls less per create. Otherwise it is made
         // private (0600/0700) and handed over after, so that nobody else can open it in
         // between.
+        let (own_uid, own_gid) = self.own_ids;
         let made_gid = if pst.st_mode & libc::S_ISGID != 0 {
             pst.st_gid
         } else {
-            sys::process::getegid()
+            own_gid
         };
         let setid = if fmt == libc::S_IFDIR {
             0
@@ -760,7 +765,7 @@ impl Overlay {
         let at_once = !whiteout_here
             && default_acl.is_none()
             && setid == 0
-            && caller.uid == sys::process::geteuid()
+            && caller.uid == own_uid
             && gid == made_gid;
         let fd = make_object(dir, &tmp, &kind, fmt, at_once.then_some(perm))?;
         let finish = || -> Result<()> {
@@ -788,21 +793,20 @@ impl Overlay {
             }
             Ok(())
         };
-        // Made at once, the object is still handed over if it did not come out as
-        // expected (a filesystem that places owners its own way).
-        let made = if at_once {
-            sys::fstatat(dir, &tmp).map_err(Error::from).and_then(|st| {
+        let made = (|| -> Result<Stat> {
+            if at_once {
+                // Made at once (in place: no whiteout), the object is still handed over if
+                // it did not come out as expected (a filesystem that places owners its own
+                // way).
+                let st = sys::fstatat(pdir.as_fd(), name)?;
                 let mode_ok = is_link || st.st_mode & 0o7777 == perm;
                 if st.st_uid == caller.uid && st.st_gid == gid && mode_ok {
-                    Ok(st)
-                } else {
-                    finish()?;
-                    Ok(sys::fstatat(pdir.as_fd(), name)?)
+                    return Ok(st);
                 }
-            })
-        } else {
-            finish().and_then(|()| Ok(sys::fstatat(pdir.as_fd(), name)?))
-        };
+            }
+            finish()?;
+            Ok(sys::fstatat(pdir.as_fd(), name)?)
+        })();
         let st = match made {
             Ok(st) => st,
             Err(e) => {
