@@ -74,6 +74,8 @@ pub struct Config {
     /// `io_uring_poll=MICROSECONDS`: how long a queue thread looks for the next request
     /// without sleeping after any queue took one (0: never).
     pub io_uring_poll: Duration,
+    /// `readahead=on|off`: read lower subdirectories ahead of a walk that reads the disk.
+    pub readahead: bool,
     /// Source shown in /proc/self/mountinfo (`fsname=`); "layerfs" unless given.
     pub fsname: String,
 }
@@ -116,6 +118,7 @@ impl Config {
             threads: 2,
             io_uring: true,
             io_uring_poll: DEFAULT_IO_URING_POLL,
+            readahead: true,
             fsname: "layerfs".to_string(),
         }
     }
@@ -162,6 +165,8 @@ FUSE and kernel options:
     parameter enable_uring=Y; default on)
     io_uring_poll=MICROSECONDS (queue threads look for the next request without
     sleeping this long after the last one, 0 to never; default 100)
+    readahead=on|off (when listing a directory reads the disk, read its lower
+    subdirectories in the background; default on)
 
 Options of fuse-overlayfs that do not apply (noacl, fast_ino=, static_nlink, plugins=,
 xattr_permissions=, index=, metacopy=, xino=, userxattr, context=, ...) are accepted
@@ -441,6 +446,7 @@ struct OptionParser {
     threads: Option<usize>,
     io_uring: Option<bool>,
     io_uring_poll: Option<Duration>,
+    readahead: Option<bool>,
     fsname: Option<String>,
 }
 
@@ -611,6 +617,13 @@ impl OptionParser {
                     _ => return Err(bad_value(key, v, "microseconds from 0 to 10000")),
                 }
             }
+            "readahead" => {
+                self.readahead = Some(match text(key, value)? {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(bad_value(key, v, "on or off")),
+                })
+            }
             "uidmapping" => self.uid_mapping = parse_mapping(key, value)?,
             "gidmapping" => self.gid_mapping = parse_mapping(key, value)?,
             "squash_to_uid" => self.squash_to_uid = Some(parse_id(key, value)?),
@@ -652,7 +665,7 @@ impl OptionParser {
             "default_permissions" => {}
             "squash_to_root" => self.squash_to_root = true,
             "lowerdir" | "upperdir" | "workdir" | "redirect_dir" | "whiteout" | "fsync"
-            | "timeout" | "threads" | "io_uring" | "io_uring_poll" | "uidmapping"
+            | "timeout" | "threads" | "io_uring" | "io_uring_poll" | "readahead" | "uidmapping"
             | "gidmapping" | "squash_to_uid" | "squash_to_gid" | "fsname" => {
                 return Err(Error::usage(format!(
                     "option {key} needs a value; write {key}=VALUE"
@@ -716,6 +729,9 @@ impl OptionParser {
         }
         if let Some(p) = self.io_uring_poll {
             config.io_uring_poll = p;
+        }
+        if let Some(r) = self.readahead {
+            config.readahead = r;
         }
         if let Some(name) = self.fsname {
             config.fsname = name;
@@ -1100,6 +1116,9 @@ mod tests {
         assert_eq!(c.io_uring_poll, Duration::ZERO);
         let c = parse(&["-o", "lowerdir=/a,io_uring_poll=200", "/m"]).unwrap();
         assert_eq!(c.io_uring_poll, Duration::from_micros(200));
+        assert!(c.readahead);
+        let c = parse(&["-o", "lowerdir=/a,readahead=off", "/m"]).unwrap();
+        assert!(!c.readahead);
         let c = parse(&["-o", "lowerdir=/a,volatile,whiteout=chardev", "/m"]).unwrap();
         assert!(c.volatile && c.redirect_dir);
         assert_eq!(c.whiteout, WhiteoutMode::CharDev);
@@ -1202,6 +1221,7 @@ mod tests {
         assert!(err(&["-o", "lowerdir=/a,io_uring_poll=1ms", "/m"]).contains("io_uring_poll"));
         assert!(err(&["-o", "lowerdir=/a,io_uring_poll=20000", "/m"]).contains("0 to 10000"));
         assert!(err(&["-o", "lowerdir=/a,fsync=2", "/m"]).contains("fsync"));
+        assert!(err(&["-o", "lowerdir=/a,readahead=1", "/m"]).contains("on or off"));
         assert!(err(&["-o", "lowerdir=/a,upperdir", "/m"]).contains("upperdir needs a value"));
         assert!(err(&["-o", "lowerdir=/a,ro=1", "/m"]).contains("ro takes no value"));
     }

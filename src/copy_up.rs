@@ -331,7 +331,7 @@ pub fn copy_xattrs(sdir: BorrowedFd, sname: &OsStr, ddir: BorrowedFd, dname: &Os
 /// Removes everything inside the directory `dir` (not `dir` itself).
 pub fn remove_contents(dir: BorrowedFd) -> std::io::Result<()> {
     let fd = sys::openat(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-    for (name, dtype, _) in sys::read_dir(fd)? {
+    for (name, dtype, _) in sys::read_dir(fd.as_fd())? {
         remove_entry(dir, &name, dtype)?;
     }
     Ok(())

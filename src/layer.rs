@@ -23,15 +23,32 @@ const DIR_CACHE_MAX: usize = 1024;
 const LISTING_CACHE_MAX_NAMES: usize = 200_000;
 
 /// What one directory of an immutable layer holds, read once: lookups of names it does not
-/// have, and whiteout files next to names, are answered without a syscall.
+/// have, and whiteouts next to names, are answered without a syscall, and merged listings
+/// take its entries from here instead of reading the directory again.
 #[derive(Debug, Default)]
 pub struct Listing {
-    /// Names (whiteout files and the opaque marker excluded).
+    /// Names (whiteouts and the opaque marker excluded).
     pub entries: NameSet,
-    /// Names deleted by a `.wh.NAME` file in this directory.
+    /// Per name of `entries`, in its order: the type and inode number the layer listed.
+    kinds: Box<[u8]>,
+    inos: Box<[u64]>,
+    /// Names deleted here: by a `.wh.NAME` file or a character device 0:0 of the name.
     pub whiteouts: NameSet,
     /// Opaque by marker file or xattr.
     pub opaque: bool,
+}
+
+impl Listing {
+    /// Every entry as (name, `DT_*` type, inode number).
+    pub fn iter(&self) -> impl Iterator<Item = (&OsStr, u8, u64)> {
+        (0..self.entries.len()).map(|i| {
+            (
+                OsStr::from_bytes(self.entries.name(i)),
+                self.kinds[i],
+                self.inos[i],
+            )
+        })
+    }
 }
 
 /// A set of names in two allocations (the names back to back, sorted, and where each
@@ -59,6 +76,11 @@ impl NameSet {
             bytes: bytes.into_boxed_slice(),
             ends: ends.into_boxed_slice(),
         }
+    }
+
+    /// The `i`th name in byte order.
+    pub fn get(&self, i: usize) -> &OsStr {
+        OsStr::from_bytes(self.name(i))
     }
 
     fn name(&self, i: usize) -> &[u8] {
@@ -145,42 +167,93 @@ impl Layer {
         if let Some(l) = cache.read().dirs.get(rel) {
             return Ok(Some(l.clone()));
         }
-        let listing = Arc::new(self.read_listing(rel)?);
+        let fd = self
+            .open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(|e| Error::from(e).context(self.describe(rel)))?;
+        let listing = Arc::new(self.read_listing(fd.as_fd(), rel)?);
+        self.keep_listing(rel, listing.clone());
+        Ok(Some(listing))
+    }
+
+    fn keep_listing(&self, rel: &Path, listing: Arc<Listing>) {
+        let Some(cache) = &self.listings else {
+            return;
+        };
         let mut cache = cache.write();
         if cache.names + listing.entries.len() > LISTING_CACHE_MAX_NAMES {
             cache.dirs.clear();
             cache.names = 0;
         }
         cache.names += listing.entries.len();
-        cache.dirs.insert(rel.to_path_buf(), listing.clone());
-        Ok(Some(listing))
+        if let Some(old) = cache.dirs.insert(rel.to_path_buf(), listing) {
+            cache.names -= old.entries.len();
+        }
     }
 
-    fn read_listing(&self, rel: &Path) -> Result<Listing> {
-        let fd = self
-            .open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY)
-            .map_err(|e| Error::from(e).context(self.describe(rel)))?;
-        let mut opaque = whiteout::OPAQUE_XATTRS.iter().any(|attr| {
-            sys::getxattr(fd.as_fd(), OsStr::new(""), OsStr::new(attr)).is_ok_and(|v| v == b"y")
-        });
+    /// Reads the directory `fd` (opened as `rel`, for messages).
+    fn read_listing(&self, fd: BorrowedFd, rel: &Path) -> Result<Listing> {
+        let mut opaque = has_opaque_xattr(fd);
         let (mut entries, mut whiteouts) = (Vec::new(), Vec::new());
-        for (name, _, _) in
+        for (name, mut dtype, ino) in
             sys::read_dir(fd).map_err(|e| Error::from(e).context(self.describe(rel)))?
         {
             if name.as_os_str() == OsStr::new(whiteout::OPAQUE_MARKER) {
                 opaque = true;
-            } else if let Some(target) = whiteout::whiteout_target(&name) {
-                whiteouts.push(target.to_os_string());
-            } else if !whiteout::is_marker_name(&name) {
-                entries.push(name);
+                continue;
             }
+            if let Some(target) = whiteout::whiteout_target(&name) {
+                whiteouts.push(target.to_os_string());
+                continue;
+            }
+            if whiteout::is_marker_name(&name) {
+                continue;
+            }
+            if dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
+                match sys::fstatat(fd, &name) {
+                    Ok(st) if whiteout::is_chardev_whiteout(&st) => {
+                        whiteouts.push(name);
+                        continue;
+                    }
+                    Ok(st) => dtype = dtype_of(&st),
+                    Err(_) => {}
+                }
+            }
+            entries.push((name, dtype, ino));
         }
-        let listing = Listing {
-            entries: NameSet::from_names(entries),
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|a, b| a.0 == b.0);
+        let kinds = entries.iter().map(|e| e.1).collect();
+        let inos = entries.iter().map(|e| e.2).collect();
+        let names = entries.into_iter().map(|e| e.0).collect();
+        Ok(Listing {
+            entries: NameSet::from_names(names),
+            kinds,
+            inos,
             whiteouts: NameSet::from_names(whiteouts),
             opaque,
-        };
-        Ok(listing)
+        })
+    }
+
+    /// Brings what listing the directory `rel` through the mount will read into the caches
+    /// ahead of it (see readahead.rs): its blocks, the inode of every entry, the listing
+    /// an immutable layer keeps of it and of each of its subdirectories.
+    pub fn read_ahead(&self, rel: &Path) -> Result<()> {
+        let fd = self
+            .open_beneath(rel, libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(|e| Error::from(e).context(self.describe(rel)))?;
+        let listing = Arc::new(self.read_listing(fd.as_fd(), rel)?);
+        for (name, _, _) in listing.iter() {
+            let _ = sys::fstatat(fd.as_fd(), name);
+        }
+        self.keep_listing(rel, listing.clone());
+        // Listing `rel` looks each subdirectory up, which reads its listing (is it
+        // opaque, what does it hide).
+        for (name, dtype, _) in listing.iter() {
+            if dtype == libc::DT_DIR {
+                let _ = self.listing(&rel.join(name));
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> BorrowedFd<'_> {
@@ -255,6 +328,34 @@ pub fn split(rel: &Path) -> (&Path, Option<&OsStr>) {
     match (rel.parent(), rel.file_name()) {
         (Some(parent), Some(name)) => (parent, Some(name)),
         _ => (Path::new(""), None),
+    }
+}
+
+/// Whether the directory `fd` carries an opaque xattr set to "y". Most directories have
+/// no xattr at all: one listxattr tells, where asking for each opaque xattr would take two
+/// getxattr calls. ("." rather than an empty name keeps the call on the handle.)
+fn has_opaque_xattr(fd: BorrowedFd) -> bool {
+    let dot = OsStr::new(".");
+    let Ok(names) = sys::listxattr(fd, dot) else {
+        return false;
+    };
+    whiteout::OPAQUE_XATTRS.iter().any(|attr| {
+        names.iter().any(|n| n == attr)
+            && sys::getxattr(fd, dot, OsStr::new(attr)).is_ok_and(|v| v == b"y")
+    })
+}
+
+/// The `DT_*` type of what `st` describes.
+pub fn dtype_of(st: &Stat) -> u8 {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => libc::DT_DIR,
+        libc::S_IFREG => libc::DT_REG,
+        libc::S_IFLNK => libc::DT_LNK,
+        libc::S_IFCHR => libc::DT_CHR,
+        libc::S_IFBLK => libc::DT_BLK,
+        libc::S_IFIFO => libc::DT_FIFO,
+        libc::S_IFSOCK => libc::DT_SOCK,
+        _ => libc::DT_UNKNOWN,
     }
 }
 

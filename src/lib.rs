@@ -17,6 +17,7 @@ pub mod layer;
 pub mod ops;
 pub mod overlay;
 pub mod passthrough;
+pub mod readahead;
 pub mod readdir;
 pub mod ring;
 pub mod stack;

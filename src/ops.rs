@@ -14,6 +14,7 @@ use crate::acl;
 use crate::idmap::IdMap;
 use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
 use crate::passthrough::{Mode, Passthrough};
+use crate::readdir::Listing;
 use crate::sys::{self, Stat};
 use crate::{Config, Error, Result};
 
@@ -419,16 +420,37 @@ impl Ops {
     }
 
     pub fn readdir(&self, id: u64, offset: u64, sink: &mut dyn DirSink) -> Answer<()> {
+        let disk_before = (offset == 0).then(sys::process::thread_blocks_read);
         let listing = result(self.overlay.listing(id, offset))?;
         for e in listing.after(offset) {
             if sink.add(e.ino, e.cookie, e.dtype, &e.name) {
                 break;
             }
         }
+        if let Some(before) = disk_before {
+            let from_disk = sys::process::thread_blocks_read() > before;
+            self.overlay.listed(id, &listing, from_disk);
+        }
         Ok(())
     }
 
     pub fn readdirplus(&self, id: u64, offset: u64, sink: &mut dyn DirPlusSink) -> Answer<()> {
+        // Whether this listing, with its entries' lookups, waited for the disk.
+        let disk_before = (offset == 0).then(sys::process::thread_blocks_read);
+        let answer = self.serve_readdirplus(id, offset, sink);
+        if let (Some(before), Ok(listing)) = (disk_before, &answer) {
+            let from_disk = sys::process::thread_blocks_read() > before;
+            self.overlay.listed(id, listing, from_disk);
+        }
+        answer.map(drop)
+    }
+
+    fn serve_readdirplus(
+        &self,
+        id: u64,
+        offset: u64,
+        sink: &mut dyn DirPlusSink,
+    ) -> Answer<Arc<Listing>> {
         let listing = result(self.overlay.listing(id, offset))?;
         for e in listing.after(offset) {
             let name = e.name.as_os_str();
@@ -474,7 +496,7 @@ impl Ops {
                 Err(_) => continue,
             }
         }
-        Ok(())
+        Ok(listing)
     }
 
     pub fn fsyncdir(&self, id: u64, datasync: bool) -> Answer<()> {

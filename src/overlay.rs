@@ -24,6 +24,7 @@ use crate::error::{Context, Error, Result};
 use crate::handles::{Handles, OpenFile};
 use crate::inode::{index_name, LowerRef, Node, Tree, ROOT};
 use crate::layer::{split, Layer};
+use crate::readahead::ReadAhead;
 use crate::readdir::{self, DirEntry, Listing, Listings};
 use crate::stack::{Found, Stack};
 use crate::sys::{self, Stat};
@@ -72,6 +73,7 @@ pub struct Overlay {
     tree: RwLock<Tree>,
     pub handles: Handles,
     listings: Listings,
+    readahead: ReadAhead,
     /// Counts copy-ups, so a read handle opened on a lower file notices cheaply that it
     /// may have to move on to the upper copy.
     copyups: AtomicU64,
@@ -128,7 +130,7 @@ impl Overlay {
         let lowers = config
             .lowers
             .iter()
-            .map(|p| Layer::open_immutable(p))
+            .map(|p| Layer::open_immutable(p).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         if lowers.is_empty() {
             return Err(Error::usage(
@@ -152,7 +154,12 @@ impl Overlay {
             None => (Encoding::File, XattrNs::User),
         };
         log::debug!("whiteouts as {whiteout:?}, overlay xattrs in {xattr_ns:?}");
-        let shared_dev = shared_dev(upper.iter().chain(&lowers))?;
+        let shared_dev = shared_dev(upper.iter().chain(lowers.iter().map(|l| &**l)))?;
+        let readahead = ReadAhead::start(if config.readahead {
+            lowers.clone()
+        } else {
+            Vec::new()
+        });
         let stack = Stack {
             upper,
             work: work_layer,
@@ -170,6 +177,7 @@ impl Overlay {
             tree: RwLock::new(Tree::new(root)),
             handles: Handles::default(),
             listings: Listings::default(),
+            readahead,
             copyups: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             prepared: parking_lot::Mutex::new(HashMap::new()),
@@ -377,7 +385,7 @@ impl Overlay {
                     .ok_or_else(|| errno(libc::EROFS))?,
                 p,
             ),
-            Loc::Lower(i, p) => (&self.stack.lowers[*i], p),
+            Loc::Lower(i, p) => (&*self.stack.lowers[*i], p),
             Loc::Index(idx) => return f(self.work()?.index.as_fd(), idx).map_err(Error::from),
             // An O_PATH handle cannot be chmod-ed or chown-ed: reopen the (regular, open)
             // file for real through /proc.
@@ -1458,6 +1466,20 @@ impl Overlay {
             )?);
             Ok(list)
         })
+    }
+
+    /// Directory `id`, listed as `listing`, was read from the start; `from_disk` if
+    /// serving that had to wait for the disk: its lower subdirectories may be read ahead
+    /// (readahead.rs).
+    pub fn listed(&self, id: u64, listing: &Listing, from_disk: bool) {
+        let tree = self.tree.read();
+        let Some(node) = tree.get(id) else { return };
+        let subdirs = listing
+            .after(readdir::DOTDOT_COOKIE)
+            .iter()
+            .filter(|e| e.dtype == libc::DT_DIR)
+            .map(|e| e.name.as_os_str());
+        self.readahead.listed(&node.lower_dirs, subdirs, from_disk);
     }
 
     pub fn statfs(&self) -> Result<libc::statvfs> {

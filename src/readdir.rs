@@ -155,43 +155,59 @@ impl Listings {
 
 /// Lists the merged directory whose upper part is `upper` and lower parts `lowers`.
 pub fn list(stack: &Stack, upper: Option<&Path>, lowers: &[LowerRef]) -> Result<Vec<DirEntry>> {
-    let mut out = Vec::new();
-    let mut seen: HashSet<OsString> = HashSet::new();
-    let mut hidden: HashSet<OsString> = HashSet::new();
-    let upper_part = match (&stack.upper, upper) {
-        (Some(layer), Some(path)) => Some((layer, 0usize, path)),
-        _ => None,
-    };
-    let lower_parts = lowers
-        .iter()
-        .map(|l| (&stack.lowers[l.layer], l.layer + 1, l.path.as_path()));
-    for (layer, slot, path) in upper_part.into_iter().chain(lower_parts) {
-        let entries = match read_layer_dir(layer, path) {
-            Ok(e) => e,
-            Err(e) if matches!(e.errno(), libc::ENOENT | libc::ENOTDIR) && slot != 0 => continue,
+    let mut merge = Merge::default();
+    if let (Some(layer), Some(path)) = (&stack.upper, upper) {
+        let (entries, whiteouts) = read_upper_dir(layer, path)?;
+        let entries = entries.iter().map(|(n, t, i)| (n.as_os_str(), *t, *i));
+        merge.add(stack, 0, entries, whiteouts.iter().map(|n| n.as_os_str()));
+    }
+    for lower in lowers {
+        let layer = &stack.lowers[lower.layer];
+        let listing = match layer.listing(&lower.path) {
+            Ok(Some(l)) => l,
+            // Lower layers always keep listings; a layer without one has nothing to add.
+            Ok(None) => continue,
+            Err(e) if matches!(e.errno(), libc::ENOENT | libc::ENOTDIR) => continue,
             Err(e) => return Err(e),
         };
-        // Whiteouts of a layer hide names of the layers below it, not its own.
-        let mut layer_whiteouts = Vec::new();
-        for (name, dtype, ino, is_whiteout) in entries {
-            if is_whiteout {
-                layer_whiteouts.push(name);
+        let whiteouts = (0..listing.whiteouts.len()).map(|i| listing.whiteouts.get(i));
+        merge.add(stack, lower.layer + 1, listing.iter(), whiteouts);
+    }
+    Ok(merge.out)
+}
+
+/// A merged listing under construction, top layer first.
+#[derive(Default)]
+struct Merge {
+    out: Vec<DirEntry>,
+    seen: HashSet<OsString>,
+    hidden: HashSet<OsString>,
+}
+
+impl Merge {
+    /// Adds the entries of the layer in `slot`: those no layer above had or deleted. Its
+    /// whiteouts hide names of the layers below it, not its own.
+    fn add<'a>(
+        &mut self,
+        stack: &Stack,
+        slot: usize,
+        entries: impl Iterator<Item = (&'a OsStr, u8, u64)>,
+        whiteouts: impl Iterator<Item = &'a OsStr>,
+    ) {
+        for (name, dtype, ino) in entries {
+            if self.hidden.contains(name) || self.seen.contains(name) {
                 continue;
             }
-            if seen.contains(&name) || hidden.contains(&name) {
-                continue;
-            }
-            seen.insert(name.clone());
-            out.push(DirEntry {
-                name,
+            self.seen.insert(name.to_os_string());
+            self.out.push(DirEntry {
+                name: name.to_os_string(),
                 dtype,
                 ino: stack.dirent_ino(slot, ino),
                 cookie: 0,
             });
         }
-        hidden.extend(layer_whiteouts);
+        self.hidden.extend(whiteouts.map(OsStr::to_os_string));
     }
-    Ok(out)
 }
 
 /// Whether the merged directory has any entry at all (rmdir's ENOTEMPTY).
@@ -199,36 +215,37 @@ pub fn is_empty(stack: &Stack, upper: Option<&Path>, lowers: &[LowerRef]) -> Res
     Ok(list(stack, upper, lowers)?.is_empty())
 }
 
-/// One layer's entries as (name, d_type, ino, is_whiteout); whiteout files are reported
-/// under the name they delete, the opaque marker not at all.
-fn read_layer_dir(layer: &Layer, path: &Path) -> Result<Vec<(OsString, u8, u64, bool)>> {
+/// A directory entry as the layer lists it: (name, `DT_*` type, inode number).
+type RawEntry = (OsString, u8, u64);
+
+/// The upper directory's entries, and the names its whiteouts delete; the opaque marker
+/// and other markers are left out.
+fn read_upper_dir(layer: &Layer, path: &Path) -> Result<(Vec<RawEntry>, Vec<OsString>)> {
     let fd = layer
         .open_beneath(path, libc::O_RDONLY | libc::O_DIRECTORY)
         .map_err(|e| Error::from(e).context(layer.describe(path)))?;
-    let dirfd = fd.try_clone().map_err(Error::from)?;
-    let raw = sys::read_dir(fd).map_err(|e| Error::from(e).context(layer.describe(path)))?;
-    let mut out = Vec::with_capacity(raw.len());
+    let raw =
+        sys::read_dir(fd.as_fd()).map_err(|e| Error::from(e).context(layer.describe(path)))?;
+    let mut entries = Vec::with_capacity(raw.len());
+    let mut whiteouts = Vec::new();
     for (name, dtype, ino) in raw {
         if name.as_os_str() == OsStr::new(whiteout::OPAQUE_MARKER) {
             continue;
         }
         if let Some(target) = whiteout::whiteout_target(&name) {
-            out.push((target.to_os_string(), dtype, ino, true));
+            whiteouts.push(target.to_os_string());
             continue;
         }
         if whiteout::is_marker_name(&name) {
             continue;
         }
-        let is_whiteout = match dtype {
-            libc::DT_CHR => sys::fstatat(dirfd.as_fd(), &name)
-                .map(|st| whiteout::is_chardev_whiteout(&st))
-                .unwrap_or(false),
-            libc::DT_UNKNOWN => sys::fstatat(dirfd.as_fd(), &name)
-                .map(|st| whiteout::is_chardev_whiteout(&st))
-                .unwrap_or(false),
-            _ => false,
-        };
-        out.push((name, dtype, ino, is_whiteout));
+        let is_whiteout = matches!(dtype, libc::DT_CHR | libc::DT_UNKNOWN)
+            && sys::fstatat(fd.as_fd(), &name).is_ok_and(|st| whiteout::is_chardev_whiteout(&st));
+        if is_whiteout {
+            whiteouts.push(name);
+        } else {
+            entries.push((name, dtype, ino));
+        }
     }
-    Ok(out)
+    Ok((entries, whiteouts))
 }

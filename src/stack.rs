@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::inode::{compose_ino, LowerRef};
@@ -17,8 +18,8 @@ use crate::whiteout::{self, Encoding, XattrNs};
 pub struct Stack {
     pub upper: Option<Layer>,
     pub work: Option<Layer>,
-    /// Top-most first.
-    pub lowers: Vec<Layer>,
+    /// Top-most first; shared with the directory read-ahead.
+    pub lowers: Vec<Arc<Layer>>,
     /// Namespace this mount writes overlay xattrs in.
     pub xattr_ns: XattrNs,
     /// How this mount writes deletions.

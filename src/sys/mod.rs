@@ -569,47 +569,50 @@ pub fn listxattr(dir: BorrowedFd, name: &OsStr) -> io::Result<Vec<OsString>> {
         .collect())
 }
 
-/// Entries of the directory open as `fd` (O_RDONLY|O_DIRECTORY), without "." and "..".
-pub fn read_dir(fd: OwnedFd) -> io::Result<Vec<(OsString, u8, u64)>> {
-    let raw = fd.as_raw_fd();
-    // SAFETY: `raw` is a valid directory fd; on success fdopendir takes ownership of it,
-    // so we forget `fd` below, and closedir releases it.
-    let dirp = unsafe { libc::fdopendir(raw) };
-    if dirp.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    std::mem::forget(fd);
+/// Entries of the directory open as `fd` (O_RDONLY|O_DIRECTORY), without "." and "..",
+/// as (name, d_type, d_ino), read from its current position on. Straight `getdents64`:
+/// `fdopendir` would cost three more syscalls per directory (fstat, two fcntl), and the
+/// overlay reads a directory of every layer for each listing.
+pub fn read_dir(fd: BorrowedFd) -> io::Result<Vec<(OsString, u8, u64)>> {
+    // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[].
+    const NAME_AT: usize = 19;
+    let mut buf = vec![0u8; 32 * 1024];
     let mut out = Vec::new();
-    let result = loop {
-        // SAFETY: errno is thread-local; clearing it distinguishes end-of-dir from failure.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: `dirp` is a valid DIR* we own.
-        let ent = unsafe { libc::readdir64(dirp) };
-        if ent.is_null() {
-            let err = io::Error::last_os_error();
-            break if err.raw_os_error().unwrap_or(0) == 0 {
-                Ok(())
-            } else {
-                Err(err)
-            };
-        }
-        // SAFETY: readdir64 returned a valid entry; d_name is NUL-terminated within it.
-        let (name, kind, ino) = unsafe {
-            let e = &*ent;
-            (
-                CStr::from_ptr(e.d_name.as_ptr()).to_bytes().to_vec(),
-                e.d_type,
-                e.d_ino,
+    loop {
+        // SAFETY: `buf` is a live, writable buffer of the length passed; the kernel writes
+        // at most that many bytes of whole records into it.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
             )
         };
-        if name == b"." || name == b".." {
-            continue;
+        if n < 0 {
+            return Err(io::Error::last_os_error());
         }
-        out.push((OsString::from_vec(name), kind, ino));
-    };
-    // SAFETY: `dirp` is valid and closed exactly once.
-    unsafe { libc::closedir(dirp) };
-    result.map(|_| out)
+        let filled = &buf[..n as usize];
+        if filled.is_empty() {
+            return Ok(out);
+        }
+        let mut at = 0;
+        while at + NAME_AT <= filled.len() {
+            let rec = &filled[at..];
+            let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
+            if reclen < NAME_AT || reclen > rec.len() {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let ino = u64::from_ne_bytes(rec[..8].try_into().unwrap_or_default());
+            let dtype = rec[18];
+            let name = &rec[NAME_AT..reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                out.push((OsStr::from_bytes(name).to_os_string(), dtype, ino));
+            }
+            at += reclen;
+        }
+    }
 }
 
 pub fn fstatvfs(fd: BorrowedFd) -> io::Result<libc::statvfs> {

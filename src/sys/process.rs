@@ -231,6 +231,19 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
         .map(drop)
 }
 
+/// Blocks the calling thread has had read from storage so far (`ru_inblock`): a change
+/// across a call means the call waited for the disk. 0 if it cannot be told.
+pub fn thread_blocks_read() -> u64 {
+    // SAFETY: rusage is plain data; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live local for getrusage to fill in; RUSAGE_THREAD names the
+    // calling thread.
+    match check(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) }) {
+        Ok(_) => u64::try_from(ru.ru_inblock).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
