@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::hash::{BuildHasher, RandomState};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use hashbrown::hash_table::{Entry, HashTable};
@@ -56,7 +56,16 @@ pub struct Node {
     /// Known, when found, to have its data in a lower inode with one link: it never needs
     /// the index (false: unknown, look).
     pub single_lower_link: bool,
+    /// What the lower object it is read from has in xattrs (`XATTRS_*`), learnt at the
+    /// first xattr request; meaningful only while it is read from a lower layer, which
+    /// never changes while mounted.
+    pub lower_xattrs: AtomicU8,
 }
+
+/// `Node::lower_xattrs`: not asked yet, none but the overlay's own, some.
+pub const XATTRS_UNKNOWN: u8 = 0;
+pub const XATTRS_NONE: u8 = 1;
+pub const XATTRS_SOME: u8 = 2;
 
 impl Node {
     pub fn new(kind: u32, st_ino: u64) -> Node {
@@ -72,6 +81,7 @@ impl Node {
             upper: false,
             indexed: false,
             single_lower_link: false,
+            lower_xattrs: AtomicU8::new(XATTRS_UNKNOWN),
         }
     }
 

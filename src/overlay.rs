@@ -22,7 +22,9 @@ use crate::config::{Config, WhiteoutMode};
 use crate::copy_up::{self, WorkDir};
 use crate::error::{Context, Error, Result};
 use crate::handles::{Handles, OpenFile};
-use crate::inode::{index_name, LowerRef, Node, Tree, ROOT};
+use crate::inode::{
+    index_name, LowerRef, Node, Tree, ROOT, XATTRS_NONE, XATTRS_SOME, XATTRS_UNKNOWN,
+};
 use crate::layer::{split, Layer};
 use crate::readahead::ReadAhead;
 use crate::readdir::{self, DirEntry, Listing, Listings};
@@ -394,12 +396,17 @@ impl Overlay {
                 return f(real.as_fd(), OsStr::new("")).map_err(Error::from);
             }
         };
+        // "No such xattr" and "buffer too small" answer what was asked; they are not
+        // failures to explain, and building the context would cost every such answer.
+        let located = |e: std::io::Error| match e.raw_os_error() {
+            Some(libc::ENODATA | libc::ERANGE) => Error::from(e),
+            _ => Error::from(e).context(layer.describe(path)),
+        };
         match split(path) {
-            (_, None) => f(layer.root(), OsStr::new(""))
-                .map_err(|e| Error::from(e).context(layer.describe(path))),
+            (_, None) => f(layer.root(), OsStr::new("")).map_err(located),
             (parent, Some(name)) => {
                 let dir = layer.dir(parent)?;
-                f(dir.as_fd(), name).map_err(|e| Error::from(e).context(layer.describe(path)))
+                f(dir.as_fd(), name).map_err(located)
             }
         }
     }
@@ -1275,9 +1282,27 @@ impl Overlay {
             return Err(errno(libc::ENODATA));
         }
         let tree = self.tree.read();
-        self.at_loc(&self.loc(&tree, id)?, |dir, name| {
-            sys::getxattr(dir, name, attr)
-        })
+        let loc = self.loc(&tree, id)?;
+        if let (Loc::Lower(..), Some(node)) = (&loc, tree.get(id)) {
+            // The kernel asks for the same few names of every file, and never caches a
+            // missing one (`ls -l` asks for security.selinux every time): a lower object,
+            // which cannot change, is listed once, and most have no xattr at all.
+            let known = &node.lower_xattrs;
+            match known.load(Ordering::Relaxed) {
+                XATTRS_NONE => return Err(errno(libc::ENODATA)),
+                XATTRS_UNKNOWN => {
+                    if let Ok(names) = self.at_loc(&loc, sys::listxattr) {
+                        if names.iter().all(|n| whiteout::is_private_xattr(n)) {
+                            known.store(XATTRS_NONE, Ordering::Relaxed);
+                            return Err(errno(libc::ENODATA));
+                        }
+                        known.store(XATTRS_SOME, Ordering::Relaxed);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.at_loc(&loc, |dir, name| sys::getxattr(dir, name, attr))
     }
 
     pub fn listxattr(&self, id: u64) -> Result<Vec<OsString>> {

@@ -109,3 +109,49 @@ fn user_overlay_xattrs_are_hidden() {
     assert_no_overlay_xattrs(&m.p("uo"));
     assert_eq!(llistxattr(m.p("uo")).unwrap(), ["user.keep"]);
 }
+
+/// A lower object is listed once for xattrs (src/overlay.rs `getxattr`): what it has, what
+/// it lacks and what it gets after a copy-up must all stay exact, asked repeatedly.
+#[test]
+fn lower_xattrs_stay_exact_when_asked_again() {
+    let s = Stack::new(2);
+    put(s.l(1, "bare"), b"b");
+    put(s.l(1, "one"), b"o");
+    lsetxattr(s.l(1, "one"), "user.one", b"1").unwrap();
+    put(s.l(1, "private"), b"p");
+    lsetxattr(s.l(1, "private"), "user.overlay.origin", b"x").unwrap();
+    mkdirs(s.l(1, "d"));
+    mkdirs(s.l(0, "d"));
+    lsetxattr(s.l(0, "d"), "user.top", b"t").unwrap();
+    let m = s.mount();
+    for _ in 0..3 {
+        assert_errno(lgetxattr(m.p("bare"), "security.selinux"), libc::ENODATA);
+        assert_errno(
+            lgetxattr(m.p("bare"), "system.posix_acl_access"),
+            libc::ENODATA,
+        );
+        assert_errno(lgetxattr(m.p("bare"), "user.one"), libc::ENODATA);
+        assert_eq!(lgetxattr(m.p("one"), "user.one").unwrap(), b"1");
+        assert_errno(lgetxattr(m.p("one"), "user.two"), libc::ENODATA);
+        assert_errno(
+            lgetxattr(m.p("private"), "user.overlay.origin"),
+            libc::ENODATA,
+        );
+        assert_errno(lgetxattr(m.p("private"), "user.x"), libc::ENODATA);
+        assert_eq!(lgetxattr(m.p("d"), "user.top").unwrap(), b"t");
+    }
+    // Given an xattr through the mount (a copy-up), each shows it at once.
+    lsetxattr(m.p("bare"), "user.new", b"n").unwrap();
+    assert_eq!(lgetxattr(m.p("bare"), "user.new").unwrap(), b"n");
+    lsetxattr(m.p("private"), "user.x", b"px").unwrap();
+    assert_eq!(lgetxattr(m.p("private"), "user.x").unwrap(), b"px");
+    assert_eq!(llistxattr(m.p("private")).unwrap(), ["user.x"]);
+    lsetxattr(m.p("d"), "user.more", b"m").unwrap();
+    assert_eq!(lgetxattr(m.p("d"), "user.more").unwrap(), b"m");
+    assert_eq!(lgetxattr(m.p("d"), "user.top").unwrap(), b"t");
+    // A hard link of a lower file, written through one name, shows it through the other.
+    fs::hard_link(m.p("one"), m.p("one-link")).unwrap();
+    lsetxattr(m.p("one-link"), "user.two", b"2").unwrap();
+    assert_eq!(lgetxattr(m.p("one"), "user.two").unwrap(), b"2");
+    m.unmount();
+}
