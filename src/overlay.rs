@@ -713,10 +713,28 @@ impl Overlay {
         let work = self.work()?;
         check_new_name(name)?;
         let mut tree = self.change_tree();
-        if self.child(&mut tree, parent, name)?.is_some() {
+        if tree.child(parent, name).is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        // The name is taken if the upper layer has it, or a lower layer does and no
+        // whiteout in the upper layer deletes it. A lower layer is asked first (its cached
+        // listing needs no syscall), so that a taken name never copies the parent up.
+        let parent_in_upper = tree.get(parent).is_some_and(|p| p.upper);
+        if !parent_in_upper && self.lower_has(&tree, parent, name)? {
             return Err(errno(libc::EEXIST));
         }
         let pdir = self.upper_dir(&mut tree, parent)?;
+        let whiteout_here = match sys::fstatat(pdir.as_fd(), name) {
+            Ok(st) if whiteout::is_chardev_whiteout(&st) => true,
+            Ok(_) => return Err(errno(libc::EEXIST)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                whiteout::has_whiteout_file(pdir.as_fd(), name)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if parent_in_upper && !whiteout_here && self.lower_has(&tree, parent, name)? {
+            return Err(errno(libc::EEXIST));
+        }
         let pst = sys::fstat(pdir.as_fd())?;
         // New objects take the group of a setgid directory, and directories inherit the bit.
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
@@ -750,7 +768,6 @@ impl Overlay {
             NewKind::Special { .. } => mode & libc::S_IFMT,
             NewKind::Symlink { .. } => libc::S_IFLNK,
         };
-        let whiteout_here = has_whiteout(pdir.as_fd(), name);
         let opaque =
             fmt == libc::S_IFDIR && whiteout_here && self.lower_has(&tree, parent, name)?;
         // Without a whiteout in the way the object is made in place; over one it is built
