@@ -175,6 +175,11 @@ impl Layer {
         Ok(Some(listing))
     }
 
+    /// The listing of directory `rel` if it is cached, without reading it.
+    pub fn cached_listing(&self, rel: &Path) -> Option<Arc<Listing>> {
+        self.listings.as_ref()?.read().dirs.get(rel).cloned()
+    }
+
     fn keep_listing(&self, rel: &Path, listing: Arc<Listing>) {
         let Some(cache) = &self.listings else {
             return;

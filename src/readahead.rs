@@ -113,9 +113,17 @@ impl ReadAhead {
         if !hit && !from_disk {
             return;
         }
+        // A layer whose (cached) listing of the directory lacks the name has nothing to read.
+        let listings: Vec<_> = parts
+            .iter()
+            .map(|p| self.shared.lowers[p.layer].cached_listing(&p.path))
+            .collect();
         let mut jobs = Vec::new();
         for name in subdirs {
-            for p in parts {
+            for (p, listing) in parts.iter().zip(&listings) {
+                if listing.as_ref().is_some_and(|l| !l.entries.contains(name)) {
+                    continue;
+                }
                 let path = p.path.join(name);
                 if state.ahead[p.layer].insert(path.clone()) {
                     state.marks += 1;
