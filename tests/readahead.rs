@@ -24,6 +24,21 @@ fn reader_runs(pid: i32) -> Option<u64> {
     None
 }
 
+/// `reader_runs` once the thread has gone to sleep: a thread just started may not have run
+/// for the first time yet.
+fn settled_runs(pid: i32) -> u64 {
+    let mut last = reader_runs(pid).expect("the daemon runs a layerfs-ahead thread");
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = reader_runs(pid).expect("the daemon runs a layerfs-ahead thread");
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the read-ahead thread of {pid} never went to sleep");
+}
+
 fn drop_caches() {
     let ok = std::process::Command::new("sync")
         .status()
@@ -75,7 +90,7 @@ fn a_listing_that_reads_the_disk_reads_the_subdirectories_ahead() {
     // Everything was just written: listings come from the cache and never wake the reader.
     let m = s.mount();
     let pid = daemon_pid(&m.path);
-    let idle = reader_runs(pid).expect("the daemon runs a layerfs-ahead thread");
+    let idle = settled_runs(pid);
     assert_eq!(ls(m.p("d")).len(), 30);
     for i in 0..30 {
         ls(m.p(&format!("d/sub{i:02}")));
@@ -91,7 +106,7 @@ fn a_listing_that_reads_the_disk_reads_the_subdirectories_ahead() {
     drop_caches();
     let m = s.mount();
     let pid = daemon_pid(&m.path);
-    let idle = reader_runs(pid).expect("the daemon runs a layerfs-ahead thread");
+    let idle = settled_runs(pid);
     assert_eq!(ls(m.p("d")).len(), 30);
     let until = Instant::now() + Duration::from_secs(10);
     while reader_runs(pid) == Some(idle) {
