@@ -111,6 +111,19 @@ impl NameSet {
     }
 }
 
+/// A directory entry as a layer lists it: (name, `DT_*` type, inode number).
+pub type RawEntry = (OsString, u8, u64);
+
+/// One layer directory's contents, as `Layer::read_contents` sorts them.
+#[derive(Debug, Default)]
+pub struct DirContents {
+    pub entries: Vec<RawEntry>,
+    /// Names deleted by a whiteout here.
+    pub whiteouts: Vec<OsString>,
+    /// The directory holds the opaque marker file.
+    pub opaque_marker: bool,
+}
+
 #[derive(Default)]
 struct Listings {
     dirs: HashMap<PathBuf, Arc<Listing>>,
@@ -197,34 +210,12 @@ impl Layer {
 
     /// Reads the directory `fd` (opened as `rel`, for messages).
     fn read_listing(&self, fd: BorrowedFd, rel: &Path) -> Result<Listing> {
-        let mut opaque = has_opaque_xattr(fd);
-        let (mut entries, mut whiteouts) = (Vec::new(), Vec::new());
-        for (name, mut dtype, ino) in
-            sys::read_dir(fd).map_err(|e| Error::from(e).context(self.describe(rel)))?
-        {
-            if name.as_os_str() == OsStr::new(whiteout::OPAQUE_MARKER) {
-                opaque = true;
-                continue;
-            }
-            if let Some(target) = whiteout::whiteout_target(&name) {
-                whiteouts.push(target.to_os_string());
-                continue;
-            }
-            if whiteout::is_marker_name(&name) {
-                continue;
-            }
-            if dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
-                match sys::fstatat(fd, &name) {
-                    Ok(st) if whiteout::is_chardev_whiteout(&st) => {
-                        whiteouts.push(name);
-                        continue;
-                    }
-                    Ok(st) => dtype = dtype_of(&st),
-                    Err(_) => {}
-                }
-            }
-            entries.push((name, dtype, ino));
-        }
+        let xattr_opaque = has_opaque_xattr(fd);
+        let DirContents {
+            mut entries,
+            whiteouts,
+            opaque_marker,
+        } = self.read_contents(fd, rel)?;
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         entries.dedup_by(|a, b| a.0 == b.0);
         let kinds = entries.iter().map(|e| e.1).collect();
@@ -235,8 +226,45 @@ impl Layer {
             kinds,
             inos,
             whiteouts: NameSet::from_names(whiteouts),
-            opaque,
+            opaque: xattr_opaque || opaque_marker,
         })
+    }
+
+    /// What the directory `fd` (opened as `rel`, for messages) holds, in any layer: its
+    /// entries, the names its whiteouts (`.wh.NAME` files, character devices 0:0) delete,
+    /// and whether it has the opaque marker file; other markers are left out. An entry the
+    /// layer lists without a type gets the one its stat tells.
+    pub fn read_contents(&self, fd: BorrowedFd, rel: &Path) -> Result<DirContents> {
+        let raw = sys::read_dir(fd).map_err(|e| Error::from(e).context(self.describe(rel)))?;
+        let mut out = DirContents {
+            entries: Vec::with_capacity(raw.len()),
+            ..DirContents::default()
+        };
+        for (name, mut dtype, ino) in raw {
+            if name.as_os_str() == OsStr::new(whiteout::OPAQUE_MARKER) {
+                out.opaque_marker = true;
+                continue;
+            }
+            if let Some(target) = whiteout::whiteout_target(&name) {
+                out.whiteouts.push(target.to_os_string());
+                continue;
+            }
+            if whiteout::is_marker_name(&name) {
+                continue;
+            }
+            if dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
+                match sys::fstatat(fd, &name) {
+                    Ok(st) if whiteout::is_chardev_whiteout(&st) => {
+                        out.whiteouts.push(name);
+                        continue;
+                    }
+                    Ok(st) => dtype = dtype_of(&st),
+                    Err(_) => {}
+                }
+            }
+            out.entries.push((name, dtype, ino));
+        }
+        Ok(out)
     }
 
     /// Brings what listing the directory `rel` through the mount will read into the caches

@@ -427,22 +427,25 @@ impl Ops {
                 break;
             }
         }
-        if let Some(before) = disk_before {
-            let from_disk = sys::process::thread_blocks_read() > before;
-            self.overlay.listed(id, &listing, from_disk);
-        }
+        self.listing_served(id, disk_before, &listing);
         Ok(())
     }
 
     pub fn readdirplus(&self, id: u64, offset: u64, sink: &mut dyn DirPlusSink) -> Answer<()> {
         // Whether this listing, with its entries' lookups, waited for the disk.
         let disk_before = (offset == 0).then(sys::process::thread_blocks_read);
-        let answer = self.serve_readdirplus(id, offset, sink);
-        if let (Some(before), Ok(listing)) = (disk_before, &answer) {
+        let listing = self.serve_readdirplus(id, offset, sink)?;
+        self.listing_served(id, disk_before, &listing);
+        Ok(())
+    }
+
+    /// Tells the overlay a listing was served from the start (`disk_before`: the blocks
+    /// this thread had read before), and whether serving it read the disk.
+    fn listing_served(&self, id: u64, disk_before: Option<u64>, listing: &Listing) {
+        if let Some(before) = disk_before {
             let from_disk = sys::process::thread_blocks_read() > before;
             self.overlay.listed(id, listing, from_disk);
         }
-        answer.map(drop)
     }
 
     fn serve_readdirplus(

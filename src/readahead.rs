@@ -53,7 +53,6 @@ struct State {
     queue: VecDeque<(usize, PathBuf)>,
     /// Per layer: directories queued or read ahead that no listing has used yet.
     ahead: Vec<HashSet<PathBuf>>,
-    marks: usize,
     stopped: bool,
 }
 
@@ -61,9 +60,10 @@ impl ReadAhead {
     /// Starts the reader for these lower layers (none: read-ahead is off). Without a
     /// thread there is no read-ahead and nothing else changes.
     pub fn start(lowers: Vec<Arc<Layer>>) -> ReadAhead {
+        let off = lowers.is_empty();
         let state = State {
             ahead: vec![HashSet::new(); lowers.len()],
-            stopped: lowers.is_empty(),
+            stopped: off,
             ..State::default()
         };
         let shared = Arc::new(Shared {
@@ -71,7 +71,7 @@ impl ReadAhead {
             state: Mutex::new(state),
             wake: Condvar::new(),
         });
-        if shared.state.lock().stopped {
+        if off {
             return ReadAhead { shared };
         }
         let worker = shared.clone();
@@ -104,10 +104,7 @@ impl ReadAhead {
         let mut hit = false;
         for p in parts {
             if let Some(set) = state.ahead.get_mut(p.layer) {
-                if set.remove(p.path.as_path()) {
-                    state.marks -= 1;
-                    hit = true;
-                }
+                hit |= set.remove(p.path.as_path());
             }
         }
         if !hit && !from_disk {
@@ -126,7 +123,6 @@ impl ReadAhead {
                 }
                 let path = p.path.join(name);
                 if state.ahead[p.layer].insert(path.clone()) {
-                    state.marks += 1;
                     jobs.push((p.layer, path));
                 }
             }
@@ -141,17 +137,14 @@ impl ReadAhead {
         }
         while state.queue.len() > QUEUE_MAX {
             if let Some((layer, path)) = state.queue.pop_back() {
-                if state.ahead[layer].remove(&path) {
-                    state.marks -= 1;
-                }
+                state.ahead[layer].remove(&path);
             }
         }
-        if state.marks > AHEAD_MAX {
+        if state.ahead.iter().map(HashSet::len).sum::<usize>() > AHEAD_MAX {
             let queued: Vec<_> = state.queue.iter().cloned().collect();
             for set in &mut state.ahead {
                 set.clear();
             }
-            state.marks = queued.len();
             for (layer, path) in queued {
                 state.ahead[layer].insert(path);
             }

@@ -23,10 +23,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::inode::LowerRef;
-use crate::layer::Layer;
 use crate::stack::Stack;
-use crate::sys;
-use crate::whiteout;
 
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -157,9 +154,16 @@ impl Listings {
 pub fn list(stack: &Stack, upper: Option<&Path>, lowers: &[LowerRef]) -> Result<Vec<DirEntry>> {
     let mut merge = Merge::default();
     if let (Some(layer), Some(path)) = (&stack.upper, upper) {
-        let (entries, whiteouts) = read_upper_dir(layer, path)?;
-        let entries = entries.iter().map(|(n, t, i)| (n.as_os_str(), *t, *i));
-        merge.add(stack, 0, entries, whiteouts.iter().map(|n| n.as_os_str()));
+        let fd = layer
+            .open_beneath(path, libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(|e| Error::from(e).context(layer.describe(path)))?;
+        let upper = layer.read_contents(fd.as_fd(), path)?;
+        let entries = upper
+            .entries
+            .iter()
+            .map(|(n, t, i)| (n.as_os_str(), *t, *i));
+        let whiteouts = upper.whiteouts.iter().map(|n| n.as_os_str());
+        merge.add(stack, 0, entries, whiteouts);
     }
     for lower in lowers {
         let layer = &stack.lowers[lower.layer];
@@ -213,39 +217,4 @@ impl Merge {
 /// Whether the merged directory has any entry at all (rmdir's ENOTEMPTY).
 pub fn is_empty(stack: &Stack, upper: Option<&Path>, lowers: &[LowerRef]) -> Result<bool> {
     Ok(list(stack, upper, lowers)?.is_empty())
-}
-
-/// A directory entry as the layer lists it: (name, `DT_*` type, inode number).
-type RawEntry = (OsString, u8, u64);
-
-/// The upper directory's entries, and the names its whiteouts delete; the opaque marker
-/// and other markers are left out.
-fn read_upper_dir(layer: &Layer, path: &Path) -> Result<(Vec<RawEntry>, Vec<OsString>)> {
-    let fd = layer
-        .open_beneath(path, libc::O_RDONLY | libc::O_DIRECTORY)
-        .map_err(|e| Error::from(e).context(layer.describe(path)))?;
-    let raw =
-        sys::read_dir(fd.as_fd()).map_err(|e| Error::from(e).context(layer.describe(path)))?;
-    let mut entries = Vec::with_capacity(raw.len());
-    let mut whiteouts = Vec::new();
-    for (name, dtype, ino) in raw {
-        if name.as_os_str() == OsStr::new(whiteout::OPAQUE_MARKER) {
-            continue;
-        }
-        if let Some(target) = whiteout::whiteout_target(&name) {
-            whiteouts.push(target.to_os_string());
-            continue;
-        }
-        if whiteout::is_marker_name(&name) {
-            continue;
-        }
-        let is_whiteout = matches!(dtype, libc::DT_CHR | libc::DT_UNKNOWN)
-            && sys::fstatat(fd.as_fd(), &name).is_ok_and(|st| whiteout::is_chardev_whiteout(&st));
-        if is_whiteout {
-            whiteouts.push(name);
-        } else {
-            entries.push((name, dtype, ino));
-        }
-    }
-    Ok((entries, whiteouts))
 }
