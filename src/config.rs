@@ -603,13 +603,7 @@ impl OptionParser {
                     _ => return Err(bad_value(key, v, "a whole number from 1 to 1024")),
                 }
             }
-            "io_uring" => {
-                self.io_uring = Some(match text(key, value)? {
-                    "on" => true,
-                    "off" => false,
-                    v => return Err(bad_value(key, v, "on or off")),
-                })
-            }
+            "io_uring" => self.io_uring = Some(on_off(key, value)?),
             "io_uring_poll" => {
                 let v = text(key, value)?;
                 match v.parse::<u64>() {
@@ -617,13 +611,7 @@ impl OptionParser {
                     _ => return Err(bad_value(key, v, "microseconds from 0 to 10000")),
                 }
             }
-            "readahead" => {
-                self.readahead = Some(match text(key, value)? {
-                    "on" => true,
-                    "off" => false,
-                    v => return Err(bad_value(key, v, "on or off")),
-                })
-            }
+            "readahead" => self.readahead = Some(on_off(key, value)?),
             "uidmapping" => self.uid_mapping = parse_mapping(key, value)?,
             "gidmapping" => self.gid_mapping = parse_mapping(key, value)?,
             "squash_to_uid" => self.squash_to_uid = Some(parse_id(key, value)?),
@@ -748,6 +736,15 @@ fn unknown(key: &str) -> Error {
     Error::usage(format!(
         "unknown option `{key}`; see layerfs --help for the supported options"
     ))
+}
+
+/// An `on|off` option's value.
+fn on_off(key: &str, value: &[u8]) -> Result<bool> {
+    match text(key, value)? {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        v => Err(bad_value(key, v, "on or off")),
+    }
 }
 
 fn bad_value(key: &str, value: &str, expected: &str) -> Error {
