@@ -14,6 +14,7 @@ pub mod handles;
 pub mod idmap;
 pub mod inode;
 pub mod layer;
+pub mod layers;
 pub mod ops;
 pub mod overlay;
 pub mod passthrough;
