@@ -3,13 +3,25 @@
 //! encoding are normalised; a directory renamed from a lower layer (redirect xattr) is
 //! expanded to its full content under the new name and made opaque there, since its old
 //! name already carries a whiteout in the upper.
+//!
+//! The upper directory is the container's to shape, so it is read only through directory
+//! handles, never following a symlink it holds; the lower layers are read through
+//! [`LowerView`]'s confined handles; everything is written through the confined writer.
+//! Nothing recurses: the walk is a stack of tasks.
 
-use std::ffi::OsString;
-use std::fs;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Component, Path, PathBuf};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::rc::Rc;
 
-use crate::copytree::{remove_any, Copier};
+use layerfs::layers::writer::{LayerPath, LayerWriter};
+use layerfs::sys;
+use layerfs::whiteout;
+
+use crate::copytree::{is_dir, open_subdir, sorted_names, Copier};
 use crate::encoding::{self, Entry};
 use crate::err;
 use crate::error::{Context, Result};
@@ -25,153 +37,220 @@ enum Mode {
     Overlay,
 }
 
+/// One directory still to walk.
+enum Task {
+    /// Apply the upper directory `name` of `parent` (`None`: `parent` itself) to `out`.
+    /// `lower` is where the directory's content comes from in the lower view (its own path,
+    /// or a redirect's target), against which a relative redirect below it is resolved.
+    Apply {
+        parent: Rc<OwnedFd>,
+        name: Option<OsString>,
+        out: LayerPath,
+        lower: Option<LayerPath>,
+        mode: Mode,
+    },
+    /// Copy the merged lower content of directory `from` into `out`.
+    Materialize { from: LayerPath, out: LayerPath },
+}
+
+/// The redirect recorded on the open directory `dir`, without a trailing NUL (kernel
+/// overlayfs may store one).
+fn redirect_of(dir: &OwnedFd) -> Option<Vec<u8>> {
+    let v = whiteout::redirect(dir.as_fd(), OsStr::new(""))?;
+    let v: Vec<u8> = v.into_iter().take_while(|b| *b != 0).collect();
+    (!v.is_empty()).then_some(v)
+}
+
+/// Resolves a redirect value to a path in the lower view. Absolute values are from the
+/// root; kernel overlayfs writes a bare name for a rename within one directory, meant
+/// relative to the parent directory's *lower* path.
+fn redirect_target(value: &[u8], parent_lower: &LayerPath) -> Result<LayerPath> {
+    let bad = || {
+        err!(
+            "redirect {:?} leaves the layer root",
+            String::from_utf8_lossy(value)
+        )
+    };
+    if let Some(abs) = value.strip_prefix(b"/") {
+        if abs.split(|b| *b == b'/').any(|c| c == b".." || c == b".") {
+            return Err(bad());
+        }
+        return LayerPath::parse(abs).map_err(|_| bad());
+    }
+    if value.contains(&b'/') || value == b"." || value == b".." {
+        return Err(bad());
+    }
+    Ok(parent_lower.join(OsStr::from_bytes(value)))
+}
+
+fn malformed_whiteout(t: &OsStr) -> bool {
+    let b = t.as_bytes();
+    b.is_empty() || b.contains(&b'/') || b == b"." || b == b".."
+}
+
 pub struct Builder<'a> {
     lowers: &'a LowerView,
-    copier: Copier,
     tick: &'a dyn Fn(),
-}
-
-fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
-    let mut names = Vec::new();
-    for e in fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))? {
-        names.push(e.ctx(|| format!("reading {}", dir.display()))?.file_name());
-    }
-    names.sort();
-    Ok(names)
-}
-
-/// Resolves a redirect value to a path relative to the layer roots. Absolute values are
-/// from the root; kernel overlayfs writes a bare name for a rename within one directory.
-fn redirect_target(value: &[u8], parent_rel: &Path) -> Result<PathBuf> {
-    let raw = PathBuf::from(OsString::from_vec(value.to_vec()));
-    let base = if value.starts_with(b"/") {
-        PathBuf::new()
-    } else {
-        parent_rel.to_path_buf()
-    };
-    let mut out = base;
-    for c in raw.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::RootDir | Component::CurDir => {}
-            _ => {
-                return Err(err!(
-                    "redirect {:?} leaves the layer root",
-                    String::from_utf8_lossy(value)
-                ))
-            }
-        }
-    }
-    Ok(out)
 }
 
 impl<'a> Builder<'a> {
     pub fn new(lowers: &'a LowerView, tick: &'a dyn Fn()) -> Builder<'a> {
-        Builder {
-            lowers,
-            copier: Copier::default(),
-            tick,
-        }
+        Builder { lowers, tick }
     }
 
     /// Builds the layer for `upper` into the empty directory `out`.
-    pub fn build(mut self, upper: &Path, out: &Path) -> Result<()> {
-        self.apply(upper, Path::new(""), out, Mode::Diff)?;
-        self.copier.finish()
+    pub fn build(self, upper: &Path, out: &Path) -> Result<()> {
+        let w = LayerWriter::open(out).ctx(|| format!("opening {}", out.display()))?;
+        let mut c = Copier::new(w);
+        let root = OwnedFd::from(
+            File::open(upper).ctx(|| format!("opening upper directory {}", upper.display()))?,
+        );
+        let mut tasks = vec![Task::Apply {
+            parent: Rc::new(root),
+            name: None,
+            out: LayerPath::root(),
+            lower: Some(LayerPath::root()),
+            mode: Mode::Diff,
+        }];
+        while let Some(task) = tasks.pop() {
+            match task {
+                Task::Materialize { from, out } => {
+                    self.materialize(&mut c, &from, &out, &mut tasks)?
+                }
+                Task::Apply {
+                    parent,
+                    name,
+                    out,
+                    lower,
+                    mode,
+                } => {
+                    let dir = match name {
+                        None => parent,
+                        Some(n) => Rc::new(
+                            open_subdir(parent.as_fd(), &n)
+                                .ctx(|| format!("opening upper directory {}", out.display()))?,
+                        ),
+                    };
+                    self.apply(&mut c, dir, &out, lower, mode, &mut tasks)?;
+                }
+            }
+        }
+        c.finish()
     }
 
-    /// Copies the merged lower content of directory `src_rel` into `out`.
-    fn materialize(&mut self, src_rel: &Path, out: &Path) -> Result<()> {
+    /// Copies the entries of lower directory `from` into `out`; subdirectories become tasks.
+    fn materialize(
+        &self,
+        c: &mut Copier,
+        from: &LayerPath,
+        out: &LayerPath,
+        tasks: &mut Vec<Task>,
+    ) -> Result<()> {
         let listing = self
             .lowers
-            .list(src_rel)
-            .ctx(|| format!("reading lower directory /{}", src_rel.display()))?;
-        for (name, layer) in listing {
+            .list(from)
+            .ctx(|| format!("reading lower directory {}", from.display()))?;
+        let mut dirs: HashMap<usize, OwnedFd> = HashMap::new();
+        for (name, e) in listing {
             (self.tick)();
-            let src = self.lowers.layer_path(layer).join(src_rel).join(&name);
+            if let std::collections::hash_map::Entry::Vacant(v) = dirs.entry(e.layer) {
+                v.insert(
+                    self.lowers
+                        .open_dir(e.layer, from)
+                        .ctx(|| format!("opening lower directory {}", from.display()))?,
+                );
+            }
+            let dir = &dirs[&e.layer];
             let dst = out.join(&name);
-            let meta = fs::symlink_metadata(&src).ctx(|| format!("stat {}", src.display()))?;
-            if meta.is_dir() {
-                self.copier.make_dir(&src, &dst)?;
-                self.materialize(&src_rel.join(&name), &dst)?;
-            } else {
-                self.copier.copy_file(&src, &dst, &meta)?;
+            c.copy_entry(dir.as_fd(), &name, &e.stat, &dst)?;
+            if e.is_dir() {
+                tasks.push(Task::Materialize {
+                    from: from.join(&name),
+                    out: dst,
+                });
             }
         }
         Ok(())
     }
 
-    fn apply(&mut self, upper: &Path, rel: &Path, out: &Path, mode: Mode) -> Result<()> {
-        for name in sorted_names(upper)? {
+    fn apply(
+        &self,
+        c: &mut Copier,
+        dir: Rc<OwnedFd>,
+        out: &LayerPath,
+        lower: Option<LayerPath>,
+        mode: Mode,
+        tasks: &mut Vec<Task>,
+    ) -> Result<()> {
+        let names = sorted_names(dir.as_fd())
+            .ctx(|| format!("reading upper directory {}", out.display()))?;
+        for name in names {
             (self.tick)();
-            let src = upper.join(&name);
-            let meta = fs::symlink_metadata(&src).ctx(|| format!("stat {}", src.display()))?;
-            match encoding::classify(&name, &meta) {
+            let shown = || out.join(&name).display();
+            let st = sys::fstatat(dir.as_fd(), &name).ctx(|| format!("stat {}", shown()))?;
+            match encoding::classify_stat(&name, &st) {
                 Entry::OpaqueMarker => continue,
                 Entry::Whiteout(target) => {
-                    if target.is_empty()
-                        || target.as_bytes().contains(&b'/')
-                        || target == "."
-                        || target == ".."
-                    {
-                        return Err(err!("{}: malformed whiteout", src.display()));
+                    if malformed_whiteout(&target) {
+                        return Err(err!("{}: malformed whiteout", shown()));
                     }
-                    match mode {
-                        Mode::Diff => {
-                            remove_any(&out.join(&target))?;
-                            encoding::write_whiteout(out, &target).ctx(|| {
-                                format!("writing whiteout for {}", out.join(&target).display())
-                            })?;
-                        }
-                        Mode::Overlay => remove_any(&out.join(&target))?,
-                    }
+                    let path = out.join(&target);
+                    let done = match mode {
+                        Mode::Diff => c.w.whiteout(&path),
+                        Mode::Overlay => c.w.remove(&path),
+                    };
+                    done.map_err(|e| err!("upper directory: {e}"))?;
                     continue;
                 }
                 Entry::Plain => {}
             }
             let dst = out.join(&name);
-            let child_rel = rel.join(&name);
-            if !meta.is_dir() {
-                remove_any(&dst)?;
-                self.copier.copy_file(&src, &dst, &meta)?;
+            if !is_dir(&st) {
+                c.copy_entry(dir.as_fd(), &name, &st, &dst)?;
                 continue;
             }
-            let redirect =
-                encoding::redirect(&src).ctx(|| format!("reading xattrs of {}", src.display()))?;
-            let opaque =
-                encoding::is_opaque(&src).ctx(|| format!("reading xattrs of {}", src.display()))?;
+            let sub = open_subdir(dir.as_fd(), &name)
+                .ctx(|| format!("opening upper directory {}", shown()))?;
+            let redirect = redirect_of(&sub);
+            let opaque = whiteout::is_opaque(sub.as_fd(), OsStr::new(""));
+            drop(sub);
+            let apply = |lower, mode| Task::Apply {
+                parent: Rc::clone(&dir),
+                name: Some(name.clone()),
+                out: dst.clone(),
+                lower,
+                mode,
+            };
             if let Some(value) = redirect {
-                let from = redirect_target(&value, rel).ctx(|| src.display().to_string())?;
-                remove_any(&dst)?;
-                self.copier.make_dir(&src, &dst)?;
+                let base = lower.clone().unwrap_or_else(|| out.clone());
+                let from = redirect_target(&value, &base).ctx(|| shown().to_string())?;
+                c.w.remove(&dst).map_err(|e| err!("upper directory: {e}"))?;
+                c.copy_entry(dir.as_fd(), &name, &st, &dst)?;
                 if mode == Mode::Diff {
-                    encoding::set_opaque(&dst)
-                        .ctx(|| format!("marking {} opaque", dst.display()))?;
+                    c.w.opaque(&dst).map_err(|e| err!("upper directory: {e}"))?;
                 }
+                tasks.push(apply(Some(from.clone()), Mode::Overlay));
                 if !opaque {
-                    self.materialize(&from, &dst)?;
+                    tasks.push(Task::Materialize { from, out: dst });
                 }
-                self.apply(&src, &child_rel, &dst, Mode::Overlay)?;
             } else if opaque {
-                remove_any(&dst)?;
-                self.copier.make_dir(&src, &dst)?;
+                c.w.remove(&dst).map_err(|e| err!("upper directory: {e}"))?;
+                c.copy_entry(dir.as_fd(), &name, &st, &dst)?;
                 if mode == Mode::Diff {
-                    encoding::set_opaque(&dst)
-                        .ctx(|| format!("marking {} opaque", dst.display()))?;
+                    c.w.opaque(&dst).map_err(|e| err!("upper directory: {e}"))?;
                 }
-                self.apply(&src, &child_rel, &dst, Mode::Overlay)?;
+                tasks.push(apply(None, Mode::Overlay));
             } else {
-                if let Ok(m) = fs::symlink_metadata(&dst) {
-                    if !m.is_dir() {
-                        remove_any(&dst)?;
-                    }
-                }
-                self.copier.make_dir(&src, &dst)?;
-                self.apply(&src, &child_rel, &dst, mode)?;
+                c.copy_entry(dir.as_fd(), &name, &st, &dst)?;
+                tasks.push(apply(lower.as_ref().map(|l| l.join(&name)), mode));
             }
         }
         Ok(())
     }
+}
+
+fn io(p: &LayerPath) -> impl Fn(std::io::Error) -> crate::error::Error + '_ {
+    move |e| err!("{}: {e}", p.display())
 }
 
 /// One line of `layerctl diff`.
@@ -185,133 +264,142 @@ pub struct Change {
 /// C(hanged), D(eleted), sorted by path.
 pub fn diff(upper: &Path, lowers: &LowerView) -> Result<Vec<Change>> {
     let mut out = Vec::new();
-    diff_dir(upper, Path::new(""), lowers, true, &mut out)?;
+    let root = OwnedFd::from(
+        File::open(upper).ctx(|| format!("opening upper directory {}", upper.display()))?,
+    );
+    // (parent handle, name or the root, path in the merged view, whether the lower view
+    // shows through, where the directory's lower content comes from)
+    type Item = (
+        Rc<OwnedFd>,
+        Option<OsString>,
+        LayerPath,
+        bool,
+        Option<LayerPath>,
+    );
+    let mut stack: Vec<Item> = vec![(
+        Rc::new(root),
+        None,
+        LayerPath::root(),
+        true,
+        Some(LayerPath::root()),
+    )];
+    while let Some((parent, name, rel, lower_visible, lower)) = stack.pop() {
+        let dir = match name {
+            None => parent,
+            Some(n) => Rc::new(open_subdir(parent.as_fd(), &n).map_err(io(&rel))?),
+        };
+        for name in sorted_names(dir.as_fd()).map_err(io(&rel))? {
+            let p = rel.join(&name);
+            let st = sys::fstatat(dir.as_fd(), &name).map_err(io(&p))?;
+            match encoding::classify_stat(&name, &st) {
+                Entry::OpaqueMarker => continue,
+                Entry::Whiteout(target) => {
+                    let t = rel.join(&target);
+                    if lower_visible && lowers.lookup(&t).map_err(io(&t))?.is_some() {
+                        out.push(Change {
+                            path: t.display(),
+                            kind: 'D',
+                        });
+                    }
+                    continue;
+                }
+                Entry::Plain => {}
+            }
+            let in_lower = if lower_visible {
+                lowers.lookup(&p).map_err(io(&p))?
+            } else {
+                None
+            };
+            out.push(Change {
+                path: p.display(),
+                kind: if in_lower.is_some() { 'C' } else { 'A' },
+            });
+            if !is_dir(&st) {
+                continue;
+            }
+            let sub = open_subdir(dir.as_fd(), &name).map_err(io(&p))?;
+            let redirect = redirect_of(&sub);
+            let opaque = whiteout::is_opaque(sub.as_fd(), OsStr::new(""));
+            if let Some(value) = redirect {
+                // A renamed lower directory: everything under the new name is new.
+                let base = lower.clone().unwrap_or_else(|| rel.clone());
+                let from = redirect_target(&value, &base)?;
+                let mut names: Vec<LayerPath> = Vec::new();
+                if !opaque {
+                    list_lower_tree(lowers, &from, &p, &mut names)?;
+                }
+                list_upper_tree(sub, &p, &mut names)?;
+                names.sort();
+                names.dedup();
+                out.extend(names.into_iter().map(|n| Change {
+                    path: n.display(),
+                    kind: 'A',
+                }));
+                continue;
+            }
+            let dir_in_lower = in_lower.as_ref().is_some_and(|f| f.is_dir());
+            if opaque && dir_in_lower {
+                // Everything the lower directory held and the upper does not is gone.
+                for (n, _) in lowers.list(&p).map_err(io(&p))? {
+                    if sys::fstatat(sub.as_fd(), &n).is_err() {
+                        out.push(Change {
+                            path: p.join(&n).display(),
+                            kind: 'D',
+                        });
+                    }
+                }
+            }
+            stack.push((
+                Rc::clone(&dir),
+                Some(name.clone()),
+                p.clone(),
+                lower_visible && dir_in_lower && !opaque,
+                lower.as_ref().map(|l| l.join(&name)),
+            ));
+        }
+    }
     out.sort();
     Ok(out)
 }
 
-fn show(rel: &Path) -> String {
-    format!("/{}", rel.display())
-}
-
-fn diff_dir(
-    upper: &Path,
-    rel: &Path,
-    lowers: &LowerView,
-    lower_visible: bool,
-    out: &mut Vec<Change>,
-) -> Result<()> {
-    for name in sorted_names(upper)? {
-        let src = upper.join(&name);
-        let meta = fs::symlink_metadata(&src).ctx(|| format!("stat {}", src.display()))?;
-        match encoding::classify(&name, &meta) {
-            Entry::OpaqueMarker => continue,
-            Entry::Whiteout(target) => {
-                let p = rel.join(&target);
-                if lower_visible && lowers.lookup(&p).ctx(|| show(&p))?.is_some() {
-                    out.push(Change {
-                        path: show(&p),
-                        kind: 'D',
-                    });
-                }
-                continue;
-            }
-            Entry::Plain => {}
-        }
-        let p = rel.join(&name);
-        let in_lower = if lower_visible {
-            lowers.lookup(&p).ctx(|| show(&p))?
-        } else {
-            None
-        };
-        if !meta.is_dir() {
-            out.push(Change {
-                path: show(&p),
-                kind: if in_lower.is_some() { 'C' } else { 'A' },
-            });
-            continue;
-        }
-        let redirect = encoding::redirect(&src).ctx(|| src.display().to_string())?;
-        let opaque = encoding::is_opaque(&src).ctx(|| src.display().to_string())?;
-        if let Some(value) = redirect {
-            // A renamed lower directory: everything under the new name is new.
-            out.push(Change {
-                path: show(&p),
-                kind: if in_lower.is_some() { 'C' } else { 'A' },
-            });
-            let from = redirect_target(&value, rel)?;
-            let mut names: Vec<OsString> = Vec::new();
-            if !opaque {
-                list_lower_tree(lowers, &from, Path::new(""), &mut names)?;
-            }
-            let mut upper_names = Vec::new();
-            list_upper_tree(&src, Path::new(""), &mut upper_names)?;
-            names.extend(upper_names);
-            names.sort();
-            names.dedup();
-            for n in names {
-                out.push(Change {
-                    path: show(&p.join(n)),
-                    kind: 'A',
-                });
-            }
-            continue;
-        }
-        let dir_in_lower = in_lower.as_ref().is_some_and(|f| f.meta.is_dir());
-        out.push(Change {
-            path: show(&p),
-            kind: if in_lower.is_some() { 'C' } else { 'A' },
-        });
-        if opaque && dir_in_lower {
-            // Everything the lower directory held and the upper does not is gone.
-            for (n, _) in lowers.list(&p).ctx(|| show(&p))? {
-                if fs::symlink_metadata(src.join(&n)).is_err() {
-                    out.push(Change {
-                        path: show(&p.join(n)),
-                        kind: 'D',
-                    });
-                }
-            }
-        }
-        diff_dir(
-            &src,
-            &p,
-            lowers,
-            lower_visible && dir_in_lower && !opaque,
-            out,
-        )?;
-    }
-    Ok(())
-}
-
+/// Every path below lower directory `from`, named as below `at`.
 fn list_lower_tree(
     lowers: &LowerView,
-    from: &Path,
-    sub: &Path,
-    out: &mut Vec<OsString>,
+    from: &LayerPath,
+    at: &LayerPath,
+    out: &mut Vec<LayerPath>,
 ) -> Result<()> {
-    for (n, layer) in lowers.list(&from.join(sub)).ctx(|| show(&from.join(sub)))? {
-        let rel = sub.join(&n);
-        out.push(rel.clone().into_os_string());
-        let p = lowers.layer_path(layer).join(from).join(&rel);
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-            list_lower_tree(lowers, from, &rel, out)?;
+    let mut stack = vec![(from.clone(), at.clone())];
+    while let Some((src, dst)) = stack.pop() {
+        for (n, e) in lowers
+            .list(&src)
+            .map_err(|e| err!("{}: {e}", src.display()))?
+        {
+            out.push(dst.join(&n));
+            if e.is_dir() {
+                stack.push((src.join(&n), dst.join(&n)));
+            }
         }
     }
     Ok(())
 }
 
-fn list_upper_tree(dir: &Path, sub: &Path, out: &mut Vec<OsString>) -> Result<()> {
-    for name in sorted_names(&dir.join(sub))? {
-        let p = dir.join(sub).join(&name);
-        let meta = fs::symlink_metadata(&p).ctx(|| p.display().to_string())?;
-        if encoding::classify(&name, &meta) != Entry::Plain {
-            continue;
-        }
-        let rel = sub.join(&name);
-        out.push(rel.clone().into_os_string());
-        if meta.is_dir() {
-            list_upper_tree(dir, &rel, out)?;
+/// Every real entry below the upper directory `dir`, named as below `at`.
+fn list_upper_tree(dir: OwnedFd, at: &LayerPath, out: &mut Vec<LayerPath>) -> Result<()> {
+    let mut stack = vec![(dir, at.clone())];
+    while let Some((d, p)) = stack.pop() {
+        for name in sorted_names(d.as_fd()).map_err(|e| err!("{}: {e}", p.display()))? {
+            let q = p.join(&name);
+            let st = sys::fstatat(d.as_fd(), &name).map_err(|e| err!("{}: {e}", q.display()))?;
+            if encoding::classify_stat(&name, &st) != Entry::Plain {
+                continue;
+            }
+            out.push(q.clone());
+            if is_dir(&st) {
+                let sub =
+                    open_subdir(d.as_fd(), &name).map_err(|e| err!("{}: {e}", q.display()))?;
+                stack.push((sub, q));
+            }
         }
     }
     Ok(())

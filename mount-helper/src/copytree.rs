@@ -1,184 +1,217 @@
 //! Copying entries with their metadata (owner, mode, times, xattrs) into a layer being
-//! built, preserving hard links. Directory metadata is applied last (deepest first) so that
-//! filling a directory does not disturb its mtime or trip over a read-only mode.
+//! built, preserving hard links. Sources are read through directory handles without
+//! following symlinks (a container's upper directory is the container's to shape);
+//! everything is written through the confined writer. No recursion: a tree's depth is the
+//! source's to choose.
 
 use std::collections::HashMap;
-use std::fs;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::rc::Rc;
+
+use layerfs::layers::writer::{self, LayerPath, LayerWriter, Meta};
+use layerfs::sys::{self, Stat};
 
 use crate::encoding;
 use crate::err;
 use crate::error::{Context, Result};
-use crate::sys;
 
-#[derive(Default)]
 pub struct Copier {
-    /// (dev, ino) of a source file already copied -> where its copy lives, so that
-    /// further names of the same inode become hard links in the copy too.
-    links: HashMap<(u64, u64), PathBuf>,
-    /// Directories created, with the metadata to give them once they are full.
-    dirs: Vec<(PathBuf, PathBuf)>,
+    pub w: LayerWriter,
+    /// (dev, ino) of a source inode already copied -> where its copy lives and the copy's
+    /// inode, so that further names of the same inode become hard links in the copy too
+    /// (and only while that copy is still what the path holds).
+    links: HashMap<(u64, u64), (LayerPath, u64)>,
     /// Count of entries copied, for progress reporting.
     pub copied: u64,
 }
 
-/// Copies the non-private xattrs of `src` onto `dst`.
-pub fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
-    for name in sys::list_xattrs(src).ctx(|| format!("listing xattrs of {}", src.display()))? {
-        if encoding::is_private_xattr(&name) {
-            continue;
-        }
-        if let Some(v) =
-            sys::get_xattr(src, &name).ctx(|| format!("reading xattr of {}", src.display()))?
-        {
-            if let Err(e) = sys::set_xattr(dst, &name, &v) {
-                // Without privilege some namespaces (trusted.*, security.*) cannot be
-                // written; the copy keeps what the user could have written anyway.
-                if sys::is_root() {
-                    return Err(err!("setting xattr on {}: {}", dst.display(), e));
-                }
-            }
-        }
-    }
-    Ok(())
+pub fn is_dir(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
-/// Applies owner, mode and times of `meta` to `dst`.
-pub fn apply_meta(dst: &Path, meta: &fs::Metadata) -> Result<()> {
-    if let Err(e) = sys::lchown(dst, meta.uid(), meta.gid()) {
-        // An unprivileged user cannot give files away; the layer then records the
-        // user's own ids (the rootless issue maps them).
-        if sys::is_root() {
-            return Err(err!("chown {}: {}", dst.display(), e));
+/// The metadata of `name` in `dir` (empty name: `dir` itself) as the writer takes it, with
+/// its non-private xattrs.
+pub fn meta_of(dir: BorrowedFd, name: &OsStr, st: &Stat) -> io::Result<Meta> {
+    let mut xattrs = Vec::new();
+    let names = match sys::listxattr(dir, name) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for attr in names {
+        if encoding::is_private_xattr(std::os::unix::ffi::OsStrExt::as_bytes(attr.as_os_str())) {
+            continue;
+        }
+        match sys::getxattr(dir, name, &attr) {
+            Ok(v) => xattrs.push((attr, v)),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(e),
         }
     }
-    if !meta.file_type().is_symlink() {
-        // After chown: chown clears set-id bits.
-        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-            .ctx(|| format!("chmod {}", dst.display()))?;
-    }
-    sys::set_times(dst, meta.mtime(), meta.mtime_nsec())
-        .ctx(|| format!("setting times of {}", dst.display()))
+    Ok(Meta {
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec,
+        xattrs,
+    })
 }
 
 impl Copier {
-    /// Copies one non-directory entry `src` to `dst` (which must not exist).
-    pub fn copy_file(&mut self, src: &Path, dst: &Path, meta: &fs::Metadata) -> Result<()> {
-        self.copied += 1;
-        let ft = meta.file_type();
-        let key = (meta.dev(), meta.ino());
-        if !ft.is_dir() && meta.nlink() > 1 {
-            if let Some(first) = self.links.get(&key) {
-                return fs::hard_link(first, dst)
-                    .ctx(|| format!("linking {} to {}", dst.display(), first.display()));
-            }
+    pub fn new(w: LayerWriter) -> Copier {
+        Copier {
+            w,
+            links: HashMap::new(),
+            copied: 0,
         }
-        if ft.is_file() {
-            fs::copy(src, dst).ctx(|| format!("copying {} to {}", src.display(), dst.display()))?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(src).ctx(|| format!("reading symlink {}", src.display()))?;
-            std::os::unix::fs::symlink(&target, dst)
-                .ctx(|| format!("creating symlink {}", dst.display()))?;
-        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-            let kind = if ft.is_char_device() {
-                libc::S_IFCHR
-            } else if ft.is_block_device() {
-                libc::S_IFBLK
-            } else {
-                libc::S_IFIFO
-            };
-            let rdev = meta.rdev();
-            sys::mknod(dst, kind, 0o600, sys::dev_major(rdev), sys::dev_minor(rdev)).ctx(|| {
-                format!(
-                    "creating device node {} (device nodes need root)",
-                    dst.display()
-                )
-            })?;
-        } else if ft.is_socket() {
+    }
+
+    /// Copies entry `name` of source directory `dir` (stat `st`) to `dst`, replacing what
+    /// `dst` held. A directory is made (its content is the caller's to copy).
+    pub fn copy_entry(
+        &mut self,
+        dir: BorrowedFd,
+        name: &OsStr,
+        st: &Stat,
+        dst: &LayerPath,
+    ) -> Result<()> {
+        self.copied += 1;
+        let shown = || {
+            format!(
+                "copying {} of the source to {}",
+                name.to_string_lossy(),
+                dst.display()
+            )
+        };
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFSOCK {
             // A socket cannot be stored in a tar layer; docker skips them too.
             return Ok(());
-        } else {
-            return Err(err!("{}: unsupported file type", src.display()));
         }
-        copy_xattrs(src, dst)?;
-        apply_meta(dst, meta)?;
-        if meta.nlink() > 1 {
-            self.links.insert(key, dst.to_path_buf());
-        }
-        Ok(())
-    }
-
-    /// Creates directory `dst` (or keeps it if it is already a directory) and remembers to
-    /// give it `src`'s metadata in [`Copier::finish`].
-    pub fn make_dir(&mut self, src: &Path, dst: &Path) -> Result<()> {
-        self.copied += 1;
-        match fs::symlink_metadata(dst) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(err!("{} exists and is not a directory", dst.display())),
-            Err(_) => {
-                fs::create_dir(dst).ctx(|| format!("creating directory {}", dst.display()))?
+        let key = (st.st_dev, st.st_ino);
+        if kind != libc::S_IFDIR && st.st_nlink > 1 {
+            if let Some((first, ino)) = self.links.get(&key).cloned() {
+                if self.w.ino_of(&first) == Some(ino) {
+                    return self
+                        .w
+                        .hardlink(dst, &first)
+                        .map_err(|e| err!("{}: {e}", shown()));
+                }
             }
         }
-        // Remove any stale entry for dst so the last source given wins.
-        self.dirs.retain(|(d, _)| d != dst);
-        self.dirs.push((dst.to_path_buf(), src.to_path_buf()));
-        Ok(())
-    }
-
-    /// Copies a whole tree below `src` into the existing directory `dst`.
-    pub fn copy_tree_into(&mut self, src: &Path, dst: &Path, tick: &dyn Fn()) -> Result<()> {
-        let mut names: Vec<_> = fs::read_dir(src)
-            .ctx(|| format!("reading directory {}", src.display()))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()
-            .ctx(|| format!("reading directory {}", src.display()))?;
-        names.sort();
-        for name in names {
-            let s = src.join(&name);
-            let d = dst.join(&name);
-            let meta = fs::symlink_metadata(&s).ctx(|| format!("stat {}", s.display()))?;
-            tick();
-            if meta.is_dir() {
-                self.make_dir(&s, &d)?;
-                self.copy_tree_into(&s, &d, tick)?;
-            } else {
-                self.copy_file(&s, &d, &meta)?;
+        let meta = meta_of(dir, name, st).ctx(|| format!("reading {}", shown()))?;
+        let done = match kind {
+            libc::S_IFDIR => self.w.mkdir(dst, meta),
+            libc::S_IFREG => {
+                // O_NONBLOCK: should the name be swapped for a FIFO under us, the open
+                // must not hang; the fstat checks it is still the inode listed.
+                let fd = sys::openat(
+                    dir,
+                    name,
+                    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+                    0,
+                )
+                .ctx(|| format!("opening {}", shown()))?;
+                let now = sys::fstat(fd.as_fd()).ctx(|| format!("stat {}", shown()))?;
+                if now.st_ino != st.st_ino || now.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    return Err(err!("{}: the source changed while it was read", shown()));
+                }
+                let mut f = File::from(fd);
+                self.w.file(dst, &meta, &mut f).map(drop)
+            }
+            libc::S_IFLNK => {
+                let target = sys::readlinkat(dir, name).ctx(|| format!("reading {}", shown()))?;
+                self.w.symlink(dst, &target, &meta)
+            }
+            libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO => {
+                self.w.mknod(dst, kind, st.st_rdev, &meta)
+            }
+            _ => return Err(err!("{}: unsupported file type", shown())),
+        };
+        done.map_err(|e| err!("{}: {e}", shown()))?;
+        if kind != libc::S_IFDIR && st.st_nlink > 1 {
+            if let Some(ino) = self.w.ino_of(dst) {
+                self.links.insert(key, (dst.clone(), ino));
             }
         }
         Ok(())
     }
 
-    /// Gives every directory created its source's metadata, deepest first so that setting
-    /// a child's times does not change the parent's mtime afterwards.
-    pub fn finish(&mut self) -> Result<()> {
-        let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
-        for (dst, src) in dirs {
-            let meta = fs::symlink_metadata(&src).ctx(|| format!("stat {}", src.display()))?;
-            copy_xattrs(&src, &dst)?;
-            apply_meta(&dst, &meta)?;
+    /// Copies everything below the source directory `src` into directory `dst` (which the
+    /// caller made), without recursion. Subdirectories wait as (parent handle, name), so the
+    /// handles held are one per level, not one per directory.
+    pub fn copy_tree_into(&mut self, src: OwnedFd, dst: &LayerPath, tick: &dyn Fn()) -> Result<()> {
+        let mut stack: Vec<(Rc<OwnedFd>, Option<OsString>, LayerPath)> =
+            vec![(Rc::new(src), None, dst.clone())];
+        while let Some((parent, name, out)) = stack.pop() {
+            let dir = match name {
+                None => parent,
+                Some(n) => Rc::new(
+                    open_subdir(parent.as_fd(), &n)
+                        .ctx(|| format!("opening the source of {}", out.display()))?,
+                ),
+            };
+            let names = sorted_names(dir.as_fd())
+                .ctx(|| format!("reading the source of {}", out.display()))?;
+            for name in names {
+                tick();
+                let st = sys::fstatat(dir.as_fd(), &name).ctx(|| {
+                    format!(
+                        "stat {} in the source of {}",
+                        name.to_string_lossy(),
+                        out.display()
+                    )
+                })?;
+                let d = out.join(&name);
+                self.copy_entry(dir.as_fd(), &name, &st, &d)?;
+                if is_dir(&st) {
+                    stack.push((Rc::clone(&dir), Some(name), d));
+                }
+            }
         }
         Ok(())
     }
 
-    /// Fixes the times of a directory whose content was changed after [`Copier::finish`]
-    /// (e.g. a whiteout added), keeping the given mtime.
-    pub fn restore_dir_time(dst: &Path, meta: &fs::Metadata) -> Result<()> {
-        sys::set_times(dst, meta.mtime(), meta.mtime_nsec())
-            .ctx(|| format!("setting times of {}", dst.display()))
+    /// Applies the directories' metadata (see [`LayerWriter::finish`]).
+    pub fn finish(self) -> Result<()> {
+        self.w
+            .finish()
+            .map_err(|e| err!("finishing the layer: {e}"))
     }
 }
 
-/// Removes whatever is at `path` (file, link or whole tree); absent is fine.
+/// Opens subdirectory `name` of `dir`, refusing a symlink.
+pub fn open_subdir(dir: BorrowedFd, name: &OsStr) -> io::Result<OwnedFd> {
+    sys::openat_beneath(dir, Path::new(name), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+}
+
+/// Sorted entries of the directory `dir`.
+pub fn sorted_names(dir: BorrowedFd) -> io::Result<Vec<OsString>> {
+    let mut names: Vec<OsString> = sys::read_dir(dir)?.into_iter().map(|e| e.0).collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Removes whatever is at `path` (file, link or whole tree, never following a symlink and
+/// without recursion); absent is fine. For the store's own paths.
 pub fn remove_any(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            fs::remove_dir_all(path).ctx(|| format!("removing {}", path.display()))
-        }
-        Ok(_) => fs::remove_file(path).ctx(|| format!("removing {}", path.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(err!("stat {}: {}", path.display(), e)),
-    }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(err!("refusing to remove {}", path.display()));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let dir = match File::open(parent) {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err!("opening {}: {e}", parent.display())),
+    };
+    writer::remove_at(dir.as_fd(), name).ctx(|| format!("removing {}", path.display()))
 }

@@ -46,6 +46,21 @@ pub fn classify(name: &OsStr, meta: &fs::Metadata) -> Entry {
     Entry::Plain
 }
 
+/// [`classify`] for a raw `stat` (the handle-based readers).
+pub fn classify_stat(name: &OsStr, st: &layerfs::sys::Stat) -> Entry {
+    let b = name.as_bytes();
+    if b == OPAQUE_MARKER.as_bytes() {
+        return Entry::OpaqueMarker;
+    }
+    if let Some(rest) = b.strip_prefix(WH_PREFIX.as_bytes()) {
+        return Entry::Whiteout(OsString::from_vec(rest.to_vec()));
+    }
+    if layerfs::whiteout::is_chardev_whiteout(st) {
+        return Entry::Whiteout(name.to_os_string());
+    }
+    Entry::Plain
+}
+
 pub fn is_chardev_whiteout(meta: &fs::Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }

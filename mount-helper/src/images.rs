@@ -14,6 +14,7 @@ use crate::lowerview::LowerView;
 use crate::progress;
 use crate::store::{hex_of, parse_ref, Store};
 use crate::tarfile;
+use layerfs::layers::writer::{LayerPath, LayerWriter};
 
 /// Hashes the finished layer in `tmp/diff` and moves it into the store.
 /// Returns (diff_id, size, newly stored).
@@ -54,9 +55,7 @@ pub fn import(store: &Store, source: &Path, reference: &str) -> Result<(String, 
     let pb = progress::spinner("importing");
     let tick = || pb.inc(1);
     let res = if meta.is_dir() {
-        let mut c = Copier::default();
-        c.copy_tree_into(source, &diff, &tick)
-            .and_then(|_| c.finish())
+        import_dir(source, &diff, &tick)
     } else {
         let what = source.display().to_string();
         extract::open_tar(source).and_then(|r| extract::extract(r, &diff, &what, &tick))
@@ -294,13 +293,32 @@ pub fn lower_dirs(store: &Store, cfg: &ImageConfig) -> Result<Vec<std::path::Pat
         if !store.has_layer(d) {
             return Err(err!("layer {d} is missing from the store: run `layerctl fsck`, then re-import the image"));
         }
-        out.push(store.layer_dir(d)?);
+        let dir = store.layer_dir(d)?;
+        let opaque_root = fs::File::open(&dir)
+            .map(|f| layerfs::whiteout::is_opaque(std::os::fd::AsFd::as_fd(&f), "".as_ref()))
+            .unwrap_or(false);
+        out.push(dir);
+        // A layer whose root is opaque (a root-level `.wh..wh..opq` in its tar) hides every
+        // layer below it, as the OCI spec reads the marker; overlay mounts ignore opacity
+        // on a layer root, so the chain ends here instead.
+        if opaque_root {
+            break;
+        }
     }
     Ok(out)
 }
 
 pub fn lower_view(store: &Store, cfg: &ImageConfig) -> Result<LowerView> {
-    Ok(LowerView::new(lower_dirs(store, cfg)?))
+    LowerView::new(lower_dirs(store, cfg)?).ctx(|| "opening the image's layers".to_string())
+}
+
+/// Copies the directory tree `source` into the new layer directory `diff`.
+fn import_dir(source: &Path, diff: &Path, tick: &dyn Fn()) -> Result<()> {
+    let src = fs::File::open(source).ctx(|| format!("opening {}", source.display()))?;
+    let w = LayerWriter::open(diff).ctx(|| format!("opening {}", diff.display()))?;
+    let mut c = Copier::new(w);
+    c.copy_tree_into(src.into(), &LayerPath::root(), tick)?;
+    c.finish()
 }
 
 pub use changeset::Change;

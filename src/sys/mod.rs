@@ -248,6 +248,34 @@ pub fn fchmodat(dir: BorrowedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// chmod of `name` in `dir` that never follows a symlink (`fchmodat2`, Linux 6.6, with
+/// `AT_SYMLINK_NOFOLLOW`). Where the kernel lacks it, the name is checked not to be a
+/// symlink first; callers use it on entries they have just made in a private directory.
+pub fn fchmodat_nofollow(dir: BorrowedFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and fd; fchmodat2 takes (dirfd, path, mode, flags).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode as libc::c_long,
+            libc::AT_SYMLINK_NOFOLLOW as libc::c_long,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(err);
+    }
+    if fstatat(dir, name)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    fchmodat(dir, name, mode)
+}
+
 pub fn fchmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
     // SAFETY: plain syscall on a valid fd.
     check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })?;
