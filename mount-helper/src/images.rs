@@ -102,9 +102,9 @@ pub fn rmi(store: &Store, reference: &str, force: bool) -> Result<Vec<String>> {
     }
     let mut refs = store.refs()?;
     let mut out = Vec::new();
-    let by_name = parse_ref(reference)
-        .ok()
-        .map(|(n, t)| format!("{n}:{t}"))
+    let by_name = Some(reference.to_string())
+        .filter(|r| refs.contains_key(r))
+        .or_else(|| parse_ref(reference).ok().map(|(n, t)| format!("{n}:{t}")))
         .filter(|r| refs.get(r) == Some(&id));
     match by_name {
         Some(r) => {
@@ -287,7 +287,8 @@ pub fn human(n: u64) -> String {
     }
 }
 
-/// Layer chain of an image as lower dirs, top-most first.
+/// Layer chain of an image as lower dirs, top-most first (an image with no layers
+/// gets the store's empty directory: an empty root).
 pub fn lower_dirs(store: &Store, cfg: &ImageConfig) -> Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();
     for d in cfg.rootfs.diff_ids.iter().rev() {
@@ -295,6 +296,9 @@ pub fn lower_dirs(store: &Store, cfg: &ImageConfig) -> Result<Vec<std::path::Pat
             return Err(err!("layer {d} is missing from the store: run `layerctl fsck`, then re-import the image"));
         }
         out.push(store.layer_dir(d)?);
+    }
+    if out.is_empty() {
+        out.push(store.empty_layer_dir()?);
     }
     Ok(out)
 }
