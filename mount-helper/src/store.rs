@@ -204,17 +204,11 @@ fn path_component_ok(c: &str) -> bool {
     true
 }
 
-/// `host[:port]`: host is dot-separated `[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?` labels
-/// or a bracketed IPv6 address; the port is decimal digits.
+/// `host[:port]`: host is dot-separated `[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?` labels,
+/// the port decimal digits. (Bracketed IPv6 hosts, which the newest grammar allows, are
+/// refused: podman and docker releases in use still refuse them.)
 fn domain_ok(d: &str) -> bool {
-    let (host, port) = if d.starts_with('[') {
-        match d.find(']') {
-            Some(end) => d.split_at(end + 1),
-            None => return false,
-        }
-    } else {
-        d.split_at(d.find(':').unwrap_or(d.len()))
-    };
+    let (host, port) = d.split_at(d.find(':').unwrap_or(d.len()));
     let port_ok = port.is_empty()
         || port
             .strip_prefix(':')
@@ -226,11 +220,7 @@ fn domain_ok(d: &str) -> bool {
             && b[0] != b'-'
             && b[b.len() - 1] != b'-'
     };
-    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':'),
-        None => !host.is_empty() && host.split('.').all(label_ok),
-    };
-    port_ok && host_ok
+    port_ok && !host.is_empty() && host.split('.').all(label_ok)
 }
 
 fn tag_ok(t: &str) -> bool {
@@ -281,12 +271,22 @@ pub fn parse_reference(s: &str) -> Result<Reference> {
             "components are separated by single '/' (no empty component, no leading or trailing '/')".into(),
         ));
     }
-    // A first component that is not a path component may still be a registry host.
-    let skip = if comps.len() > 1 && !path_component_ok(comps[0]) {
-        if !domain_ok(comps[0]) {
+    // The first of several components may instead be a registry host (with uppercase
+    // letters or a :port) when it looks like one (a '.', a ':port', or "localhost"): the
+    // rule docker and podman use to tell a host from a path.
+    let first = comps[0];
+    let skip = if comps.len() > 1 && !path_component_ok(first) {
+        if !(first.contains('.') || first.contains(':') || first == "localhost") {
+            let hint = if first.bytes().any(|b| b.is_ascii_uppercase()) {
+                " (repository names are lowercase; a registry host has a '.' or a :PORT)"
+            } else {
+                ""
+            };
+            return Err(bad(format!("component {first:?} is not allowed{hint}")));
+        }
+        if !domain_ok(first) {
             return Err(bad(format!(
-                "{:?} is neither a registry host[:port] nor a lowercase component",
-                comps[0]
+                "{first:?} is not a registry host[:port] (dot-separated letters, digits and inner '-', then an optional :PORT)"
             )));
         }
         1
@@ -303,10 +303,10 @@ pub fn parse_reference(s: &str) -> Result<Reference> {
             return Err(bad(format!("component {c:?} is not allowed{hint}")));
         }
     }
-    let path_len = comps[skip..].iter().map(|c| c.len() + 1).sum::<usize>() - 1;
-    if path_len > 255 {
+    if name.len() > 255 {
         return Err(bad(format!(
-            "the repository path is {path_len} characters, more than 255"
+            "it is {} characters, more than 255",
+            name.len()
         )));
     }
     Ok(Reference {
