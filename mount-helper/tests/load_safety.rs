@@ -408,6 +408,94 @@ fn load_refuses_bad_records_fast_and_changes_nothing() {
     eprintln!("slowest refusal: {slowest:?} of {} cases", times.len());
 }
 
+/// A `docker save` directory: manifest.json, the config named by its digest, l/layer.tar.
+fn docker_dir(dir: &Path, layer: &[u8]) -> String {
+    fs::create_dir_all(dir.join("l")).unwrap();
+    let cfg = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha(layer)]}}))
+    .unwrap();
+    let cname = format!("{}.json", sha(&cfg).trim_start_matches("sha256:"));
+    fs::write(dir.join(&cname), &cfg).unwrap();
+    fs::write(dir.join("l/layer.tar"), layer).unwrap();
+    fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(
+            &json!([{"Config": cname, "RepoTags": ["d:1"], "Layers": ["l/layer.tar"]}]),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    cname
+}
+
+#[test]
+fn docker_save_directories_and_archives_too() {
+    let env = Env::new();
+    env.import_rootfs("base:1");
+    let good = layer_tar();
+    let outside = env.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    type Change = fn(&Path, &str, &Path);
+    let cases: Vec<(&str, Change, &str, &str)> = vec![
+        (
+            "manifest-fifo",
+            |d, _, _| mkfifo(&d.join("manifest.json")),
+            "is a FIFO, not a regular file",
+            "unexpected entry type",
+        ),
+        (
+            "config-symlink-out",
+            |d, c, out| {
+                let host = out.join(c);
+                fs::copy(d.join(c), &host).unwrap();
+                fs::remove_file(d.join(c)).unwrap();
+                symlink(&host, d.join(c)).unwrap();
+            },
+            "leads outside the archive",
+            "symlink to an absolute path",
+        ),
+        (
+            "layer-symlink-out",
+            |d, _, out| {
+                fs::copy(d.join("l/layer.tar"), out.join("layer.tar")).unwrap();
+                fs::remove_file(d.join("l/layer.tar")).unwrap();
+                symlink("../../outside/layer.tar", d.join("l/layer.tar")).unwrap();
+            },
+            "leads outside the archive",
+            "leads outside the archive",
+        ),
+        (
+            "layer-dir",
+            |d, _, _| replace_with_dir(&d.join("l/layer.tar")),
+            "is a directory, not a regular file",
+            "is a directory, not a regular file",
+        ),
+        (
+            "manifest-huge",
+            |d, _, _| {
+                let p = d.join("manifest.json");
+                let mut v = fs::read(&p).unwrap();
+                v.extend(std::iter::repeat_n(b' ', 5 << 20));
+                fs::write(&p, v).unwrap();
+            },
+            "more than the 4 MiB",
+            "more than the 4 MiB",
+        ),
+    ];
+    for (name, change, dir_want, tar_want) in cases {
+        let d = env.path(name);
+        let cname = docker_dir(&d, &good);
+        let e2 = Env::new();
+        e2.ok(&["load", d.to_str().unwrap()]);
+        change(&d, &cname, &outside);
+        refused_fast(&env, &d, dir_want);
+        let t = env.path(&format!("{name}.tar"));
+        tar_of(&d, &t);
+        refused_fast(&env, &t, tar_want);
+    }
+    env.fsck_clean();
+}
+
 /// `layerctl mount` with a mount program that never returns holds the store lock (as a
 /// stuck writer would) until killed.
 struct Holder {
