@@ -47,6 +47,13 @@ pub fn import(store: &Store, source: &Path, reference: &str) -> Result<(String, 
             source.display()
         )
     })?;
+    // A FIFO or device would block the open below with the store locked.
+    if !meta.is_dir() && !meta.is_file() {
+        return Err(err!(
+            "import source {} is not a directory or a regular file: give a directory or a .tar/.tar.gz file",
+            source.display()
+        ));
+    }
     let _lock = store.lock()?;
     let tmp = store.tmp_dir()?;
     let diff = tmp.join("diff");

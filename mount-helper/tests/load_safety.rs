@@ -385,6 +385,19 @@ fn load_refuses_bad_records_fast_and_changes_nothing() {
     mkfifo(&fifo);
     refused_fast(&env, &fifo, "is a FIFO");
 
+    // import of a FIFO: refused the same way (it used to block holding the lock).
+    let before = store_state(&env.root);
+    let (o, took) = timed(
+        &env,
+        &["import", fifo.to_str().unwrap(), "f:1"],
+        &[],
+        DEADLINE,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a directory or a regular file"));
+    assert!(took < BUDGET, "{took:?}");
+    assert_eq!(store_state(&env.root), before);
+
     // Symlinks inside the layout are aliases, resolved lexically: these load.
     let l = Layout::new(env.path("inside"), std::slice::from_ref(&good), 0);
     let shared = l.dir.join("shared");
