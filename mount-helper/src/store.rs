@@ -763,3 +763,34 @@ impl Store {
         crate::copytree::remove_any(&tmp)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_name_tag_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse_reference(&format!("reg.example:5000/team/app:v1.2@{d}")).unwrap();
+        assert_eq!(r.name, "reg.example:5000/team/app");
+        assert_eq!(r.tag.as_deref(), Some("v1.2"));
+        assert_eq!(r.digest.as_deref(), Some(d.as_str()));
+        // A port is not a tag.
+        let r = parse_reference("localhost:5000/x").unwrap();
+        assert_eq!((r.name.as_str(), r.tag), ("localhost:5000/x", None));
+        assert_eq!(
+            parse_ref("a/b").unwrap(),
+            ("a/b".to_string(), "latest".to_string())
+        );
+        assert!(parse_ref(&format!("a@{d}")).is_err());
+        assert!(parse_reference(&format!("a@sha256:{}", "A".repeat(64))).is_err());
+        assert!(parse_reference("a@md5:0123456789abcdef0123456789abcdef").is_err());
+        let e = parse_ref("Foo").unwrap_err().to_string();
+        assert!(e.contains("lowercase") && e.contains(NAME_RULE), "{e}");
+        assert_eq!(split_ref("h:5/x:t"), ("h:5/x".to_string(), "t".to_string()));
+        assert_eq!(
+            split_ref("Old..Name"),
+            ("Old..Name".to_string(), "latest".to_string())
+        );
+    }
+}
