@@ -186,6 +186,15 @@ fn every_naming_command_checks_before_writing() {
         "no such image",
     );
 
+    // Mounting by digest names the container after the repository.
+    let m2 = env.path("m2");
+    fs::create_dir(&m2).unwrap();
+    let _g2 = MountGuard(vec![m2.clone()]);
+    let c = env.ok(&["mount", &format!("base@{id}"), m2.to_str().unwrap()]);
+    assert!(c.starts_with("base-"), "{c}");
+    env.ok(&["umount", &c]);
+    env.ok(&["rm", &c]);
+
     let (mnt, _g) = env.mount_new("base:1", "m", "c1");
     write(&mnt.join("new"), "x\n");
     let before = store_state(&env.root);
