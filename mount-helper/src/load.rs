@@ -157,12 +157,14 @@ impl Source {
         Ok(sys::openat_beneath(self.dir.as_fd(), &p, libc::O_PATH | libc::O_NOFOLLOW, 0).is_ok())
     }
 
-    /// Opens member `rel` for reading: never following a symlink, never blocking (a FIFO
-    /// is refused by fstat, not waited on), regular files only. None when it is missing.
+    /// Opens member `rel` for reading: never following a symlink, never blocking, never
+    /// opening anything but a regular file (it is looked at through an O_PATH handle
+    /// first, so a FIFO or a device is refused without being opened at all). None when
+    /// it is missing.
     fn open(&self, rel: &str, what: &str) -> Result<Option<(fs::File, u64)>> {
         let p = self.resolve(rel)?;
-        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
-        let fd = match sys::openat_beneath(self.dir.as_fd(), &p, flags, 0) {
+        let fd = match sys::openat_beneath(self.dir.as_fd(), &p, libc::O_PATH | libc::O_NOFOLLOW, 0)
+        {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
@@ -187,7 +189,13 @@ impl Source {
                 kind_name(st.st_mode)
             ));
         }
-        Ok(Some((fs::File::from(fd), st.st_size as u64)))
+        // The same inode the O_PATH handle pins, now readable; O_NONBLOCK all the same.
+        let f = sys::reopen(
+            fd.as_fd(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+        )
+        .ctx(|| format!("opening {rel} in {}", self.shown))?;
+        Ok(Some((fs::File::from(f), st.st_size as u64)))
     }
 
     /// An image record: a regular file of at most RECORD_MAX (and `max`) bytes, checked

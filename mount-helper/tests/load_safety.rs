@@ -385,6 +385,30 @@ fn load_refuses_bad_records_fast_and_changes_nothing() {
     mkfifo(&fifo);
     refused_fast(&env, &fifo, "is a FIFO");
 
+    // A FIFO record is never even opened: a writer waiting on it would be let through
+    // by any open for reading (blocking or not).
+    let l = Layout::new(env.path("fifo-watch"), std::slice::from_ref(&good), 0);
+    let m = l.blob(&l.manifest);
+    mkfifo(&m);
+    let opened = env.path("fifo-opened");
+    let mut writer = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3>'{}'; touch '{}'",
+            m.display(),
+            opened.display()
+        ))
+        .spawn()
+        .unwrap();
+    // Let the writer block in its open before the load runs.
+    std::thread::sleep(Duration::from_millis(100));
+    refused_fast(&env, &l.dir, "is a FIFO, not a regular file");
+    std::thread::sleep(Duration::from_millis(300));
+    let never_opened = !opened.exists();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert!(never_opened, "load opened the FIFO {}", m.display());
+
     // import of a FIFO: refused the same way (it used to block holding the lock).
     let before = store_state(&env.root);
     let (o, took) = timed(
