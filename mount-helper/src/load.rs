@@ -23,7 +23,7 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Seek};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::err;
@@ -366,29 +366,35 @@ fn open_input(path: &Path) -> Result<Input> {
     let cannot = |e: io::Error| {
         err!("{shown} cannot be read ({e}): give an OCI layout directory, an oci-archive or a docker save archive")
     };
-    // stat first, so that nothing but a directory or a regular file is even opened (an
-    // open can have side effects on a device); the fstat after the open catches a swap.
-    let check = |mode: u32| -> Result<bool> {
-        match mode & libc::S_IFMT {
-            libc::S_IFDIR => Ok(true),
-            libc::S_IFREG => Ok(false),
-            _ => Err(err!(
-                "{shown} is {}: give an OCI layout directory, an oci-archive or a docker save archive (a regular file)",
-                kind_name(mode)
-            )),
-        }
-    };
-    check(fs::metadata(path).map_err(cannot)?.mode())?;
-    let f = fs::OpenOptions::new()
+    // Looked at through an O_PATH handle first, so that nothing but a directory or a
+    // regular file is ever opened (opening a FIFO or a device can block or act); the
+    // same inode is then reopened for reading.
+    let p = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_PATH)
         .open(path)
         .map_err(cannot)?;
-    if check(f.metadata().map_err(cannot)?.mode())? {
-        Ok(Input::Dir(OwnedFd::from(f)))
+    let st = sys::fstat(p.as_fd()).map_err(cannot)?;
+    let is_dir = match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => true,
+        libc::S_IFREG => false,
+        m => {
+            return Err(err!(
+                "{shown} is {}: give an OCI layout directory, an oci-archive or a docker save archive (a regular file)",
+                kind_name(m)
+            ))
+        }
+    };
+    let f = sys::reopen(
+        p.as_fd(),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+    )
+    .map_err(cannot)?;
+    Ok(if is_dir {
+        Input::Dir(f)
     } else {
-        Ok(Input::Archive(f))
-    }
+        Input::Archive(fs::File::from(f))
+    })
 }
 
 fn load_locked(
