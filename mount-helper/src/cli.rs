@@ -238,7 +238,7 @@ fn run(cli: Cli) -> Result<i32> {
             let mut rows = Vec::new();
             let mut js = Vec::new();
             for (r, id) in &refs {
-                let (name, tag) = store::parse_ref(r)?;
+                let (name, tag) = store::split_ref(r);
                 let cfg = store.read_image(id)?;
                 let size: u64 = cfg
                     .rootfs

@@ -19,8 +19,8 @@ pub fn upper_dir(store: &Store, name: &str) -> PathBuf {
 }
 
 fn default_name(store: &Store, image_ref: &str) -> Result<String> {
-    let base = parse_ref(image_ref)
-        .map(|(n, _)| n.rsplit('/').next().unwrap_or("c").to_string())
+    let base = crate::store::parse_reference(image_ref)
+        .map(|r| r.name.rsplit('/').next().unwrap_or("c").to_string())
         .unwrap_or_else(|_| "c".to_string());
     let base: String = base
         .chars()

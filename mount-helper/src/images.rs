@@ -48,6 +48,13 @@ pub fn import(store: &Store, source: &Path, reference: &str) -> Result<(String, 
             source.display()
         )
     })?;
+    // A FIFO or device would block the open below with the store locked.
+    if !meta.is_dir() && !meta.is_file() {
+        return Err(err!(
+            "import source {} is not a directory or a regular file: give a directory or a .tar/.tar.gz file",
+            source.display()
+        ));
+    }
     let _lock = store.lock()?;
     let tmp = store.tmp_dir()?;
     let diff = tmp.join("diff");
@@ -101,9 +108,9 @@ pub fn rmi(store: &Store, reference: &str, force: bool) -> Result<Vec<String>> {
     }
     let mut refs = store.refs()?;
     let mut out = Vec::new();
-    let by_name = parse_ref(reference)
-        .ok()
-        .map(|(n, t)| format!("{n}:{t}"))
+    let by_name = Some(reference.to_string())
+        .filter(|r| refs.contains_key(r))
+        .or_else(|| parse_ref(reference).ok().map(|(n, t)| format!("{n}:{t}")))
         .filter(|r| refs.get(r) == Some(&id));
     match by_name {
         Some(r) => {
@@ -286,7 +293,8 @@ pub fn human(n: u64) -> String {
     }
 }
 
-/// Layer chain of an image as lower dirs, top-most first.
+/// Layer chain of an image as lower dirs, top-most first (an image with no layers
+/// gets the store's empty directory: an empty root).
 pub fn lower_dirs(store: &Store, cfg: &ImageConfig) -> Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();
     for d in cfg.rootfs.diff_ids.iter().rev() {
@@ -304,6 +312,9 @@ pub fn lower_dirs(store: &Store, cfg: &ImageConfig) -> Result<Vec<std::path::Pat
         if opaque_root {
             break;
         }
+    }
+    if out.is_empty() {
+        out.push(store.empty_layer_dir()?);
     }
     Ok(out)
 }

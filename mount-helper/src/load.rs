@@ -17,10 +17,13 @@
 //! ids, so such an image gets a new id while its tree is the same.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::ffi::OsStringExt;
+use std::io::{self, BufRead, BufReader, Read, Seek};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::err;
@@ -32,82 +35,229 @@ use crate::oci::{self, Descriptor, DockerEntry, Index, Manifest};
 use crate::progress;
 use crate::store::{parse_ref, Store};
 use crate::tarfile;
+use layerfs::sys;
 
-/// An archive's content: a directory plus, for unpacked tar files, the symlinks it held.
+/// The most layerctl reads of one image record (oci-layout, index, manifest, config,
+/// manifest.json): real ones are a few kB; a bigger one is an attack, not an image.
+const RECORD_MAX: u64 = 4 << 20;
+
+/// An archive's content: a directory (the layout itself, or an archive file unpacked into
+/// the store's tmp) plus, for unpacked tar files, the symlinks it held.
+///
+/// Every member is opened beneath `dir` with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
+/// after its name has been resolved lexically (`resolve_lexical`): a symlink inside the
+/// layout works as an alias, one that leads out of it is refused, and one swapped in
+/// while we read makes the open fail instead of being followed.
 struct Source {
-    root: PathBuf,
+    dir: OwnedFd,
     /// Shown in messages: the path the user gave.
     shown: String,
     /// Archive-relative symlink path -> its raw target (only from unpacked tars).
     links: HashMap<Vec<Vec<u8>>, Vec<u8>>,
 }
 
+/// Answers whether an archive path (as components) is a symlink, and its target.
+type LinkOf<'a> = dyn Fn(&[Vec<u8>]) -> Result<Option<Vec<u8>>> + 'a;
+
+/// Resolves archive member `rel` to components with no symlink among them, following the
+/// archive's own symlinks (`link_of` answers whether a path is one, and its target)
+/// relative to the link's directory, as the filesystem would. Refuses absolute names,
+/// absolute targets and anything that climbs out of the archive.
+fn resolve_lexical(rel: &str, shown: &str, link_of: &LinkOf) -> Result<Vec<Vec<u8>>> {
+    let bad = |why: &str| err!("{shown} names {rel:?}, which {why}");
+    if rel.starts_with('/') {
+        return Err(bad("is an absolute path (archive members are relative)"));
+    }
+    let mut todo: Vec<Vec<u8>> = rel
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .rev()
+        .map(|c| c.to_vec())
+        .collect();
+    let mut cur: Vec<Vec<u8>> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_slice() {
+            b"" | b"." => continue,
+            b".." => {
+                if cur.pop().is_none() {
+                    return Err(bad("leads outside the archive"));
+                }
+                continue;
+            }
+            _ => cur.push(c),
+        }
+        if let Some(t) = link_of(&cur)? {
+            hops += 1;
+            if hops > 40 || t.starts_with(b"/") {
+                return Err(bad("goes through a symlink that leads outside the archive"));
+            }
+            cur.pop();
+            todo.extend(t.split(|b| *b == b'/').rev().map(|c| c.to_vec()));
+        }
+    }
+    Ok(cur)
+}
+
+fn join(comps: &[Vec<u8>]) -> PathBuf {
+    comps.iter().map(|c| OsStr::from_bytes(c)).collect()
+}
+
+fn kind_name(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => "a directory",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFLNK => "a symlink",
+        _ => "not a regular file",
+    }
+}
+
 impl Source {
-    /// The real path of archive member `rel`, resolving the archive's own symlinks
-    /// lexically. Refuses absolute names and anything that climbs out of the archive.
-    fn resolve(&self, rel: &str) -> Result<PathBuf> {
-        let bad = |why: &str| err!("{} names {rel:?}, which {why}", self.shown);
-        if rel.starts_with('/') {
-            return Err(bad("is an absolute path (archive members are relative)"));
+    /// Whether `comps` (symlink-free so far, except perhaps its last component) is a
+    /// symlink in the archive, and its target.
+    fn link_of(&self, comps: &[Vec<u8>]) -> Result<Option<Vec<u8>>> {
+        if let Some(t) = self.links.get(comps) {
+            return Ok(Some(t.clone()));
         }
-        let mut todo: Vec<Vec<u8>> = rel
-            .as_bytes()
-            .split(|b| *b == b'/')
-            .rev()
-            .map(|c| c.to_vec())
-            .collect();
-        let mut cur: Vec<Vec<u8>> = Vec::new();
-        let mut hops = 0;
-        while let Some(c) = todo.pop() {
-            match c.as_slice() {
-                b"" | b"." => continue,
-                b".." => {
-                    if cur.pop().is_none() {
-                        return Err(bad("leads outside the archive"));
-                    }
-                    continue;
-                }
-                _ => cur.push(c),
+        let Some((name, parent)) = comps.split_last() else {
+            return Ok(None);
+        };
+        let name = OsStr::from_bytes(name);
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        // A parent that is missing or not a directory is not a symlink either: the open
+        // of the member reports what is wrong.
+        let Ok(pfd) = sys::openat_beneath(self.dir.as_fd(), &join(parent), flags, 0) else {
+            return Ok(None);
+        };
+        match sys::fstatat(pfd.as_fd(), name) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                let t = sys::readlinkat(pfd.as_fd(), name).ctx(|| {
+                    format!(
+                        "reading symlink {} in {}",
+                        join(comps).display(),
+                        self.shown
+                    )
+                })?;
+                Ok(Some(t.into_vec()))
             }
-            if let Some(t) = self.links.get(&cur) {
-                hops += 1;
-                if hops > 40 || t.starts_with(b"/") {
-                    return Err(bad("goes through a symlink that leads outside the archive"));
-                }
-                cur.pop();
-                todo.extend(t.split(|b| *b == b'/').rev().map(|c| c.to_vec()));
-            }
+            _ => Ok(None),
         }
-        let mut p = self.root.clone();
-        for c in cur {
-            p.push(OsString::from_vec(c));
-        }
-        Ok(p)
     }
 
-    fn read(&self, rel: &str, what: &str, max: u64) -> Result<Vec<u8>> {
+    fn resolve(&self, rel: &str) -> Result<PathBuf> {
+        resolve_lexical(rel, &self.shown, &|c| self.link_of(c)).map(|c| join(&c))
+    }
+
+    /// Whether anything (of any type) exists at member `rel`.
+    fn exists(&self, rel: &str) -> Result<bool> {
         let p = self.resolve(rel)?;
-        let f = fs::File::open(&p).map_err(|_| {
+        Ok(sys::openat_beneath(self.dir.as_fd(), &p, libc::O_PATH | libc::O_NOFOLLOW, 0).is_ok())
+    }
+
+    /// Opens member `rel` for reading: never following a symlink, never blocking, never
+    /// opening anything but a regular file (it is looked at through an O_PATH handle
+    /// first, so a FIFO or a device is refused without being opened at all). None when
+    /// it is missing.
+    fn open(&self, rel: &str, what: &str) -> Result<Option<(fs::File, u64)>> {
+        let p = self.resolve(rel)?;
+        let fd = match sys::openat_beneath(self.dir.as_fd(), &p, libc::O_PATH | libc::O_NOFOLLOW, 0)
+        {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Err(err!(
+                    "{what} ({rel}) in {}: a directory on its path is not a directory: the archive is malformed",
+                    self.shown
+                ))
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV)) => {
+                return Err(err!(
+                    "{what} ({rel}) in {}: a symlink appeared on its path while loading (is something changing the layout?)",
+                    self.shown
+                ))
+            }
+            Err(e) => return Err(err!("{what} ({rel}) in {}: {e}", self.shown)),
+        };
+        let st = sys::fstat(fd.as_fd()).ctx(|| format!("stat {rel} in {}", self.shown))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(err!(
+                "{what} ({rel}) in {} is {}, not a regular file: the archive is malformed",
+                self.shown,
+                kind_name(st.st_mode)
+            ));
+        }
+        // The same inode the O_PATH handle pins, now readable; O_NONBLOCK all the same.
+        let f = sys::reopen(
+            fd.as_fd(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+        )
+        .ctx(|| format!("opening {rel} in {}", self.shown))?;
+        Ok(Some((fs::File::from(f), st.st_size as u64)))
+    }
+
+    /// An image record: a regular file of at most RECORD_MAX (and `max`) bytes, checked
+    /// by its size before a byte is read.
+    fn read(&self, rel: &str, what: &str, max: u64) -> Result<Vec<u8>> {
+        let (f, size) = self.open(rel, what)?.ok_or_else(|| {
             err!(
                 "{what} ({rel}) is missing from {}: the archive is incomplete",
                 self.shown
             )
         })?;
+        self.read_record(f, size, rel, what, max)
+    }
+
+    fn read_record(
+        &self,
+        f: fs::File,
+        size: u64,
+        rel: &str,
+        what: &str,
+        max: u64,
+    ) -> Result<Vec<u8>> {
+        let bound = max.min(RECORD_MAX);
+        let too_big = |n: u64| {
+            err!(
+                "{what} ({rel}) in {} is {n} bytes, more than the {} layerctl reads for an image record (index, manifest or config JSON): the archive is malformed",
+                self.shown,
+                if bound == RECORD_MAX { "4 MiB".to_string() } else { format!("{bound} bytes") }
+            )
+        };
+        if size > bound {
+            return Err(too_big(size));
+        }
         let mut buf = Vec::new();
-        // Records (JSON) are small; a huge one is an attack, not an image.
-        f.take(max.min(64 << 20) + 1)
+        // Bounded again while reading: the file may grow after the fstat.
+        f.take(bound + 1)
             .read_to_end(&mut buf)
             .ctx(|| format!("reading {rel} in {}", self.shown))?;
-        if buf.len() as u64 > max.min(64 << 20) {
-            return Err(err!("{what} ({rel}) in {} is too large", self.shown));
+        if buf.len() as u64 > bound {
+            return Err(too_big(buf.len() as u64));
         }
         Ok(buf)
     }
 
-    /// A blob named by `desc`, checked against its digest and size.
+    /// A blob named by `desc`, checked against its size (before reading) and its digest.
     fn blob(&self, desc: &Descriptor, what: &str, max: u64) -> Result<Vec<u8>> {
         let rel = oci::blob_rel(&desc.digest)?;
-        let bytes = self.read(&rel, &format!("{what} {}", desc.digest), max)?;
+        let named = format!("{what} {}", desc.digest);
+        let (f, size) = self.open(&rel, &named)?.ok_or_else(|| {
+            err!(
+                "{named} ({rel}) is missing from {}: the archive is incomplete",
+                self.shown
+            )
+        })?;
+        if size != desc.size {
+            return Err(err!(
+                "{named} in {} is {size} bytes but its descriptor says {}: the archive is damaged or was tampered with",
+                self.shown,
+                desc.size
+            ));
+        }
+        let bytes = self.read_record(f, size, &rel, &named, max)?;
         check_bytes(&bytes, &desc.digest, Some(desc.size), what, &self.shown)?;
         Ok(bytes)
     }
@@ -139,7 +289,11 @@ fn check_bytes(
 
 /// One layer to extract.
 struct LayerSrc {
-    file: PathBuf,
+    /// Opened (and checked to be a regular file) while planning; hashed and extracted
+    /// through this same descriptor, so what is verified is what is extracted.
+    file: fs::File,
+    /// Archive-relative name, for messages.
+    rel: String,
     /// Descriptor digest and size of the (possibly compressed) blob, when the format has them.
     blob: Option<(String, u64)>,
     /// The uncompressed digest the config promises.
@@ -188,49 +342,96 @@ pub fn load(
     if let Some(n) = name {
         parse_ref(n)?;
     }
-    let meta = fs::metadata(path).ctx(|| {
-        format!(
-            "{} cannot be read (give an OCI layout directory, an oci-archive or a docker save archive)",
-            path.display()
-        )
-    })?;
+    // Opened before the lock, non-blocking, and only a directory or a regular file is
+    // kept: a FIFO or a device given as PATH is refused, never waited on with the store
+    // locked.
+    let input = open_input(path)?;
     let _lock = store.lock()?;
     let tmp = store.tmp_dir()?;
-    let res = load_locked(store, path, &meta, name, max, &tmp);
+    let res = load_locked(store, path, input, name, max, &tmp);
     // On success the layers have been renamed out of tmp; what is left is scratch.
     let _ = crate::copytree::remove_any(&tmp);
     res
 }
 
+/// What `layerctl load` reads: a layout (or unpacked docker save) directory, or an
+/// archive file.
+enum Input {
+    Dir(OwnedFd),
+    Archive(fs::File),
+}
+
+fn open_input(path: &Path) -> Result<Input> {
+    let shown = path.display();
+    let cannot = |e: io::Error| {
+        err!("{shown} cannot be read ({e}): give an OCI layout directory, an oci-archive or a docker save archive")
+    };
+    // Looked at through an O_PATH handle first, so that nothing but a directory or a
+    // regular file is ever opened (opening a FIFO or a device can block or act); the
+    // same inode is then reopened for reading.
+    let p = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .map_err(cannot)?;
+    let st = sys::fstat(p.as_fd()).map_err(cannot)?;
+    let is_dir = match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => true,
+        libc::S_IFREG => false,
+        m => {
+            return Err(err!(
+                "{shown} is {}: give an OCI layout directory, an oci-archive or a docker save archive (a regular file)",
+                kind_name(m)
+            ))
+        }
+    };
+    let f = sys::reopen(
+        p.as_fd(),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+    )
+    .map_err(cannot)?;
+    Ok(if is_dir {
+        Input::Dir(f)
+    } else {
+        Input::Archive(fs::File::from(f))
+    })
+}
+
 fn load_locked(
     store: &Store,
     path: &Path,
-    meta: &fs::Metadata,
+    input: Input,
     name: Option<&str>,
     max: u64,
     tmp: &Path,
 ) -> Result<Vec<(String, String)>> {
     let shown = path.display().to_string();
     let mut budget = max;
-    let src = if meta.is_dir() {
-        Source {
-            root: path.to_path_buf(),
+    let src = match input {
+        Input::Dir(dir) => Source {
+            dir,
             shown,
             links: HashMap::new(),
+        },
+        Input::Archive(f) => {
+            let root = tmp.join("archive");
+            fs::create_dir(&root).ctx(|| format!("creating {}", root.display()))?;
+            let pb = progress::spinner("reading archive");
+            let links = unpack_archive(f, &root, &shown, &mut budget, &|| pb.inc(1))?;
+            pb.finish_and_clear();
+            let dir = fs::File::open(&root).ctx(|| format!("opening {}", root.display()))?;
+            Source {
+                dir: OwnedFd::from(dir),
+                shown,
+                links,
+            }
         }
-    } else {
-        let root = tmp.join("archive");
-        fs::create_dir(&root).ctx(|| format!("creating {}", root.display()))?;
-        let pb = progress::spinner("reading archive");
-        let links = unpack_archive(path, &root, &shown, &mut budget, &|| pb.inc(1))?;
-        pb.finish_and_clear();
-        Source { root, shown, links }
     };
 
     // Phase 1: records.
-    let mut plans = if src.resolve("index.json")?.is_file() {
+    let mut plans = if src.exists("index.json")? {
         read_oci(&src, max)?
-    } else if src.resolve("manifest.json")?.is_file() {
+    } else if src.exists("manifest.json")? {
         read_docker(&src, max)?
     } else {
         return Err(err!(
@@ -268,15 +469,11 @@ fn load_locked(
     for l in &all {
         pb.inc(1);
         if let Some((digest, size)) = &l.blob {
-            if !l.file.is_file() {
-                return Err(err!(
-                    "{} names blob {digest} ({}), which is missing from {}",
-                    l.what,
-                    l.file.strip_prefix(&src.root).unwrap_or(&l.file).display(),
-                    src.shown
-                ));
-            }
-            let (got, n) = oci::hash_file(&l.file)?;
+            let mut h = oci::HashingWriter::new(io::sink());
+            io::copy(&mut &l.file, &mut h)
+                .and_then(|_| (&l.file).seek(io::SeekFrom::Start(0)))
+                .ctx(|| format!("reading {} ({}) in {}", l.what, l.rel, src.shown))?;
+            let (got, n) = (h.digest(), h.count);
             if n != *size {
                 return Err(err!(
                     "{} blob {digest} in {} is {n} bytes but its descriptor says {size}: the archive is damaged or was tampered with",
@@ -291,13 +488,6 @@ fn load_locked(
                     src.shown
                 ));
             }
-        } else if !l.file.is_file() {
-            return Err(err!(
-                "{} ({}) is missing from {}: the archive is incomplete",
-                l.what,
-                l.file.strip_prefix(&src.root).unwrap_or(&l.file).display(),
-                src.shown
-            ));
         }
     }
     pb.finish_and_clear();
@@ -347,13 +537,12 @@ fn load_locked(
 /// directories and regular files only; symlinks are returned as aliases (docker save links
 /// duplicate layers that way), never created on disk.
 fn unpack_archive(
-    path: &Path,
+    f: impl Read,
     root: &Path,
     shown: &str,
     budget: &mut u64,
     tick: &dyn Fn(),
 ) -> Result<HashMap<Vec<Vec<u8>>, Vec<u8>>> {
-    let f = fs::File::open(path).ctx(|| format!("opening {shown}"))?;
     let mut r = BufReader::new(f);
     let head = r.fill_buf().ctx(|| format!("reading {shown}"))?.to_vec();
     let inner: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
@@ -458,8 +647,7 @@ fn extract_layer(
     shown: &str,
     tick: &dyn Fn(),
 ) -> Result<u64> {
-    let f = fs::File::open(&l.file).ctx(|| format!("opening {}", l.file.display()))?;
-    let mut r = BufReader::new(f);
+    let mut r = BufReader::new(&l.file);
     let head = r.fill_buf().ctx(|| format!("reading {}", l.what))?.to_vec();
     let inner: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(r))
@@ -490,10 +678,16 @@ fn parse_config(bytes: &[u8], what: &str, shown: &str) -> Result<ImageConfig> {
     serde_json::from_slice(bytes).map_err(|e| err!("{what} in {shown} is not an image config: {e}"))
 }
 
+/// One layer a manifest lists: archive-relative name, the blob digest when the format
+/// gives one, and the size its descriptor promises (OCI only).
+type LayerRef = (String, Option<String>, Option<u64>);
+
+/// Opens every layer blob now (regular files only, size checked against the descriptor
+/// before a byte is read), so that phase 2 hashes and extracts these same descriptors.
 fn plan_layers(
     src: &Source,
     cfg: &ImageConfig,
-    files: Vec<(PathBuf, Option<(String, u64)>)>,
+    files: Vec<LayerRef>,
     what: &str,
 ) -> Result<Vec<LayerSrc>> {
     if cfg.rootfs.diff_ids.len() != files.len() {
@@ -505,13 +699,35 @@ fn plan_layers(
         ));
     }
     let mut out = Vec::new();
-    for (i, ((file, blob), d)) in files.into_iter().zip(&cfg.rootfs.diff_ids).enumerate() {
+    for (i, ((rel, digest, want), d)) in files.into_iter().zip(&cfg.rootfs.diff_ids).enumerate() {
         crate::store::hex_of(d).map_err(|e| err!("{what} in {}: bad diff_id: {e}", src.shown))?;
+        let lwhat = format!("layer {} of {what}", i + 1);
+        let Some((file, size)) = src.open(&rel, &lwhat)? else {
+            return Err(match (&digest, want) {
+                (Some(dg), Some(_)) => err!(
+                    "{lwhat} names blob {dg} ({rel}), which is missing from {}",
+                    src.shown
+                ),
+                _ => err!(
+                    "{lwhat} ({rel}) is missing from {}: the archive is incomplete",
+                    src.shown
+                ),
+            });
+        };
+        if let (Some(dg), Some(w)) = (&digest, want) {
+            if w != size {
+                return Err(err!(
+                    "{lwhat} blob {dg} in {} is {size} bytes but its descriptor says {w}: the archive is damaged or was tampered with",
+                    src.shown
+                ));
+            }
+        }
         out.push(LayerSrc {
             file,
-            blob,
+            rel,
+            blob: digest.map(|dg| (dg, size)),
             diff_id: d.clone(),
-            what: format!("layer {} of {what}", i + 1),
+            what: lwhat,
         });
     }
     Ok(out)
@@ -580,8 +796,9 @@ fn read_oci(src: &Source, max: u64) -> Result<Vec<ImagePlan>> {
         let mut files = Vec::new();
         for l in &m.layers {
             files.push((
-                src.resolve(&oci::blob_rel(&l.digest)?)?,
-                Some((l.digest.clone(), l.size)),
+                oci::blob_rel(&l.digest)?,
+                Some(l.digest.clone()),
+                Some(l.size),
             ));
         }
         let layers = plan_layers(src, &cfg, files, &what)?;
@@ -671,20 +888,12 @@ fn read_docker(src: &Source, max: u64) -> Result<Vec<ImagePlan>> {
         let cfg = parse_config(&cbytes, &format!("config of {what}"), &src.shown)?;
         let mut files = Vec::new();
         for l in &e.layers {
-            let p = src.resolve(l)?;
-            let blob = if l.starts_with("blobs/sha256/") {
-                let d = digest_in_name(l);
-                match d {
-                    Some(d) => {
-                        let size = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                        Some((d, size))
-                    }
-                    None => None,
-                }
-            } else {
-                None
-            };
-            files.push((p, blob));
+            // Newer docker names layers by digest: check those.
+            let digest = l
+                .starts_with("blobs/sha256/")
+                .then(|| digest_in_name(l))
+                .flatten();
+            files.push((l.clone(), digest, None));
         }
         plans.push(ImagePlan {
             names,
@@ -725,18 +934,18 @@ mod tests {
             b"../b/layer.tar".to_vec(),
         );
         links.insert(vec![b"evil".to_vec()], b"../../etc".to_vec());
-        let s = Source {
-            root: PathBuf::from("/r"),
-            shown: "x".into(),
-            links,
+        links.insert(vec![b"abs".to_vec()], b"/etc".to_vec());
+        links.insert(vec![b"loop".to_vec()], b"loop".to_vec());
+        let r = |rel: &str| {
+            resolve_lexical(rel, "x", &|c: &[Vec<u8>]| Ok(links.get(c).cloned())).map(|c| join(&c))
         };
-        assert_eq!(
-            s.resolve("a/layer.tar").unwrap(),
-            PathBuf::from("/r/b/layer.tar")
-        );
-        assert!(s.resolve("evil/passwd").is_err());
-        assert!(s.resolve("../x").is_err());
-        assert!(s.resolve("/etc/passwd").is_err());
+        assert_eq!(r("a/layer.tar").unwrap(), PathBuf::from("b/layer.tar"));
+        assert_eq!(r("./a/../c//d").unwrap(), PathBuf::from("c/d"));
+        assert!(r("evil/passwd").is_err());
+        assert!(r("abs/passwd").is_err());
+        assert!(r("loop/x").is_err());
+        assert!(r("../x").is_err());
+        assert!(r("/etc/passwd").is_err());
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub fn run(store: &Store, image: &str, cmd: &[String], opts: &RunOptions) -> Res
             "no command given: layerctl run IMAGE -- CMD [ARGS...]"
         ));
     }
+    // A bad --commit name must fail before the container is created, not after it ran.
+    if let Some(r) = opts.commit {
+        crate::store::parse_ref(r)?;
+    }
     let runtime = match opts.runtime {
         Some(r) => r,
         None => Runtime::detect()?,

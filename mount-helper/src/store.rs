@@ -1,7 +1,8 @@
 //! The store layout, its lock and atomic writes.
 //!
 //! ```text
-//! ROOT/lock                      flock'd by every writer
+//! ROOT/lock                      flock'd by every writer; holds "PID COMMAND" of the holder
+//! ROOT/empty/                    an empty directory: the lower dir of an image with no layers
 //! ROOT/tmp/                      work in progress; cleared by the next writer
 //! ROOT/layers/HEX/diff/          the layer directory (a lower dir as it is)
 //! ROOT/layers/HEX/layer.json     {diff_id, size, created}
@@ -17,9 +18,11 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -35,7 +38,62 @@ pub struct Store {
 
 /// Held while writing; dropping it (or dying) releases the flock.
 pub struct Lock {
-    _file: fs::File,
+    file: fs::File,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Cleared before the flock goes (on close), so a waiter never names a writer that
+        // has finished; a killed writer leaves its pid, which no waiter reads once free.
+        let _ = self.file.set_len(0);
+    }
+}
+
+/// How long `Store::lock` waits for another writer: LAYERCTL_LOCK_TIMEOUT seconds
+/// (fractions allowed), 10 by default.
+pub fn lock_wait() -> Result<Duration> {
+    match std::env::var("LAYERCTL_LOCK_TIMEOUT") {
+        Err(_) => Ok(Duration::from_secs(10)),
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 1e9)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                err!("LAYERCTL_LOCK_TIMEOUT={v:?} is not a number of seconds (e.g. 30 or 0.5)")
+            }),
+    }
+}
+
+/// `layerctl pid N (CMD)` from the lock file's contents, as the holder wrote them.
+fn holder(f: &fs::File) -> String {
+    let mut buf = [0u8; 128];
+    let n = f.read_at(&mut buf, 0).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let mut it = text.trim().splitn(2, ' ');
+    match (it.next().and_then(|p| p.parse::<u32>().ok()), it.next()) {
+        (Some(pid), Some(cmd)) if !cmd.is_empty() => format!("layerctl pid {pid} ({cmd})"),
+        (Some(pid), _) => format!("layerctl pid {pid}"),
+        _ => "another layerctl process".to_string(),
+    }
+}
+
+/// The subcommand this process runs (the first argument that is not `--root DIR`).
+fn command_name() -> String {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--root" {
+            args.next();
+        } else if !a.starts_with('-') {
+            return a
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(32)
+                .collect();
+        }
+    }
+    String::new()
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -95,34 +153,188 @@ pub fn sha256_id(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
-/// Splits and validates NAME[:TAG] (tag defaults to "latest").
-pub fn parse_ref(s: &str) -> Result<(String, String)> {
-    let (name, tag) = match s.rfind(':') {
-        Some(i) if !s[i + 1..].contains('/') => (&s[..i], &s[i + 1..]),
-        _ => (s, "latest"),
+/// An image reference as the distribution reference grammar (distribution/reference,
+/// `reference.go`) defines it: `[host[:port]/]path[:tag][@digest]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    /// `[host[:port]/]path`, as given.
+    pub name: String,
+    /// None when the reference has no `:tag`.
+    pub tag: Option<String>,
+    /// `sha256:<64 hex>`, when the reference has one.
+    pub digest: Option<String>,
+}
+
+/// The one rule every name and tag layerctl stores or looks up is held to.
+const NAME_RULE: &str = "names are [HOST[:PORT]/]COMPONENT[/COMPONENT...] where each COMPONENT is lowercase letters and digits joined by single '.', '_', '__' or runs of '-' (e.g. registry.example:5000/team/app)";
+const TAG_RULE: &str =
+    "a tag is 1 to 128 of letters, digits, '_', '.', '-', not starting with '.' or '-'";
+
+fn alnum_run(b: &[u8], i: &mut usize, ok: impl Fn(u8) -> bool) -> bool {
+    let start = *i;
+    while *i < b.len() && ok(b[*i]) {
+        *i += 1;
+    }
+    *i > start
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+fn path_component_ok(c: &str) -> bool {
+    let b = c.as_bytes();
+    let an = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    let mut i = 0;
+    if !alnum_run(b, &mut i, an) {
+        return false;
+    }
+    while i < b.len() {
+        match b[i] {
+            b'.' => i += 1,
+            b'_' => i += if b.get(i + 1) == Some(&b'_') { 2 } else { 1 },
+            b'-' => {
+                while b.get(i) == Some(&b'-') {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+        if !alnum_run(b, &mut i, an) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `host[:port]`: host is dot-separated `[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?` labels,
+/// the port decimal digits. (Bracketed IPv6 hosts, which the newest grammar allows, are
+/// refused: podman and docker releases in use still refuse them.)
+fn domain_ok(d: &str) -> bool {
+    let (host, port) = d.split_at(d.find(':').unwrap_or(d.len()));
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.iter().all(|x| x.is_ascii_alphanumeric() || *x == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
     };
-    let name_ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/:".contains(&b))
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if !name_ok {
-        return Err(err!(
-            "invalid image name {name:?}: use lowercase letters, digits, '.', '_', '-', '/' (e.g. myimage:1.0)"
+    port_ok && !host.is_empty() && host.split('.').all(label_ok)
+}
+
+fn tag_ok(t: &str) -> bool {
+    let w = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && w(b[0])
+        && b.iter().all(|x| w(*x) || *x == b'.' || *x == b'-')
+}
+
+/// Parses `s` against the distribution reference grammar. Refuses anything else with the
+/// rule it breaks, so a name is checked before anything is written.
+pub fn parse_reference(s: &str) -> Result<Reference> {
+    let bad = |why: String| err!("invalid image name {s:?}: {why}; {NAME_RULE}");
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => {
+            if !d.starts_with("sha256:") {
+                return Err(bad(format!(
+                    "digest {d:?} is not sha256:<64 lowercase hex digits> (layerctl verifies sha256 only)"
+                )));
+            }
+            hex_of(d).map_err(|_| {
+                bad(format!(
+                    "digest {d:?} is not sha256:<64 lowercase hex digits>"
+                ))
+            })?;
+            (r, Some(d.to_string()))
+        }
+        None => (s, None),
+    };
+    // The tag is after the last ':' that is not part of `host:port/` (no '/' after it).
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if !rest[i + 1..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    if let Some(t) = tag {
+        if !tag_ok(t) {
+            return Err(err!("invalid tag {t:?} in {s:?}: {TAG_RULE}"));
+        }
+    }
+    if name.is_empty() {
+        return Err(bad("the name is empty".into()));
+    }
+    let comps: Vec<&str> = name.split('/').collect();
+    if comps.iter().any(|c| c.is_empty()) {
+        return Err(bad(
+            "components are separated by single '/' (no empty component, no leading or trailing '/')".into(),
         ));
     }
-    let tag_ok = !tag.is_empty()
-        && tag.len() <= 128
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if !tag_ok {
+    // The first of several components may instead be a registry host (with uppercase
+    // letters or a :port) when it looks like one (a '.', a ':port', or "localhost"): the
+    // rule docker and podman use to tell a host from a path.
+    let first = comps[0];
+    let skip = if comps.len() > 1 && !path_component_ok(first) {
+        if !(first.contains('.') || first.contains(':') || first == "localhost") {
+            let hint = if first.bytes().any(|b| b.is_ascii_uppercase()) {
+                " (repository names are lowercase; a registry host has a '.' or a :PORT)"
+            } else {
+                ""
+            };
+            return Err(bad(format!("component {first:?} is not allowed{hint}")));
+        }
+        if !domain_ok(first) {
+            return Err(bad(format!(
+                "{first:?} is not a registry host[:port] (dot-separated letters, digits and inner '-', then an optional :PORT)"
+            )));
+        }
+        1
+    } else {
+        0
+    };
+    for c in &comps[skip..] {
+        if !path_component_ok(c) {
+            let hint = if c.bytes().any(|b| b.is_ascii_uppercase()) {
+                " (repository names are lowercase)"
+            } else {
+                ""
+            };
+            return Err(bad(format!("component {c:?} is not allowed{hint}")));
+        }
+    }
+    if name.len() > 255 {
+        return Err(bad(format!(
+            "it is {} characters, more than 255",
+            name.len()
+        )));
+    }
+    Ok(Reference {
+        name: name.to_string(),
+        tag: tag.map(str::to_string),
+        digest,
+    })
+}
+
+/// Splits and validates a NAME[:TAG] that names an image (tag defaults to "latest").
+/// A digest cannot name an image (it is computed from the content), so it is refused here.
+pub fn parse_ref(s: &str) -> Result<(String, String)> {
+    let r = parse_reference(s)?;
+    if r.digest.is_some() {
         return Err(err!(
-            "invalid tag {tag:?}: use letters, digits, '.', '_', '-' (at most 128)"
+            "invalid image name {s:?}: a digest (@sha256:...) identifies content and cannot name an image; give NAME[:TAG]"
         ));
     }
-    Ok((name.to_string(), tag.to_string()))
+    Ok((r.name, r.tag.unwrap_or_else(|| "latest".to_string())))
+}
+
+/// NAME and TAG of a stored `name:tag` key, without judging it (names stored by older
+/// versions of layerctl may predate the grammar; listing them must not fail).
+pub fn split_ref(r: &str) -> (String, String) {
+    match r.rfind(':') {
+        Some(i) if !r[i + 1..].contains('/') => (r[..i].to_string(), r[i + 1..].to_string()),
+        _ => (r.to_string(), "latest".to_string()),
+    }
 }
 
 pub fn valid_container_name(n: &str) -> Result<()> {
@@ -196,18 +408,40 @@ impl Store {
     }
 
     /// Takes the writer lock and clears leftovers of writers that died (safe: no other
-    /// writer can be running while we hold the lock).
+    /// writer can be running while we hold the lock). Waits at most `lock_wait()` for
+    /// another writer, then names it: a stuck writer never hangs every other command.
     pub fn lock(&self) -> Result<Lock> {
         let p = self.root.join("lock");
-        let f = fs::OpenOptions::new()
+        let mut f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&p)
             .ctx(|| format!("opening lock {}", p.display()))?;
-        sys::flock_exclusive(&f).ctx(|| format!("locking {}", p.display()))?;
+        let wait = lock_wait()?;
+        let start = Instant::now();
+        loop {
+            if sys::flock_try_exclusive(&f).ctx(|| format!("locking {}", p.display()))? {
+                break;
+            }
+            let waited = start.elapsed();
+            if waited >= wait {
+                return Err(err!(
+                    "store busy: {} holds it ({}); retry when it is done, or wait longer with LAYERCTL_LOCK_TIMEOUT=SECONDS",
+                    holder(&f),
+                    p.display()
+                ));
+            }
+            std::thread::sleep((wait - waited).min(Duration::from_millis(20)));
+        }
+        // Who holds it, for the message of whoever waits; failing to say is not fatal.
+        let me = format!("{} {}\n", std::process::id(), command_name());
+        let _ = f.set_len(0).and_then(|_| f.write_all_at(me.as_bytes(), 0));
+        let _ = f.seek(io::SeekFrom::Start(0));
         self.clear_tmp()?;
-        Ok(Lock { _file: f })
+        Ok(Lock { file: f })
     }
 
     /// Removes every leftover temp entry; returns how many there were. Needs the lock.
@@ -253,6 +487,31 @@ impl Store {
     /// The directory to use as a lower dir.
     pub fn layer_dir(&self, diff_id: &str) -> Result<PathBuf> {
         Ok(self.layer_root(diff_id)?.join("diff"))
+    }
+
+    /// The lower dir of an image with no layers (`FROM scratch`, as podman mounts it: an
+    /// empty root). Mount programs need at least one lower dir; this one is created on
+    /// first use and never written (writes go to the container's upper dir).
+    pub fn empty_layer_dir(&self) -> Result<PathBuf> {
+        let p = self.root.join("empty");
+        match fs::create_dir(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err!("creating {}: {e}", p.display())),
+        }
+        let m = fs::symlink_metadata(&p).ctx(|| format!("stat {}", p.display()))?;
+        let empty = m.is_dir()
+            && fs::read_dir(&p)
+                .ctx(|| format!("reading {}", p.display()))?
+                .next()
+                .is_none();
+        if !empty {
+            return Err(err!(
+                "{} must be an empty directory (the root of images with no layers): remove it, layerctl recreates it",
+                p.display()
+            ));
+        }
+        Ok(p)
     }
 
     pub fn has_layer(&self, diff_id: &str) -> bool {
@@ -391,8 +650,24 @@ impl Store {
 
     /// Resolves NAME[:TAG], a full image id, or a unique id prefix (>= 4 hex digits).
     pub fn resolve_image(&self, r: &str) -> Result<String> {
-        if let Ok((name, tag)) = parse_ref(r) {
-            if let Some(id) = self.refs()?.get(&format!("{name}:{tag}")) {
+        let refs = self.refs()?;
+        // Names stored before the grammar was enforced stay reachable by their exact text.
+        if let Some(id) = refs.get(r) {
+            return Ok(id.clone());
+        }
+        if let Ok(rf) = parse_reference(r) {
+            if let Some(d) = rf.digest {
+                // layerctl keeps no manifests: a digest names an image id (the sha256 of
+                // its config), the same whatever name precedes it.
+                if self.image_ids()?.contains(&d) {
+                    return Ok(d);
+                }
+                return Err(err!(
+                    "no such image: {r} (a digest is matched against image ids: see `layerctl images`)"
+                ));
+            }
+            let key = format!("{}:{}", rf.name, rf.tag.as_deref().unwrap_or("latest"));
+            if let Some(id) = refs.get(&key) {
                 return Ok(id.clone());
             }
         }
@@ -486,5 +761,36 @@ impl Store {
         fs::rename(&src, &tmp).ctx(|| format!("removing container {name}"))?;
         fsync_dir(&self.root.join("containers"))?;
         crate::copytree::remove_any(&tmp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_name_tag_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse_reference(&format!("reg.example:5000/team/app:v1.2@{d}")).unwrap();
+        assert_eq!(r.name, "reg.example:5000/team/app");
+        assert_eq!(r.tag.as_deref(), Some("v1.2"));
+        assert_eq!(r.digest.as_deref(), Some(d.as_str()));
+        // A port is not a tag.
+        let r = parse_reference("localhost:5000/x").unwrap();
+        assert_eq!((r.name.as_str(), r.tag), ("localhost:5000/x", None));
+        assert_eq!(
+            parse_ref("a/b").unwrap(),
+            ("a/b".to_string(), "latest".to_string())
+        );
+        assert!(parse_ref(&format!("a@{d}")).is_err());
+        assert!(parse_reference(&format!("a@sha256:{}", "A".repeat(64))).is_err());
+        assert!(parse_reference("a@md5:0123456789abcdef0123456789abcdef").is_err());
+        let e = parse_ref("Foo").unwrap_err().to_string();
+        assert!(e.contains("lowercase") && e.contains(NAME_RULE), "{e}");
+        assert_eq!(split_ref("h:5/x:t"), ("h:5/x".to_string(), "t".to_string()));
+        assert_eq!(
+            split_ref("Old..Name"),
+            ("Old..Name".to_string(), "latest".to_string())
+        );
     }
 }

@@ -135,18 +135,21 @@ pub fn set_times(path: &Path, mtime: i64, mtime_nsec: i64) -> io::Result<()> {
     }
 }
 
-/// Blocks until this process holds an exclusive flock on `file`. Released on close, so a
-/// killed writer never leaves the store locked.
-pub fn flock_exclusive(file: &File) -> io::Result<()> {
+/// Tries once to take an exclusive flock on `file`: Ok(false) when another process holds
+/// it. Released on close, so a killed writer never leaves the store locked. Never blocks:
+/// the caller decides how long to wait.
+pub fn flock_try_exclusive(file: &File) -> io::Result<bool> {
     loop {
         // SAFETY: the fd is open for the lifetime of `file`.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
         }
     }
 }
