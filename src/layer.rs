@@ -377,9 +377,9 @@ fn overlay_xattrs(fd: BorrowedFd) -> (bool, Option<Box<[u8]>>) {
         return (false, None);
     };
     let has = |attr: &str| names.iter().any(|n| n == attr);
-    let opaque = whiteout::OPAQUE_XATTRS.iter().any(|attr| {
-        has(attr) && sys::getxattr(fd, dot, OsStr::new(attr)).is_ok_and(|v| v == b"y")
-    });
+    let opaque = whiteout::OPAQUE_XATTRS
+        .iter()
+        .any(|attr| has(attr) && sys::getxattr(fd, dot, OsStr::new(attr)).is_ok_and(|v| v == b"y"));
     let redirect = whiteout::REDIRECT_XATTRS
         .iter()
         .filter(|attr| has(attr))

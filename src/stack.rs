@@ -267,7 +267,10 @@ impl redirect::LowerLayers for Stack {
         }
         let path = dir.join(name);
         let (opaque, redirect) = match layer.listing(&path) {
-            Ok(Some(listing)) => (listing.opaque, listing.redirect.as_deref().map(<[u8]>::to_vec)),
+            Ok(Some(listing)) => (
+                listing.opaque,
+                listing.redirect.as_deref().map(<[u8]>::to_vec),
+            ),
             _ => (
                 whiteout::is_opaque(fd.as_fd(), name),
                 whiteout::redirect(fd.as_fd(), name),

@@ -68,7 +68,10 @@ fn check_component(value: &[u8], c: &[u8]) -> Result<(), Invalid> {
     match c {
         b"" => invalid(value, "it has an empty component"),
         b"." => invalid(value, "it has a `.` component"),
-        b".." => invalid(value, "it has a `..` component, which would leave the place"),
+        b".." => invalid(
+            value,
+            "it has a `..` component, which would leave the place",
+        ),
         _ => Ok(()),
     }
 }
@@ -238,7 +241,12 @@ struct Walk {
 impl Walk {
     /// What `probe` (for the last component of the name when `last`) contributes, and
     /// the redirect to apply if any.
-    fn take<M>(&mut self, probe: Probe<M>, last: bool, marks: bool) -> Option<(M, bool, Option<Vec<u8>>)> {
+    fn take<M>(
+        &mut self,
+        probe: Probe<M>,
+        last: bool,
+        marks: bool,
+    ) -> Option<(M, bool, Option<Vec<u8>>)> {
         match probe {
             Probe::Absent => None,
             Probe::Whiteout => {
@@ -587,7 +595,10 @@ mod tests {
     fn values_resolve_from_the_layer_root() {
         assert_eq!(resolve(Path::new("p/q"), b"n").unwrap(), Path::new("p/q/n"));
         assert_eq!(resolve(Path::new(""), b"n\0").unwrap(), Path::new("n"));
-        assert_eq!(resolve(Path::new("p/q"), b"/x/y").unwrap(), Path::new("x/y"));
+        assert_eq!(
+            resolve(Path::new("p/q"), b"/x/y").unwrap(),
+            Path::new("x/y")
+        );
         assert!(resolve(Path::new("p/../.."), b"n").is_err());
         assert!(resolve(Path::new("/etc"), b"n").is_err());
         assert!(resolve(Path::new("p"), b"../n").is_err());
@@ -613,7 +624,11 @@ mod tests {
 
     #[test]
     fn plain_names_merge_in_the_parents_places() {
-        let f = Fake::new(3).dir(0, "d/x").dir(1, "d/x").dir(2, "d/x").file(2, "d/f");
+        let f = Fake::new(3)
+            .dir(0, "d/x")
+            .dir(1, "d/x")
+            .dir(2, "d/x")
+            .file(2, "d/f");
         // The parent has no directory in layer 1: it is not looked at there.
         let parent = places(&[(0, "d"), (2, "d")]);
         assert_eq!(run(&f, &parent, rel("x"), false), ["0:d/x/", "2:d/x/"]);
@@ -624,7 +639,12 @@ mod tests {
     #[test]
     fn whiteouts_opaque_dirs_and_non_dirs_end_the_merge() {
         let f = Fake::new(3).whiteout(0, "w").dir(1, "w").dir(0, "o");
-        let f = f.opaque(1, "o").dir(2, "o").dir(0, "m").file(1, "m").dir(2, "m");
+        let f = f
+            .opaque(1, "o")
+            .dir(2, "o")
+            .dir(0, "m")
+            .file(1, "m")
+            .dir(2, "m");
         let r = roots(3);
         assert!(run(&f, &r, rel("w"), false).is_empty());
         assert_eq!(run(&f, &r, rel("o"), false), ["0:o/", "1:o/"]);
@@ -645,7 +665,10 @@ mod tests {
     #[test]
     fn redirects_in_lower_layers_chain() {
         // layer 0 is a container's upper where `a` became `b`; layer 1 the image.
-        let f = Fake::new(2).redir(0, "b", b"a").whiteout(0, "a").dir(1, "a");
+        let f = Fake::new(2)
+            .redir(0, "b", b"a")
+            .whiteout(0, "a")
+            .dir(1, "a");
         let f = f.dir(1, "a/sub").dir(0, "b/new");
         assert_eq!(run(&f, &roots(2), rel("b"), false), ["0:b/", "1:a/"]);
         // The children of the merged `b`: its places are [0:b, 1:a].
@@ -654,30 +677,51 @@ mod tests {
         assert!(run(&f, &roots(2), rel("a"), false).is_empty());
 
         // Renamed twice, in two containers stacked: c -> b in layer 0, b -> a in layer 1.
-        let f = Fake::new(3).redir(0, "c", b"/b").redir(1, "b", b"/a").dir(2, "a");
-        assert_eq!(run(&f, &roots(3), rel("c"), false), ["0:c/", "1:b/", "2:a/"]);
+        let f = Fake::new(3)
+            .redir(0, "c", b"/b")
+            .redir(1, "b", b"/a")
+            .dir(2, "a");
+        assert_eq!(
+            run(&f, &roots(3), rel("c"), false),
+            ["0:c/", "1:b/", "2:a/"]
+        );
 
         // A relative redirect is relative to the parent's place in each layer, which may
         // itself be redirected: p -> q in layer 0 (absolute), q/y -> x in layer 1.
-        let f = Fake::new(3).redir(0, "p", b"/q").dir(1, "q").redir(1, "q/y", b"x");
+        let f = Fake::new(3)
+            .redir(0, "p", b"/q")
+            .dir(1, "q")
+            .redir(1, "q/y", b"x");
         let f = f.dir(2, "q/x").dir(0, "p/y");
-        assert_eq!(run(&f, &roots(3), rel("p"), false), ["0:p/", "1:q/", "2:q/"]);
+        assert_eq!(
+            run(&f, &roots(3), rel("p"), false),
+            ["0:p/", "1:q/", "2:q/"]
+        );
         let parent = places(&[(0, "p"), (1, "q"), (2, "q")]);
-        assert_eq!(run(&f, &parent, rel("y"), false), ["0:p/y/", "1:q/y/", "2:q/x/"]);
+        assert_eq!(
+            run(&f, &parent, rel("y"), false),
+            ["0:p/y/", "1:q/y/", "2:q/x/"]
+        );
     }
 
     #[test]
     fn absolute_walks_follow_redirects_on_the_way() {
         // mv /b/sub /c/sub over a layer 0 where b had been renamed from a: the kernel
         // writes "/b/sub"; b's own redirect in layer 0 leads layer 1 to a/sub.
-        let f = Fake::new(2).redir(0, "b", b"/a").whiteout(0, "a").dir(1, "a/sub");
+        let f = Fake::new(2)
+            .redir(0, "b", b"/a")
+            .whiteout(0, "a")
+            .dir(1, "a/sub");
         let f = f.dir(1, "a");
         assert_eq!(run(&f, &roots(2), abs("/b/sub"), true), ["1:a/sub/"]);
         // The same with b renamed within the root (a relative redirect).
         let f = Fake::new(2).redir(0, "b", b"a").dir(1, "a").dir(1, "a/sub");
         assert_eq!(run(&f, &roots(2), abs("/b/sub"), true), ["1:a/sub/"]);
         // Two redirects on one walk: /x/y/z where x -> w (relative), then y -> v.
-        let f = Fake::new(2).redir(0, "x", b"w").redir(0, "x/y", b"v").dir(1, "w");
+        let f = Fake::new(2)
+            .redir(0, "x", b"w")
+            .redir(0, "x/y", b"v")
+            .dir(1, "w");
         let f = f.dir(1, "w/v").dir(1, "w/v/z");
         assert_eq!(run(&f, &roots(2), abs("/x/y/z"), true), ["1:w/v/z/"]);
         // A non-directory on the way ends the lookup for the layers below too.
@@ -687,7 +731,10 @@ mod tests {
         // redirect further down leads them elsewhere.
         let f = Fake::new(2).opaque(0, "o").dir(0, "o/x").dir(1, "o/x");
         assert_eq!(run(&f, &roots(2), abs("/o/x"), true), ["0:o/x/"]);
-        let f = Fake::new(2).opaque(0, "o").redir(0, "o/x", b"/y").dir(1, "y");
+        let f = Fake::new(2)
+            .opaque(0, "o")
+            .redir(0, "o/x", b"/y")
+            .dir(1, "y");
         assert_eq!(run(&f, &roots(2), abs("/o/x"), true), ["0:o/x/", "1:y/"]);
     }
 
@@ -717,9 +764,15 @@ mod tests {
             f = f.redir(l, "a", b"/b").redir(l, "b", b"a");
         }
         let f = f.dir(3, "a").dir(3, "b");
-        assert_eq!(run(&f, &roots(4), rel("a"), false), ["0:a/", "1:b/", "2:a/", "3:b/"]);
+        assert_eq!(
+            run(&f, &roots(4), rel("a"), false),
+            ["0:a/", "1:b/", "2:a/", "3:b/"]
+        );
         // A directory redirected to itself or to its own parent.
-        let f = Fake::new(2).redir(0, "s", b"s").dir(1, "s").redir(0, "p/c", b"/p");
+        let f = Fake::new(2)
+            .redir(0, "s", b"s")
+            .dir(1, "s")
+            .redir(0, "p/c", b"/p");
         let f = f.dir(0, "p").dir(1, "p").dir(1, "p/c");
         assert_eq!(run(&f, &roots(2), rel("s"), false), ["0:s/", "1:s/"]);
         let parent = places(&[(0, "p"), (1, "p")]);
