@@ -25,7 +25,7 @@ use crate::inode::{
     index_name, LowerRef, Node, Tree, ROOT, XATTRS_NONE, XATTRS_SOME, XATTRS_UNKNOWN,
 };
 use crate::layer::{split, Layer};
-use crate::layers::redirect::Redirect;
+use crate::layers::redirect::{self, Redirect};
 use crate::readahead::ReadAhead;
 use crate::readdir::{self, DirEntry, Listing, Listings};
 use crate::stack::{Found, Stack};
@@ -1238,11 +1238,17 @@ impl Overlay {
                 });
                 Redirect::absolute_for_move(up)
             };
+            let value = target.value();
+            if value.len() > redirect::MAX_VALUE {
+                // Not followed when read back: `mv` copies instead, as when the kernel's
+                // path is longer than its redirect_max.
+                return Err(errno(libc::EXDEV));
+            }
             sys::setxattr(
                 pdir.as_fd(),
                 name,
                 OsStr::new(self.stack.xattr_ns.redirect()),
-                &target.value(),
+                &value,
                 0,
             )
             .map_err(|e| {

@@ -538,3 +538,46 @@ fn follow_mode_follows_lower_redirects_and_refuses_to_write_them() {
         assert_eq!(redirects_in(&s.upper), 0, "{backend:?} wrote a redirect");
     }
 }
+
+#[test]
+fn moves_whose_redirect_would_be_too_long_are_exdev() {
+    // 21 levels of 200-character names: the old path is longer than PATH_MAX, more than
+    // a redirect is followed for, so the move is refused and `mv` copies instead; the
+    // kernel refuses it too (beyond its redirect_max). Within the directory, the
+    // redirect is the short old name and the rename works.
+    let s = Stack::new(1);
+    let py = |dir: &Path, code: &str| {
+        let deep = "import os, sys\nfor i in range(21):\n    os.makedirs('0' * 200, \
+                    exist_ok=True)\n    os.chdir('0' * 200)\n";
+        let out = Command::new("python3")
+            .args(["-c", &format!("{deep}{code}")])
+            .current_dir(dir)
+            .output()
+            .expect("run python3");
+        assert_success(&out);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    py(
+        &s.lowers[0],
+        "os.mkdir('leaf')\nopen('leaf/f', 'w').write('x')\n",
+    );
+    for backend in [Backend::Kernel, Backend::Layerfs] {
+        let m = match backend {
+            Backend::Kernel => s.mount_kernel(&[], true),
+            Backend::Layerfs => s.mount_layerfs(&[], true),
+        };
+        let code = format!(
+            "def mv(a, b):\n    try:\n        os.rename(a, b)\n        return 0\n    \
+             except OSError as e:\n        return e.errno\nprint(mv('leaf', '{}/moved'), \
+             mv('leaf', 'leaf2'))\n",
+            m.path.display()
+        );
+        let got = py(&m.path, &code);
+        assert_eq!(got.trim(), format!("{} 0", libc::EXDEV), "{backend:?}");
+        m.unmount();
+        for d in [&s.upper, &s.work] {
+            fs::remove_dir_all(d).unwrap();
+            fs::create_dir(d).unwrap();
+        }
+    }
+}
