@@ -338,7 +338,10 @@ fn random_rename_chains() {
     let first = env_num("LAYERFS_REDIRECT_SEED_START", 0);
     let ops = env_num("LAYERFS_REDIRECT_OPS", 12) as usize;
     let mut written = 0;
+    // A hung FUSE request cannot be cancelled: fail loudly instead of waiting forever.
+    let wd = Watchdog::new("random_rename_chains", Duration::from_secs(300));
     for seed in first..first + seeds {
+        wd.beat(&format!("seed {seed}"));
         let stages = random_chain(seed, ops);
         for writer in WRITERS {
             let failed = catch_unwind(AssertUnwindSafe(|| try_chain_counting(writer, &stages)));

@@ -174,6 +174,24 @@ pub fn resolve(parent: &Path, value: &[u8]) -> Result<PathBuf, Invalid> {
     Redirect::parse(value)?.resolve(parent)
 }
 
+/// Where a directory's lower content is in layers that hold no redirects themselves (the
+/// store's layers, say), given its path from the root down as each component's name and
+/// raw redirect value: each component is its parent's place plus its name, or what its
+/// redirect says from there.
+pub fn lower_place<I>(down: I) -> Result<PathBuf, Invalid>
+where
+    I: IntoIterator<Item = (OsString, Option<Vec<u8>>)>,
+{
+    let mut place = PathBuf::new();
+    for (name, value) in down {
+        place = match value {
+            Some(v) => resolve(&place, &v)?,
+            None => place.join(name),
+        };
+    }
+    Ok(place)
+}
+
 /// A place in a lower layer: the layer's index in the lower list (0 = top-most) and the
 /// path inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -602,6 +620,22 @@ mod tests {
         assert!(resolve(Path::new("p/../.."), b"n").is_err());
         assert!(resolve(Path::new("/etc"), b"n").is_err());
         assert!(resolve(Path::new("p"), b"../n").is_err());
+    }
+
+    #[test]
+    fn lower_places_follow_each_redirect_on_the_way_down() {
+        let down = |c: &[(&str, Option<&[u8]>)]| {
+            lower_place(
+                c.iter()
+                    .map(|(n, v)| (OsString::from(n), v.map(<[u8]>::to_vec))),
+            )
+        };
+        // mv a b; mv b/sub b/sub2 (kernel: b = "a", sub2 = "sub").
+        let p = down(&[("b", Some(b"a")), ("sub2", Some(b"sub"))]).unwrap();
+        assert_eq!(p, Path::new("a/sub"));
+        let p = down(&[("x", None), ("b", Some(b"/q/r\0")), ("c", None)]).unwrap();
+        assert_eq!(p, Path::new("q/r/c"));
+        assert!(down(&[("b", Some(b".."))]).is_err());
     }
 
     #[test]
