@@ -263,10 +263,11 @@ fn random_op(r: &mut Rng) -> String {
         0..=3 => {
             let to = format!("{}/{}", r.pick(&DIRS), r.pick(&NAMES));
             let to = to.trim_start_matches('/').to_string();
-            if r.next() % 3 == 0 {
-                format!("mv {d} {} 2>/dev/null || true", r.pick(&NAMES))
-            } else {
-                format!("mv {d} {to} 2>/dev/null || true")
+            match r.next() % 4 {
+                0 => format!("mv {d} {} 2>/dev/null || true", r.pick(&NAMES)),
+                // Onto an existing (empty) directory, replacing it.
+                1 => format!("mv -T {d} {to} 2>/dev/null || true"),
+                _ => format!("mv {d} {to} 2>/dev/null || true"),
             }
         }
         4 => format!("rm -rf {d}/{} 2>/dev/null || true", r.pick(&NAMES)),
