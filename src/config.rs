@@ -151,7 +151,8 @@ layer options:
     lowerdir=DIRS        read-only layers separated by ':', top-most first
     upperdir=DIR         writable layer
     workdir=DIR          scratch directory on the same filesystem as upperdir
-    redirect_dir=on|off  allow renaming directories that come from a lower layer (on)
+    redirect_dir=on|follow|off  allow renaming directories that come from a lower layer
+                         (on); redirects in the layers are followed in every mode
     whiteout=auto|chardev|file  how deletions are recorded (auto)
     volatile, fsync=0|1  skip fsync on copy-up and ignore fsync requests
     uidmapping=FROM:TO:LEN[:FROM:TO:LEN...], gidmapping=...
@@ -571,7 +572,7 @@ impl OptionParser {
                     // follow/nofollow never create redirects, so renames of lower
                     // directories fail with EXDEV, as with off.
                     "off" | "follow" | "nofollow" => false,
-                    v => return Err(bad_value(key, v, "on or off")),
+                    v => return Err(bad_value(key, v, "on, follow, nofollow or off")),
                 })
             }
             "whiteout" => {

@@ -18,12 +18,8 @@ pub const ROOT: u64 = 1;
 pub type Name = Arc<OsStr>;
 
 /// A place in a lower layer: the layer's index in the lower list (0 = top-most) and the
-/// path inside it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LowerRef {
-    pub layer: usize,
-    pub path: PathBuf,
-}
+/// path inside it (the redirect resolver's type, so lookups hand places over as they are).
+pub type LowerRef = crate::layers::redirect::Place;
 
 /// One object of the merged tree. Kept small: a stack of a million entries holds a
 /// million of these once `find` has walked it.

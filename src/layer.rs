@@ -36,6 +36,8 @@ pub struct Listing {
     pub whiteouts: NameSet,
     /// Opaque by marker file or xattr.
     pub opaque: bool,
+    /// The directory's own redirect xattr value (kernel `redirect_dir`), unparsed.
+    pub redirect: Option<Box<[u8]>>,
 }
 
 impl Listing {
@@ -210,7 +212,7 @@ impl Layer {
 
     /// Reads the directory `fd` (opened as `rel`, for messages).
     fn read_listing(&self, fd: BorrowedFd, rel: &Path) -> Result<Listing> {
-        let xattr_opaque = has_opaque_xattr(fd);
+        let (xattr_opaque, redirect) = overlay_xattrs(fd);
         let DirContents {
             mut entries,
             whiteouts,
@@ -227,6 +229,7 @@ impl Layer {
             inos,
             whiteouts: NameSet::from_names(whiteouts),
             opaque: xattr_opaque || opaque_marker,
+            redirect,
         })
     }
 
@@ -364,18 +367,25 @@ pub fn split(rel: &Path) -> (&Path, Option<&OsStr>) {
     }
 }
 
-/// Whether the directory `fd` carries an opaque xattr set to "y". Most directories have
-/// no xattr at all: one listxattr tells, where asking for each opaque xattr would take two
-/// getxattr calls. ("." rather than an empty name keeps the call on the handle.)
-fn has_opaque_xattr(fd: BorrowedFd) -> bool {
+/// Whether the directory `fd` carries an opaque xattr set to "y", and its redirect
+/// xattr's value. Most directories have no xattr at all: one listxattr tells, where
+/// asking for each xattr would take four getxattr calls. ("." rather than an empty name
+/// keeps the call on the handle.)
+fn overlay_xattrs(fd: BorrowedFd) -> (bool, Option<Box<[u8]>>) {
     let dot = OsStr::new(".");
     let Ok(names) = sys::listxattr(fd, dot) else {
-        return false;
+        return (false, None);
     };
-    whiteout::OPAQUE_XATTRS.iter().any(|attr| {
-        names.iter().any(|n| n == attr)
-            && sys::getxattr(fd, dot, OsStr::new(attr)).is_ok_and(|v| v == b"y")
-    })
+    let has = |attr: &str| names.iter().any(|n| n == attr);
+    let opaque = whiteout::OPAQUE_XATTRS
+        .iter()
+        .any(|attr| has(attr) && sys::getxattr(fd, dot, OsStr::new(attr)).is_ok_and(|v| v == b"y"));
+    let redirect = whiteout::REDIRECT_XATTRS
+        .iter()
+        .filter(|attr| has(attr))
+        .find_map(|attr| sys::getxattr(fd, dot, OsStr::new(attr)).ok())
+        .map(Vec::into_boxed_slice);
+    (opaque, redirect)
 }
 
 /// The `DT_*` type of what `st` describes.

@@ -496,7 +496,23 @@ impl Ops {
                     }
                 }
                 // Gone since the listing was taken.
-                Err(_) => continue,
+                Err(e) if e.errno() == libc::ENOENT => continue,
+                // There, but its lookup fails (an invalid redirect, say): listed with no
+                // attributes (node id 0), as a plain READDIR lists it; a lookup of it
+                // then reports the error.
+                Err(_) => {
+                    let mut st = sys::zeroed_stat();
+                    st.st_ino = e.ino;
+                    st.st_mode = dtype_mode(e.dtype);
+                    let entry = Entry {
+                        id: 0,
+                        generation: 0,
+                        st,
+                    };
+                    if sink.add(&entry, Duration::ZERO, e.cookie, name) {
+                        break;
+                    }
+                }
             }
         }
         Ok(listing)
@@ -593,5 +609,18 @@ fn xattr(value: Vec<u8>, size: u32) -> Answer<Xattr> {
         Err(libc::ERANGE)
     } else {
         Ok(Xattr::Data(value))
+    }
+}
+
+/// The `S_IFMT` bits of a `DT_*` type.
+fn dtype_mode(dtype: u8) -> u32 {
+    match dtype {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        _ => libc::S_IFREG,
     }
 }

@@ -10,8 +10,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -26,6 +25,7 @@ use crate::inode::{
     index_name, LowerRef, Node, Tree, ROOT, XATTRS_NONE, XATTRS_SOME, XATTRS_UNKNOWN,
 };
 use crate::layer::{split, Layer};
+use crate::layers::redirect::{self, Redirect};
 use crate::readahead::ReadAhead;
 use crate::readdir::{self, DirEntry, Listing, Listings};
 use crate::stack::{Found, Stack};
@@ -169,6 +169,7 @@ impl Overlay {
             xattr_ns,
             whiteout,
             shared_dev,
+            refused: Default::default(),
         };
         let mut root = Node::new(libc::S_IFDIR, ROOT);
         root.upper = stack.upper.is_some();
@@ -1195,8 +1196,8 @@ impl Overlay {
     }
 
     /// A directory moving to `newname` in `newparent`: one with lower content records
-    /// where that content is (redirect); one without becomes opaque if a lower layer has
-    /// something under the new name.
+    /// where that content is (redirect), as the kernel writes it (`ovl_set_redirect`);
+    /// one without becomes opaque if a lower layer has something under the new name.
     fn mark_moved_dir(
         &self,
         tree: &mut Tree,
@@ -1213,26 +1214,60 @@ impl Overlay {
         let (ppath, name) = split(&path);
         let name = name.ok_or_else(|| errno(libc::EINVAL))?;
         let pdir = upper.dir(ppath)?;
-        if let Some(first) = node.lower_dirs.first() {
-            if whiteout::redirect(pdir.as_fd(), name).is_none() {
-                let mut target = b"/".to_vec();
-                target.extend_from_slice(first.path.as_os_str().as_bytes());
-                sys::setxattr(
-                    pdir.as_fd(),
-                    name,
-                    OsStr::new(self.stack.xattr_ns.redirect()),
-                    &target,
-                    0,
-                )
-                .map_err(|e| {
-                    log::debug!("rename: cannot record redirect on {}: {e}", path.display());
-                    errno(libc::EXDEV)
-                })?;
+        if !node.lower_dirs.is_empty() {
+            let samedir = node.aliases().first().map(|a| a.0) == Some(newparent);
+            // A recorded redirect stays when it still names the lower content from the
+            // new place: a relative one within the same directory, an absolute one anywhere.
+            let keep = match self.upper_redirect(&path) {
+                Some(Redirect::Absolute(_)) => true,
+                Some(Redirect::Relative(_)) => samedir,
+                None => false,
+            };
+            if keep {
+                return Ok(());
             }
+            // Within its directory, the old name, relative to the parent's lower places;
+            // elsewhere the old merged path, from the root, through the redirects of the
+            // directories on the way.
+            let target = if samedir {
+                Redirect::Relative(name.to_os_string())
+            } else {
+                let up = path.ancestors().filter_map(|p| {
+                    let name = p.file_name()?;
+                    Some((name.to_os_string(), self.upper_redirect(p)))
+                });
+                Redirect::absolute_for_move(up)
+            };
+            let value = target.value();
+            if value.len() > redirect::MAX_VALUE {
+                // Not followed when read back: `mv` copies instead, as when the kernel's
+                // path is longer than its redirect_max.
+                return Err(errno(libc::EXDEV));
+            }
+            sys::setxattr(
+                pdir.as_fd(),
+                name,
+                OsStr::new(self.stack.xattr_ns.redirect()),
+                &value,
+                0,
+            )
+            .map_err(|e| {
+                log::debug!("rename: cannot record redirect on {}: {e}", path.display());
+                errno(libc::EXDEV)
+            })?;
         } else if self.lower_has(tree, newparent, newname)? {
             whiteout::set_opaque(pdir.as_fd(), name, self.stack.xattr_ns)?;
         }
         Ok(())
+    }
+
+    /// The redirect recorded on the upper directory `path`, if any (one a lookup got
+    /// through, so a valid one).
+    fn upper_redirect(&self, path: &Path) -> Option<Redirect> {
+        let upper = self.stack.upper.as_ref()?;
+        let (parent, name) = split(path);
+        let dir = upper.dir(parent).ok()?;
+        Redirect::parse(&whiteout::redirect(dir.as_fd(), name?)?).ok()
     }
 
     // ----- attributes -----

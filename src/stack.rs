@@ -1,19 +1,27 @@
 //! The layer stack and lookup through it: the upper layer first, then the lowers top-first.
 //! The first layer that has a name decides it; a whiteout there means "absent"; a
 //! non-directory ends the search; a directory merges with the same name below until an
-//! opaque directory (or a non-directory) is met.
+//! opaque directory (or a non-directory) is met. A directory's redirect, in the upper or
+//! in a lower layer, changes where the layers below it are looked at
+//! (`layers::redirect`).
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::inode::{compose_ino, LowerRef};
 use crate::layer::{is_dir, Layer};
+use crate::layers::redirect::{self, Invalid, Place, Probe, Redirect};
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, Encoding, XattrNs};
+
+/// How many places with an invalid redirect are remembered as already logged.
+const REFUSED_MAX: usize = 1024;
 
 pub struct Stack {
     pub upper: Option<Layer>,
@@ -26,6 +34,8 @@ pub struct Stack {
     pub whiteout: Encoding,
     /// The device of every layer's root, when they are all on one filesystem.
     pub shared_dev: Option<u64>,
+    /// Places (slot, path) whose invalid redirect the log has told of.
+    pub refused: Mutex<HashSet<(usize, PathBuf)>>,
 }
 
 /// What a name resolves to.
@@ -75,7 +85,9 @@ impl Stack {
     }
 
     /// Looks `name` up in a directory whose upper part is `parent_upper` (if it exists in
-    /// upper) and whose lower parts are `parent_lowers`.
+    /// upper) and whose lower parts are `parent_lowers`. Below the upper layer the lookup
+    /// is the kernel's (`layers::redirect::lookup`): redirects on the upper entry and in
+    /// the lower layers are followed; an invalid one fails the lookup with EIO.
     pub fn resolve(
         &self,
         parent_upper: Option<&Path>,
@@ -86,14 +98,9 @@ impl Stack {
             return Ok(None);
         }
         let mut found: Option<Found> = None;
-        // Lower places to look in, top-first; a redirect on the upper directory replaces them.
-        let mut candidates: Vec<LowerRef> = parent_lowers
-            .iter()
-            .map(|l| LowerRef {
-                layer: l.layer,
-                path: l.path.join(name),
-            })
-            .collect();
+        // What the lower layers are asked for: the name, or where the upper directory
+        // says its lower content is.
+        let mut below = Redirect::Relative(name.to_os_string());
 
         if let (Some(upper), Some(parent)) = (&self.upper, parent_upper) {
             let dir = upper.dir(parent)?;
@@ -103,27 +110,24 @@ impl Stack {
                     let st_ino = self
                         .recorded_ino(dir.as_fd(), name)
                         .unwrap_or_else(|| self.ino(0, &st));
-                    if !is_dir(&st) {
-                        return Ok(Some(Found {
-                            stat: st,
-                            upper: true,
-                            lower: None,
-                            lower_dirs: Vec::new(),
-                            st_ino,
-                        }));
-                    }
-                    if whiteout::is_opaque(dir.as_fd(), name) {
-                        candidates.clear();
-                    } else if let Some(target) = whiteout::redirect(dir.as_fd(), name) {
-                        candidates = self.redirect_candidates(parent_lowers, &target);
-                    }
-                    found = Some(Found {
+                    let upper_found = Found {
                         stat: st,
                         upper: true,
                         lower: None,
                         lower_dirs: Vec::new(),
                         st_ino,
-                    });
+                    };
+                    if !is_dir(&st) {
+                        return Ok(Some(upper_found));
+                    }
+                    if whiteout::is_opaque(dir.as_fd(), name) {
+                        return Ok(Some(upper_found));
+                    }
+                    if let Some(value) = whiteout::redirect(dir.as_fd(), name) {
+                        below = Redirect::parse(&value)
+                            .map_err(|why| self.refused(upper, None, &parent.join(name), why))?;
+                    }
+                    found = Some(upper_found);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     if whiteout::has_whiteout_file(dir.as_fd(), name) {
@@ -134,114 +138,54 @@ impl Stack {
             }
         }
 
-        for cand in candidates {
-            let layer = &self.lowers[cand.layer];
-            let (parent, cname) = match (cand.path.parent(), cand.path.file_name()) {
-                (Some(p), Some(n)) => (p, n),
-                _ => continue,
-            };
-            // A lower directory that is not there (or is not a directory) in this layer
-            // simply contributes nothing.
-            let absent = |e: &Error| {
-                matches!(
-                    e.errno(),
-                    libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV
-                )
-            };
-            // The cached listing answers "not here" and "deleted here" without a syscall.
-            match layer.listing(parent) {
-                Ok(Some(listing)) => {
-                    if !listing.entries.contains(cname) {
-                        if listing.whiteouts.contains(cname) {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) if absent(&e) => continue,
-                Err(e) => return Err(e),
-            }
-            let dir = match layer.dir(parent) {
-                Ok(d) => d,
-                Err(e) if absent(&e) => continue,
-                Err(e) => return Err(e),
-            };
-            let st = match sys::fstatat(dir.as_fd(), cname) {
-                Ok(st) => st,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    if whiteout::has_whiteout_file(dir.as_fd(), cname) {
-                        break;
-                    }
-                    continue;
-                }
-                Err(e) => return Err(Error::from(e).context(layer.describe(&cand.path))),
-            };
-            if whiteout::is_chardev_whiteout(&st) {
-                break;
-            }
-            match &mut found {
-                None if !is_dir(&st) => {
-                    return Ok(Some(Found {
-                        st_ino: self.ino(cand.layer + 1, &st),
-                        stat: st,
-                        upper: false,
-                        lower: Some(cand),
-                        lower_dirs: Vec::new(),
-                    }));
-                }
-                None => {
-                    let opaque = lower_opaque(layer, dir.as_fd(), &cand.path, cname);
-                    found = Some(Found {
-                        st_ino: self.ino(cand.layer + 1, &st),
-                        stat: st,
-                        upper: false,
-                        lower: Some(cand.clone()),
-                        lower_dirs: vec![cand],
-                    });
-                    if opaque {
-                        break;
-                    }
-                }
-                Some(f) => {
-                    // Below a directory only directories merge; anything else ends the merge.
-                    if !is_dir(&st) {
-                        break;
-                    }
-                    let opaque = lower_opaque(layer, dir.as_fd(), &cand.path, cname);
-                    if f.lower.is_none() {
-                        f.lower = Some(cand.clone());
-                    }
-                    f.lower_dirs.push(cand);
-                    if opaque {
-                        break;
-                    }
+        let hits = redirect::lookup(self, parent_lowers, below, found.is_some())?;
+        let mut hits = hits.into_iter();
+        let mut found = match found {
+            Some(f) => f,
+            None => {
+                let Some(first) = hits.next() else {
+                    return Ok(None);
+                };
+                let st_ino = self.ino(first.place.layer + 1, &first.meta);
+                let lower_dirs = if first.is_dir {
+                    vec![first.place.clone()]
+                } else {
+                    Vec::new()
+                };
+                Found {
+                    stat: first.meta,
+                    upper: false,
+                    lower: Some(first.place),
+                    lower_dirs,
+                    st_ino,
                 }
             }
+        };
+        for hit in hits {
+            if found.lower.is_none() {
+                found.lower = Some(hit.place.clone());
+            }
+            found.lower_dirs.push(hit.place);
         }
-        Ok(found)
+        Ok(Some(found))
     }
 
-    /// Where a redirected directory's lower content is: an absolute redirect names a path
-    /// from every lower layer's root; a relative one a sibling in the parent's lower dirs.
-    fn redirect_candidates(&self, parent_lowers: &[LowerRef], target: &[u8]) -> Vec<LowerRef> {
-        if let Some(abs) = target.strip_prefix(b"/") {
-            let path = PathBuf::from(OsStr::from_bytes(abs));
-            (0..self.lowers.len())
-                .map(|layer| LowerRef {
-                    layer,
-                    path: path.clone(),
-                })
-                .collect()
-        } else {
-            parent_lowers
-                .iter()
-                .map(|l| LowerRef {
-                    layer: l.layer,
-                    path: l.path.join(OsStr::from_bytes(target)),
-                })
-                .collect()
+    /// The error for a lookup through an invalid redirect at `path` of `layer` (lower
+    /// layer `slot`, or the upper), said in the log once per place.
+    fn refused(&self, layer: &Layer, slot: Option<usize>, path: &Path, why: Invalid) -> Error {
+        let place = layer.describe(path);
+        let key = (slot.map_or(0, |s| s + 1), path.to_path_buf());
+        let first = {
+            let mut seen = self.refused.lock();
+            if seen.len() >= REFUSED_MAX {
+                seen.clear();
+            }
+            seen.insert(key)
+        };
+        if first {
+            log::warn!("{place}: {why}; lookups through it fail with EIO");
         }
+        Error::new(libc::EIO, format!("{place}: {why}"))
     }
 
     /// The root of the merged tree: upper root merged with every lower root.
@@ -255,11 +199,94 @@ impl Stack {
     }
 }
 
-/// Whether the lower directory `path` (reached as `name` in `parent`) is opaque: from its
-/// cached listing when the layer keeps one, else by asking the layer.
-fn lower_opaque(layer: &Layer, parent: std::os::fd::BorrowedFd, path: &Path, name: &OsStr) -> bool {
-    match layer.listing(path) {
-        Ok(Some(listing)) => listing.opaque,
-        _ => whiteout::is_opaque(parent, name),
+impl redirect::LowerLayers for Stack {
+    type Meta = Stat;
+    type Error = Error;
+
+    fn count(&self) -> usize {
+        self.lowers.len()
+    }
+
+    fn probe(&self, slot: usize, dir: &Path, name: &OsStr, marks: bool) -> Result<Probe<Stat>> {
+        let Some(layer) = self.lowers.get(slot) else {
+            return Ok(Probe::Absent);
+        };
+        // A lower directory that is not there (or is not a directory) in this layer
+        // simply contributes nothing.
+        let absent = |e: &Error| {
+            matches!(
+                e.errno(),
+                libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV
+            )
+        };
+        // The cached listing answers "not here" and "deleted here" without a syscall.
+        match layer.listing(dir) {
+            Ok(Some(listing)) => {
+                if !listing.entries.contains(name) {
+                    return Ok(if listing.whiteouts.contains(name) {
+                        Probe::Whiteout
+                    } else {
+                        Probe::Absent
+                    });
+                }
+            }
+            Ok(None) => {}
+            Err(e) if absent(&e) => return Ok(Probe::Absent),
+            Err(e) => return Err(e),
+        }
+        let fd = match layer.dir(dir) {
+            Ok(d) => d,
+            Err(e) if absent(&e) => return Ok(Probe::Absent),
+            Err(e) => return Err(e),
+        };
+        let st = match sys::fstatat(fd.as_fd(), name) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(if whiteout::has_whiteout_file(fd.as_fd(), name) {
+                    Probe::Whiteout
+                } else {
+                    Probe::Absent
+                });
+            }
+            // A name no directory can hold is not there (the kernel's lookup says so too).
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => return Ok(Probe::Absent),
+            Err(e) => return Err(Error::from(e).context(layer.describe(&dir.join(name)))),
+        };
+        if whiteout::is_chardev_whiteout(&st) {
+            return Ok(Probe::Whiteout);
+        }
+        if !is_dir(&st) {
+            return Ok(Probe::NonDir(st));
+        }
+        if !marks {
+            return Ok(Probe::Dir {
+                meta: st,
+                opaque: false,
+                redirect: None,
+            });
+        }
+        let path = dir.join(name);
+        let (opaque, redirect) = match layer.listing(&path) {
+            Ok(Some(listing)) => (
+                listing.opaque,
+                listing.redirect.as_deref().map(<[u8]>::to_vec),
+            ),
+            _ => (
+                whiteout::is_opaque(fd.as_fd(), name),
+                whiteout::redirect(fd.as_fd(), name),
+            ),
+        };
+        Ok(Probe::Dir {
+            meta: st,
+            opaque,
+            redirect,
+        })
+    }
+
+    fn refuse(&self, place: &Place, why: Invalid) -> Error {
+        match self.lowers.get(place.layer) {
+            Some(layer) => self.refused(layer, Some(place.layer), &place.path, why),
+            None => Error::new(libc::EIO, why.to_string()),
+        }
     }
 }

@@ -128,12 +128,12 @@ pub fn is_opaque(dir: BorrowedFd, name: &OsStr) -> bool {
     marker.is_ok()
 }
 
-/// The redirect recorded on the directory `name` in `dir`, if any.
+/// The raw redirect value recorded on the directory `name` in `dir`, if any (even an
+/// empty one: the kernel refuses that, and so does `layers::redirect`).
 pub fn redirect(dir: BorrowedFd, name: &OsStr) -> Option<Vec<u8>> {
     REDIRECT_XATTRS
         .iter()
         .find_map(|attr| sys::getxattr(dir, name, OsStr::new(attr)).ok())
-        .filter(|v| !v.is_empty())
 }
 
 /// Writes a whiteout for `name` in `dir`. The caller has removed any entry of that name.

@@ -76,9 +76,10 @@ fn check_upper(dir: &UserDir, extra: &[&str]) {
         x("opt/lowerdir", "user.overlay.opaque").as_deref(),
         Some("y")
     );
+    // Renamed within its directory: the old name, relative, as kernel overlayfs writes.
     assert_eq!(
         x("home/app2", "user.overlay.redirect").as_deref(),
-        Some("/home/app")
+        Some("app")
     );
     assert_eq!(read_str(upper.join("etc/motd")), "base\nmore\n");
     assert_eq!(read_str(upper.join("new")), "new\n");

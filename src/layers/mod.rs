@@ -2,4 +2,5 @@
 //! the daemon and layerctl call these instead of keeping readers of their own.
 //! Every write goes through directory handles confined beneath a layer root (`crate::sys`).
 
+pub mod redirect;
 pub mod writer;

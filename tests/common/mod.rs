@@ -149,7 +149,7 @@ impl Stack {
         }
     }
 
-    fn lowerdir(&self) -> String {
+    pub fn lowerdir(&self) -> String {
         self.lowers
             .iter()
             .map(|p| p.to_str().unwrap().to_string())
@@ -236,6 +236,41 @@ impl Stack {
         Mount {
             path: self.mnt.clone(),
             backend: Backend::Kernel,
+            mounted: true,
+        }
+    }
+
+    /// A read-only kernel overlayfs mount of the lowers with exactly `opts` added
+    /// (`redirect_dir=follow`, say; `mount_kernel` picks its own redirect_dir).
+    pub fn mount_kernel_lowers(&self, opts: &[&str]) -> Mount {
+        let mut o = format!("lowerdir={}", self.lowerdir());
+        for x in opts {
+            o += ",";
+            o += x;
+        }
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &o])
+            .arg(&self.mnt)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -t overlay -o {o} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount {
+            path: self.mnt.clone(),
+            backend: Backend::Kernel,
+            mounted: true,
+        }
+    }
+
+    /// A mount already made by the caller (a foreground daemon, say), unmounted like
+    /// the others.
+    pub fn adopt_mount(&self, backend: Backend) -> Mount {
+        Mount {
+            path: self.mnt.clone(),
+            backend,
             mounted: true,
         }
     }
