@@ -17,6 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::rc::Rc;
 
+use layerfs::layers::redirect;
 use layerfs::layers::writer::{LayerPath, LayerWriter};
 use layerfs::sys;
 use layerfs::whiteout;
@@ -53,34 +54,24 @@ enum Task {
     Materialize { from: LayerPath, out: LayerPath },
 }
 
-/// The redirect recorded on the open directory `dir`, without a trailing NUL (kernel
-/// overlayfs may store one).
+/// The raw redirect recorded on the open directory `dir`, if any.
 fn redirect_of(dir: &OwnedFd) -> Option<Vec<u8>> {
-    let v = whiteout::redirect(dir.as_fd(), OsStr::new(""))?;
-    let v: Vec<u8> = v.into_iter().take_while(|b| *b != 0).collect();
-    (!v.is_empty()).then_some(v)
+    whiteout::redirect(dir.as_fd(), OsStr::new(""))
 }
 
-/// Resolves a redirect value to a path in the lower view. Absolute values are from the
-/// root; kernel overlayfs writes a bare name for a rename within one directory, meant
-/// relative to the parent directory's *lower* path.
+/// Where a redirect found on a directory whose parent's lower content is at
+/// `parent_lower` points in the lower view (the shared resolver: absolute from the root,
+/// a bare name against the parent's lower place, as kernel overlayfs reads them). The
+/// store's layers hold no redirects themselves (commit expands them), so one step is all.
 fn redirect_target(value: &[u8], parent_lower: &LayerPath) -> Result<LayerPath> {
-    let bad = || {
+    let bad = |why: &dyn std::fmt::Display| {
         err!(
-            "redirect {:?} leaves the layer root",
+            "redirect {:?} is invalid ({why}); the container's upper directory is damaged",
             String::from_utf8_lossy(value)
         )
     };
-    if let Some(abs) = value.strip_prefix(b"/") {
-        if abs.split(|b| *b == b'/').any(|c| c == b".." || c == b".") {
-            return Err(bad());
-        }
-        return LayerPath::parse(abs).map_err(|_| bad());
-    }
-    if value.contains(&b'/') || value == b"." || value == b".." {
-        return Err(bad());
-    }
-    Ok(parent_lower.join(OsStr::from_bytes(value)))
+    let p = redirect::resolve(&parent_lower.to_path(), value).map_err(|e| bad(&e))?;
+    LayerPath::parse(p.as_os_str().as_bytes()).map_err(|e| bad(&e))
 }
 
 fn malformed_whiteout(t: &OsStr) -> bool {
@@ -98,8 +89,10 @@ impl<'a> Builder<'a> {
         Builder { lowers, tick }
     }
 
-    /// Builds the layer for `upper` into the empty directory `out`.
-    pub fn build(self, upper: &Path, out: &Path) -> Result<()> {
+    /// Builds the layer for `upper` into the empty directory `out`. `index` is the mount's
+    /// workdir index (`work/index`), where layerfs keeps the one copy that every name of a
+    /// hard-linked lower file shares once one of them changed.
+    pub fn build(self, upper: &Path, index: Option<&Path>, out: &Path) -> Result<()> {
         let w = LayerWriter::open(out).ctx(|| format!("opening {}", out.display()))?;
         let mut c = Copier::new(w);
         let root = OwnedFd::from(
@@ -135,7 +128,99 @@ impl<'a> Builder<'a> {
                 }
             }
         }
+        if let Some(index) = index {
+            self.link_lower_names(&mut c, index, out)?;
+        }
         c.finish()
+    }
+
+    /// Hard links in commit: a lower file with several names, changed through one of them,
+    /// has its new content in the workdir index, and the container shows it under every
+    /// name, those never touched included (they are still lower-only in the upper). Every
+    /// such name that the committed view would still show from a lower layer is written as
+    /// a hard link to the new content; a name the container deleted stays deleted.
+    fn link_lower_names(&self, c: &mut Copier, index: &Path, out: &Path) -> Result<()> {
+        let dir = match File::open(index) {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(err!("opening the workdir index {}: {e}", index.display())),
+        };
+        let mut by_ino: HashMap<u64, (OsString, sys::Stat)> = HashMap::new();
+        for (name, _, _) in
+            sys::read_dir(dir.as_fd()).ctx(|| format!("reading {}", index.display()))?
+        {
+            let Some(ino) = std::str::from_utf8(name.as_bytes())
+                .ok()
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+            else {
+                continue;
+            };
+            let st = sys::fstatat(dir.as_fd(), &name)
+                .ctx(|| format!("stat {} in {}", name.to_string_lossy(), index.display()))?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                by_ino.insert(ino, (name, st));
+            }
+        }
+        if by_ino.is_empty() {
+            return Ok(());
+        }
+        // Every name of those inodes in the lower view, then the ones the committed view
+        // (the new layer over the lowers) still takes from a lower layer.
+        let mut names: Vec<(LayerPath, u64)> = Vec::new();
+        let mut stack = vec![LayerPath::root()];
+        while let Some(d) = stack.pop() {
+            for (n, e) in self
+                .lowers
+                .list(&d)
+                .ctx(|| format!("reading lower directory {}", d.display()))?
+            {
+                let p = d.join(&n);
+                if e.is_dir() {
+                    stack.push(p);
+                } else if e.stat.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && e.stat.st_nlink > 1
+                    && by_ino.contains_key(&e.stat.st_ino)
+                {
+                    names.push((p, e.stat.st_ino));
+                }
+            }
+        }
+        let mut layers = vec![out.to_path_buf()];
+        layers.extend((0..self.lowers.len()).map(|i| self.lowers.layer_path(i).to_path_buf()));
+        let committed = LowerView::new(layers).ctx(|| format!("opening {}", out.display()))?;
+        for (p, ino) in names {
+            let shown = p.display();
+            let still_lower = committed
+                .lookup(&p)
+                .ctx(|| format!("looking up {shown} in the new layer"))?
+                .is_some_and(|e| e.layer > 0 && e.stat.st_ino == ino);
+            if !still_lower {
+                continue;
+            }
+            // Its parents exist in the new layer with the lower directories' metadata
+            // (they merge with them), then the name joins the changed inode.
+            for depth in 1..p.depth() {
+                let a = LayerPath::from_components(&p.components()[..depth]);
+                if c.w.open_dir(&a).is_ok() {
+                    continue;
+                }
+                let e = self
+                    .lowers
+                    .lookup(&a)
+                    .ctx(|| format!("looking up {}", a.display()))?
+                    .ok_or_else(|| {
+                        err!("lower directory {} vanished during the commit", a.display())
+                    })?;
+                let pd = self
+                    .lowers
+                    .open_dir(e.layer, &a.parent())
+                    .ctx(|| format!("opening lower directory {}", a.parent().display()))?;
+                c.copy_entry(pd.as_fd(), a.name(), &e.stat, &a)?;
+            }
+            let (name, st) = &by_ino[&ino];
+            c.copy_shared(dir.as_fd(), name, st, &p)?;
+        }
+        Ok(())
     }
 
     /// Copies the entries of lower directory `from` into `out`; subdirectories become tasks.

@@ -264,7 +264,11 @@ pub fn commit(
     fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
     let pb = progress::spinner("collecting changes");
     let tick = || pb.inc(1);
-    let res = changeset::Builder::new(&lowers, &tick).build(&upper_dir(store, name), &out);
+    let res = changeset::Builder::new(&lowers, &tick).build(
+        &upper_dir(store, name),
+        Some(&store.container_dir(name).join("work/index")),
+        &out,
+    );
     pb.finish_and_clear();
     if let Err(e) = res {
         let _ = crate::copytree::remove_any(&tmp);

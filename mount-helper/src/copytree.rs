@@ -142,6 +142,20 @@ impl Copier {
         Ok(())
     }
 
+    /// [`Copier::copy_entry`] for a file whose further copies must all be one inode, even
+    /// if the source has a single link (the workdir index entry of a hard-link set).
+    pub fn copy_shared(
+        &mut self,
+        dir: BorrowedFd,
+        name: &OsStr,
+        st: &Stat,
+        dst: &LayerPath,
+    ) -> Result<()> {
+        let mut st = *st;
+        st.st_nlink = st.st_nlink.max(2);
+        self.copy_entry(dir, name, &st, dst)
+    }
+
     /// Copies everything below the source directory `src` into directory `dst` (which the
     /// caller made), without recursion. Subdirectories wait as (parent handle, name), so the
     /// handles held are one per level, not one per directory.

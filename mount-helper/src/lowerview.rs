@@ -135,6 +135,14 @@ impl LowerView {
         Ok(self.list(&rel.parent())?.remove(rel.name()))
     }
 
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
     pub fn layer_path(&self, i: usize) -> &Path {
         &self.layers[i].0
     }

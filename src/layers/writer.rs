@@ -50,6 +50,11 @@ impl LayerPath {
         Ok(LayerPath(out))
     }
 
+    /// The path of these components (each a plain name).
+    pub fn from_components(c: &[OsString]) -> LayerPath {
+        LayerPath(c.to_vec())
+    }
+
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
