@@ -60,26 +60,9 @@ enum Cmd {
         #[arg(long)]
         read_only: bool,
     },
-    /// Run CMD in a new container of IMAGE on a layerfs mount (crun when installed, else bubblewrap), then unmount; exits with CMD's status
+    /// Run a command in a new container of IMAGE (its Entrypoint + Cmd by default) on a layerfs mount, then unmount; exits with the command's status
     #[command(after_help = run::RUNTIME_HELP)]
-    Run {
-        image: String,
-        /// Name of the container (default: IMAGE-N)
-        #[arg(long)]
-        name: Option<String>,
-        /// Commit the container afterwards as NEWIMAGE[:TAG] (created_by = the command line)
-        #[arg(long, value_name = "NEWIMAGE[:TAG]")]
-        commit: Option<String>,
-        /// crun or bwrap [default: crun when installed, else bwrap]
-        #[arg(long)]
-        runtime: Option<String>,
-        /// Remove the container afterwards (after --commit)
-        #[arg(long)]
-        rm: bool,
-        /// The command and its arguments (after `--`)
-        #[arg(last = true, required = true, value_name = "CMD")]
-        cmd: Vec<String>,
-    },
+    Run(Box<RunArgs>),
     /// Unmount a container (by name or mount point); its changes are kept
     Umount { what: String },
     /// List containers
@@ -158,7 +141,68 @@ enum Cmd {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Name of the container (default: IMAGE-N)
+    #[arg(long)]
+    name: Option<String>,
+    /// Commit the container afterwards as NEWIMAGE[:TAG] if the command succeeds (created_by = the command line)
+    #[arg(long, value_name = "NEWIMAGE[:TAG]")]
+    commit: Option<String>,
+    /// With --commit: commit even when the command exits non-zero
+    #[arg(long, requires = "commit")]
+    commit_on_failure: bool,
+    /// crun or bwrap [default: crun when installed, else bwrap]
+    #[arg(long)]
+    runtime: Option<String>,
+    /// Remove the container afterwards (after --commit)
+    #[arg(long)]
+    rm: bool,
+    /// Set an environment variable (NAME=VALUE, or NAME for the caller's value)
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
+    /// Read environment variables from a file of NAME=VALUE lines
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Bind a host path into the container (absolute paths; ro = read-only)
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    volume: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// User inside the container: NAME, UID, NAME:GROUP or UID:GID
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Replace the image's Entrypoint (and drop its Cmd); "" clears it
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Give the command a pseudo-terminal (when stdin is a terminal)
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Keep stdin attached (without -i the command's stdin is empty, as in docker run)
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// none (a private network namespace with loopback only) or host
+    #[arg(long, default_value = "none")]
+    network: String,
+    /// Mount the container's root file system read-only
+    #[arg(long)]
+    read_only: bool,
+    /// As root: auto runs the container in a user namespace on a subordinate id range (/etc/subuid); host (default) runs it as real root
+    #[arg(long, value_name = "auto|host")]
+    userns: Option<String>,
+    image: String,
+    /// The command and its arguments [default: the image's Entrypoint + Cmd]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<String>,
+}
+
 pub fn main() -> i32 {
+    crate::interrupt::install();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -223,6 +267,13 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 
 fn run(cli: Cli) -> Result<i32> {
     let store = Store::open(cli.root.unwrap_or_else(store::default_root))?;
+    // This process's temp entries (store tmp/ and half-written records) go if it is
+    // interrupted; those of a killed process are cleared by the next writer's lock.
+    let pid = std::process::id();
+    let _tmp = crate::interrupt::register_prefixed(&store.root.join("tmp"), &format!("{pid}-"));
+    let _rec =
+        crate::interrupt::register_prefixed(&store.root.join("images"), &format!(".tmp-{pid}-"));
+    let _top = crate::interrupt::register_prefixed(&store.root, &format!(".tmp-{pid}-"));
     match cli.cmd {
         Cmd::Import { source, image } => {
             let (r, id, diff_id) = images::import(&store, &source, &image)?;
@@ -332,22 +383,27 @@ fn run(cli: Cli) -> Result<i32> {
             let n = container::mount(&store, &image, &target, name.as_deref(), read_only)?;
             out(n);
         }
-        Cmd::Run {
-            image,
-            name,
-            commit,
-            runtime,
-            rm,
-            cmd,
-        } => {
-            let runtime = runtime.as_deref().map(run::Runtime::parse).transpose()?;
+        Cmd::Run(a) => {
+            let runtime = a.runtime.as_deref().map(run::Runtime::parse).transpose()?;
             let opts = run::RunOptions {
-                name: name.as_deref(),
-                commit: commit.as_deref(),
+                name: a.name.as_deref(),
+                commit: a.commit.as_deref(),
+                commit_on_failure: a.commit_on_failure,
                 runtime,
-                remove: rm,
+                remove: a.rm,
+                env: &a.env,
+                env_files: &a.env_file,
+                volumes: &a.volume,
+                workdir: a.workdir.as_deref(),
+                user: a.user.as_deref(),
+                entrypoint: a.entrypoint.as_deref(),
+                tty: a.tty,
+                interactive: a.interactive,
+                network: run::Network::parse(&a.network)?,
+                read_only: a.read_only,
+                userns: run::UserNs::parse(a.userns.as_deref().unwrap_or(""))?,
             };
-            return run::run(&store, &image, &cmd, &opts);
+            return run::run(&store, &a.image, &a.command, &opts);
         }
         Cmd::Umount { what } => {
             out(container::umount(&store, &what)?);

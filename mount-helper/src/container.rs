@@ -83,12 +83,39 @@ pub fn mount(
         let rec = store.read_container(image_ref)?;
         return remount(store, rec, target);
     }
+    let how = NewMount {
+        name,
+        read_only,
+        ..NewMount::default()
+    };
+    mount_new(store, image_ref, target, &how)
+}
+
+/// How [`mount_new`] mounts a new container.
+#[derive(Default)]
+pub struct NewMount<'a> {
+    pub name: Option<&'a str>,
+    pub read_only: bool,
+    /// A directory mounted above the image's layers and below the container's upper
+    /// (`run`'s init layer: the mount points a runtime needs, so that it never creates
+    /// them in the upper). Not part of the container's image: diff and commit never see it.
+    pub init_layer: Option<&'a Path>,
+    /// Extra mount program options (`uidmapping=...` for `run --userns=auto`).
+    pub extra_opts: &'a [String],
+}
+
+/// A new container of `image_ref` mounted on `target`. Returns the container name.
+pub fn mount_new(store: &Store, image_ref: &str, target: &Path, how: &NewMount) -> Result<String> {
+    let (name, read_only) = (how.name, how.read_only);
     let prog = mount::program()?;
     let target = mount::check_target(target)?;
     let _lock = store.lock()?;
     let image_id = store.resolve_image(image_ref)?;
     let cfg = store.read_image(&image_id)?;
-    let lowers = lower_dirs(store, &cfg)?;
+    let mut lowers = lower_dirs(store, &cfg)?;
+    if let Some(init) = how.init_layer {
+        lowers.insert(0, init.to_path_buf());
+    }
     let name = match name {
         Some(n) => {
             valid_container_name(n)?;
@@ -113,7 +140,7 @@ pub fn mount(
     } else {
         Some((upper.as_path(), work.as_path()))
     };
-    if let Err(e) = mount::mount(&prog, &lowers, rw, &target) {
+    if let Err(e) = mount::mount_with(&prog, &lowers, rw, &target, how.extra_opts) {
         // Nothing changed: the container we just made goes away again.
         let _ = store.remove_container(&name);
         return Err(e);
