@@ -203,7 +203,7 @@ struct RunArgs {
 
 pub fn main() -> i32 {
     crate::interrupt::install();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(docker_style_run(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
@@ -218,6 +218,74 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// `run`'s options end at IMAGE, as in `docker run`: everything after it is the command,
+/// even words that look like layerctl options (`layerctl run img ls --rm`). clap would
+/// still take a known option right after IMAGE, so a `--` is put there.
+fn docker_style_run(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    // Options of `run` (and the global --root) that take a value as the next word.
+    const LONG: &[&str] = &[
+        "--root",
+        "--name",
+        "--commit",
+        "--runtime",
+        "--env",
+        "--env-file",
+        "--volume",
+        "--workdir",
+        "--user",
+        "--entrypoint",
+        "--network",
+        "--userns",
+    ];
+    const SHORT: &[char] = &['e', 'v', 'w', 'u'];
+    let mut i = 1;
+    // Global options before the subcommand.
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--root" {
+            i += 2;
+        } else if a.starts_with("--root=") {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if args.get(i).map(|a| a != "run").unwrap_or(true) {
+        return args;
+    }
+    i += 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy().into_owned();
+        if a == "--" {
+            return args;
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            let takes = !long.contains('=') && LONG.contains(&a.as_str());
+            i += if takes { 2 } else { 1 };
+        } else if a.len() > 1 && a.starts_with('-') {
+            // A cluster such as -it or -eK=V: a value option takes the rest or the next word.
+            let rest: Vec<char> = a[1..].chars().collect();
+            let mut skip = 1;
+            for (j, c) in rest.iter().enumerate() {
+                if SHORT.contains(c) {
+                    if j + 1 == rest.len() {
+                        skip = 2;
+                    }
+                    break;
+                }
+            }
+            i += skip;
+        } else {
+            // IMAGE.
+            if i + 1 < args.len() && args[i + 1] != "--" {
+                args.insert(i + 1, "--".into());
+            }
+            return args;
+        }
+    }
+    args
 }
 
 fn out(s: impl AsRef<str>) {
