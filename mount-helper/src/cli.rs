@@ -100,10 +100,10 @@ enum Cmd {
         #[arg(short, long)]
         change: Vec<String>,
     },
-    /// Remove an image name (and the image once unnamed)
+    /// Remove an image name (and the image once unnamed); an id with several names needs --force
     Rmi {
         image: String,
-        /// Remove even while containers use it
+        /// Remove even while containers use it, and every name of an image given by id
         #[arg(short, long)]
         force: bool,
     },
@@ -111,23 +111,29 @@ enum Cmd {
     Gc,
     /// Re-hash every layer and check every reference (exit 1 on damage)
     Fsck,
-    /// Save images as an OCI layout (dir), an OCI archive (tar) or a docker save archive
+    /// Save images to a docker archive (default), an OCI layout (dir or tar) or a dir-transport directory; to stdout without -o
     Save {
         #[arg(required = true)]
         images: Vec<String>,
+        /// Output path, or - for stdout [default: stdout, unless it is a terminal]
         #[arg(short, long)]
-        output: PathBuf,
-        #[arg(long, value_enum, default_value = "oci")]
-        format: crate::save::Format,
-        /// Layer compression [default: gzip for OCI formats, none for docker-archive]
+        output: Option<PathBuf>,
+        /// [default: docker-archive]
+        #[arg(long, value_enum)]
+        format: Option<crate::save::Format>,
+        /// Layer compression [default: gzip for the OCI formats and docker-dir, none for docker-archive]
         #[arg(long, value_enum)]
         compress: Option<crate::save::Compress>,
     },
-    /// Load images from an OCI layout (dir or tar) or a docker save archive
+    /// Load images from a docker archive, an OCI layout (dir or tar) or a dir-transport directory; from stdin without a path
     Load {
-        path: PathBuf,
+        /// The archive or directory, or - for stdin [default: stdin, unless it is a terminal]
+        path: Option<PathBuf>,
         /// Name for the image (when the archive holds one)
         image: Option<String>,
+        /// The archive, as `docker load -i` (then the first argument is the name)
+        #[arg(short, long, value_name = "PATH")]
+        input: Option<PathBuf>,
         /// Refuse archives whose uncompressed tar streams add up to more than this (bytes, or K/M/G/T)
         #[arg(long, default_value = "64G")]
         max_size: String,
@@ -614,19 +620,57 @@ fn run(cli: Cli) -> Result<i32> {
             format,
             compress,
         } => {
-            let lines = crate::save::save(&store, &images, &output, format, compress)?;
-            eprintln!("saved {} image(s) to {}", lines.len(), output.display());
-            for l in lines {
-                out(l);
+            use std::io::IsTerminal;
+            let (target, format) =
+                crate::save::target(output.as_deref(), format, std::io::stdout().is_terminal())?;
+            let lines = crate::save::save(&store, &images, &target, format, compress)?;
+            match &target {
+                crate::save::Target::Path(p) => {
+                    eprintln!("saved {} image(s) to {}", lines.len(), p.display());
+                    for l in lines {
+                        out(l);
+                    }
+                }
+                // stdout carries the archive: the summary goes to stderr.
+                crate::save::Target::Stdout => {
+                    for l in lines {
+                        eprintln!("saved {l}");
+                    }
+                }
             }
         }
         Cmd::Load {
             path,
             image,
+            input,
             max_size,
         } => {
+            use std::io::IsTerminal;
             let max = crate::load::parse_size(&max_size)?;
-            for (r, id) in crate::load::load(&store, &path, image.as_deref(), max)? {
+            // With -i the only positional argument is the name.
+            let (path, image) = match input {
+                Some(i) => {
+                    if image.is_some() {
+                        return Err(err!(
+                            "give the archive once: `layerctl load -i PATH [NAME]` or `layerctl load PATH [NAME]`"
+                        ));
+                    }
+                    (Some(i), path.map(|p| p.to_string_lossy().into_owned()))
+                }
+                None => (path, image),
+            };
+            let loaded = match path {
+                Some(p) if p != std::path::Path::new("-") => {
+                    crate::load::load(&store, &p, image.as_deref(), max)?
+                }
+                None if std::io::stdin().is_terminal() => {
+                    return Err(err!(
+                        "no archive given and stdin is a terminal: `layerctl load -i img.tar`, or pipe one in (`layerctl load < img.tar`)"
+                    ))
+                }
+                _ => crate::load::load_stdin(&store, image.as_deref(), max)?,
+            };
+            for (r, id) in loaded {
                 eprintln!("loaded {r}");
                 out(format!("{r} {id}"));
             }

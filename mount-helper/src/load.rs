@@ -151,6 +151,9 @@ struct ImagePlan {
     names: Vec<String>,
     config: ImageConfig,
     layers: Vec<LayerSrc>,
+    /// The image id the archive gives it (its config digest), to say when the store's
+    /// id differs.
+    orig_id: Option<String>,
 }
 
 /// Parses `--max-size`: bytes, or with a K/M/G/T suffix (powers of 1024).
@@ -231,7 +234,7 @@ fn load_locked(
     let mut plans = if src.resolve("index.json")?.is_file() {
         read_oci(&src, max)?
     } else if src.resolve("manifest.json")?.is_file() {
-        read_docker(&src, max)?
+        read_docker_or_dir(&src, max)?
     } else {
         return Err(err!(
             "{} is neither an OCI image layout (no index.json) nor a docker save archive (no manifest.json); for a plain rootfs use `layerctl import`",
@@ -316,6 +319,8 @@ fn load_locked(
         let used = extract_layer(l, &diff, budget, &src.shown, &|| pb.inc(1))?;
         budget = budget.saturating_sub(used);
         pb.set_message(format!("hashing layer {}/{}", i + 1, all.len()));
+        // The count restarts: entries hashed, not extracted plus hashed.
+        pb.set_position(0);
         let (canon, size) = tarfile::digest(&diff, &|| pb.inc(1))?;
         pb.finish_and_clear();
         done.insert(l.diff_id.clone(), (dir, canon, size));
@@ -338,6 +343,9 @@ fn load_locked(
         let id = store.write_image(&p.config)?;
         for n in &p.names {
             out.push((tag(store, n, &id)?, id.clone()));
+        }
+        if let Some(orig) = p.orig_id.as_ref().filter(|o| **o != id) {
+            eprintln!("{}", rekey_note(&p, orig, &id, &done));
         }
     }
     Ok(out)
@@ -597,6 +605,7 @@ fn read_oci(src: &Source, max: u64) -> Result<Vec<ImagePlan>> {
             names,
             config: cfg,
             layers,
+            orig_id: Some(m.config.digest.clone()),
         });
     }
     Ok(plans)
@@ -690,9 +699,117 @@ fn read_docker(src: &Source, max: u64) -> Result<Vec<ImagePlan>> {
             names,
             layers: plan_layers(src, &cfg, files, &what)?,
             config: cfg,
+            orig_id: Some(crate::store::sha256_id(&cbytes)),
         });
     }
     Ok(plans)
+}
+
+/// What `load` says when an image's id in the store is not the archive's: which layers
+/// were stored under another id (written by another tool: their canonical tar differs)
+/// or, if none, that the config was re-encoded.
+fn rekey_note(
+    p: &ImagePlan,
+    orig: &str,
+    id: &str,
+    done: &BTreeMap<String, (PathBuf, String, u64)>,
+) -> String {
+    let rekeyed = p
+        .layers
+        .iter()
+        .filter(|l| done.get(&l.diff_id).is_some_and(|d| d.1 != l.diff_id))
+        .count();
+    let name = p.names.first().map(String::as_str).unwrap_or("image");
+    let why = if rekeyed > 0 {
+        format!(
+            "{rekeyed} of its {} layer(s) were written by another tool and are stored under the digest of their canonical tar (same files)",
+            p.layers.len()
+        )
+    } else {
+        "its config was re-encoded".to_string()
+    };
+    format!("layerctl: {name}: re-keyed: image {orig} is stored as {id}: {why}")
+}
+
+/// A `manifest.json` at the top is a `docker save` manifest (a JSON array) or, from
+/// the `dir:` transport (`podman save --format docker-dir`, `skopeo copy ... dir:`), one
+/// image's schema 2 manifest (an object) with the blobs as files named by hex digest.
+fn read_docker_or_dir(src: &Source, max: u64) -> Result<Vec<ImagePlan>> {
+    let bytes = src.read("manifest.json", "manifest.json", max)?;
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return read_docker(src, max);
+    }
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        err!(
+            "manifest.json in {} is neither a docker save manifest nor an image manifest: {e}",
+            src.shown
+        )
+    })?;
+    let blob_file = |d: &Descriptor| -> Result<String> {
+        let rel = oci::blob_rel(&d.digest)?;
+        Ok(rel.rsplit('/').next().unwrap_or_default().to_string())
+    };
+    let cdesc = &m.config;
+    let cbytes = src.read(&blob_file(cdesc)?, &format!("config {}", cdesc.digest), max)?;
+    check_bytes(
+        &cbytes,
+        &cdesc.digest,
+        Some(cdesc.size),
+        "config",
+        &src.shown,
+    )?;
+    let what = "the image".to_string();
+    let cfg = parse_config(&cbytes, "config of the image", &src.shown)?;
+    let mut files = Vec::new();
+    for l in &m.layers {
+        files.push((
+            src.resolve(&blob_file(l)?)?,
+            Some((l.digest.clone(), l.size)),
+        ));
+    }
+    Ok(vec![ImagePlan {
+        names: Vec::new(),
+        layers: plan_layers(src, &cfg, files, &what)?,
+        config: cfg,
+        orig_id: Some(cdesc.digest.clone()),
+    }])
+}
+
+/// `layerctl load` of an archive read from stdin (`-i -`, or no input): the stream is
+/// copied into the store's tmp (bounded by `max`), then loaded as a file.
+pub fn load_stdin(store: &Store, name: Option<&str>, max: u64) -> Result<Vec<(String, String)>> {
+    if let Some(n) = name {
+        parse_ref(n)?;
+    }
+    let _lock = store.lock()?;
+    let tmp = store.tmp_dir()?;
+    let res = (|| {
+        let file = tmp.join("stdin");
+        let mut f = fs::File::create(&file).ctx(|| format!("creating {}", file.display()))?;
+        let pb = progress::bytes("reading stdin", 0);
+        let n = io::copy(
+            &mut progress::Reader::new(io::stdin().lock().take(max.saturating_add(1)), &pb),
+            &mut f,
+        )
+        .ctx(|| "reading the archive from stdin".to_string())?;
+        pb.finish_and_clear();
+        if n > max {
+            return Err(err!(
+                "the archive on stdin is larger than --max-size ({max} bytes): raise it if the archive is trusted"
+            ));
+        }
+        if n == 0 {
+            return Err(err!(
+                "stdin is empty: pipe an archive in (`layerctl load < img.tar`) or give one with -i FILE"
+            ));
+        }
+        drop(f);
+        let meta = fs::metadata(&file).ctx(|| format!("reading {}", file.display()))?;
+        load_locked(store, &file, &meta, name, max, &tmp)
+    })();
+    let _ = crate::copytree::remove_any(&tmp);
+    res
 }
 
 /// `sha256:HEX` when the last component of `rel` is HEX or HEX.json (a content address).
