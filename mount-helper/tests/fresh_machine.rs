@@ -71,11 +71,19 @@ fn package_check_names_the_one_missing_tool() {
         "every tool present, yet: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    for (tool, pkg) in [("setfacl", "acl"), ("crun", "crun"), ("busybox", "busybox-static")] {
+    for (tool, pkg) in [
+        ("setfacl", "acl"),
+        ("crun", "crun"),
+        ("busybox", "busybox-static"),
+    ] {
         let dir = tmp.path().join(format!("no-{tool}"));
         fs::create_dir(&dir).unwrap();
         let o = with_deps("deps_check scripts/test", &path_without(&dir, tool));
-        assert_eq!(o.status.code(), Some(1), "{tool} missing must fail the check");
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{tool} missing must fail the check"
+        );
         assert_eq!(
             String::from_utf8_lossy(&o.stderr),
             format!("scripts/test: missing {tool} (apt-get install {pkg})\n")
@@ -86,7 +94,10 @@ fn package_check_names_the_one_missing_tool() {
     fs::create_dir(&dir).unwrap();
     let mut o = Command::new("/bin/bash");
     o.arg("-c")
-        .arg(format!(". '{}' && deps_ensure scripts/test", deps_sh().display()))
+        .arg(format!(
+            ". '{}' && deps_ensure scripts/test",
+            deps_sh().display()
+        ))
         .env_clear()
         .env("PATH", path_without(&dir, "skopeo"))
         .env("LAYERFS_NO_INSTALL", "1");
@@ -105,9 +116,16 @@ fn one_package_list_checked_before_the_build() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let test = fs::read_to_string(root.join("scripts/test")).unwrap();
     let ci = fs::read_to_string(root.join(".ci/run")).unwrap();
-    let check = test.find("deps_ensure").expect("scripts/test runs deps_ensure");
-    let build = test.find("\ncargo test").expect("scripts/test runs cargo test");
-    assert!(check < build, "the package check must come before the build");
+    let check = test
+        .find("deps_ensure")
+        .expect("scripts/test runs deps_ensure");
+    let build = test
+        .find("\ncargo test")
+        .expect("scripts/test runs cargo test");
+    assert!(
+        check < build,
+        "the package check must come before the build"
+    );
     assert!(ci.contains("deps_packages") && ci.contains(". scripts/deps.sh"));
     assert!(
         !ci.contains("skopeo umoci"),
