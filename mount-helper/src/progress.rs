@@ -5,13 +5,20 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// Every visible bar is drawn through one MultiProgress, so that a bar for one long blob
+/// and the count of blobs around it stack instead of overwriting each other's line.
+fn shown(pb: ProgressBar) -> ProgressBar {
+    static MULTI: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    MULTI.get_or_init(MultiProgress::new).add(pb)
+}
 
 pub fn spinner(msg: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::new_spinner();
+    let pb = shown(ProgressBar::new_spinner());
     if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {pos} entries ({elapsed})") {
         pb.set_style(style);
     }
@@ -24,7 +31,7 @@ pub fn bar(msg: &str, len: u64) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::new(len);
+    let pb = shown(ProgressBar::new(len));
     if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})") {
         pb.set_style(style.progress_chars("=> "));
     }
@@ -39,7 +46,7 @@ pub fn bytes(msg: &str, len: u64) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::new(len);
+    let pb = shown(ProgressBar::new(len));
     if let Ok(style) = ProgressStyle::with_template(
         "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
     ) {
