@@ -241,3 +241,34 @@ fn rmi_of_an_id_with_several_tags() {
     assert_eq!(out, format!("Untagged: a:1\nUntagged: b:2\nDeleted: {id}"));
     env.fsck_clean();
 }
+
+/// With stderr on a terminal (`script` gives one), saving one big layer shows its bytes,
+/// rate and time left, not a layer count that sits at 0/1 while it is compressed.
+#[test]
+fn progress_of_one_big_layer_shows_bytes_rate_and_eta() {
+    let env = Env::new();
+    big_image(&env);
+    let out = env.path("big.tar");
+    let typescript = env.path("typescript");
+    let line = format!(
+        "{} --root {} save big:1 --format oci-archive -o {}",
+        layerctl_bin().display(),
+        env.root.display(),
+        out.display()
+    );
+    let st = Command::new("script")
+        .args(["-qec", &line])
+        .arg(&typescript)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("script (apt-get install bsdutils)");
+    assert!(st.success());
+    let text = String::from_utf8_lossy(&fs::read(&typescript).unwrap()).replace('\r', "\n");
+    let bar = text
+        .lines()
+        .find(|l| l.contains("saving layer 1/1") && l.contains("/48.00 MiB"))
+        .unwrap_or_else(|| panic!("no byte bar for the layer in:\n{text}"));
+    assert!(bar.contains("/s") && bar.contains("ETA"), "{bar}");
+    assert!(text.contains("writing archive"), "{text}");
+}
