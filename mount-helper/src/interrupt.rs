@@ -27,6 +27,14 @@ enum What {
 }
 
 static REGISTRY: Mutex<Vec<(u64, What)>> = Mutex::new(Vec::new());
+/// The running container's runtime process, which SIGTERM and SIGHUP are passed to.
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Passes SIGTERM and SIGHUP to `pid` (the container runtime) instead of ending layerctl,
+/// until called with None.
+pub fn forward_to(pid: Option<u32>) {
+    FORWARD_TO.store(pid.map(|p| p as i32).unwrap_or(0), Ordering::Relaxed);
+}
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
 /// Installs the handlers and starts the cleaning thread. Without them (an error here) the
@@ -40,10 +48,21 @@ pub fn install() {
         .name("cleanup".into())
         .spawn(move || {
             let mut b = [0u8; 1];
-            while pipe.read(&mut b).map(|n| n == 0).unwrap_or(true) {
-                // Only a signal's byte ends the wait; EOF cannot happen (the write end
-                // stays open).
-                std::thread::sleep(std::time::Duration::from_millis(10));
+            loop {
+                if !pipe.read(&mut b).map(|n| n == 1).unwrap_or(false) {
+                    // EOF cannot happen (the write end stays open); errors are retried.
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+                let sig = b[0] as libc::c_int;
+                // While a container runs, SIGTERM and SIGHUP are its to handle, as
+                // `docker run` proxies them; layerctl cleans up once it has ended.
+                let child = FORWARD_TO.load(Ordering::Relaxed);
+                if child > 0 && sig != libc::SIGINT {
+                    let _ = sys::kill(child, sig);
+                    continue;
+                }
+                break;
             }
             clean_all();
             sys::die_by_signal(b[0] as libc::c_int)

@@ -832,15 +832,14 @@ fn wait_for(cmd: &mut Command, what: &str, interactive: bool) -> Result<ExitStat
         cmd.stdin(Stdio::null());
     }
     let mut child = cmd.spawn().ctx(|| format!("starting {what}"))?;
-    // After spawn the child has exec'd with default signal dispositions; only this
-    // process ignores them from here on.
-    let old = [
-        sys::set_signal(libc::SIGINT, libc::SIG_IGN),
-        sys::set_signal(libc::SIGTERM, libc::SIG_IGN),
-    ];
+    // Ctrl-C reaches the container from the terminal (same process group): this process
+    // ignores it and lives on to unmount. SIGTERM and SIGHUP sent to layerctl are passed
+    // to the runtime, which passes them to the container (docker run's --sig-proxy).
+    let old = sys::set_signal(libc::SIGINT, libc::SIG_IGN);
+    crate::interrupt::forward_to(Some(child.id()));
     let status = child.wait();
-    sys::set_signal(libc::SIGINT, old[0]);
-    sys::set_signal(libc::SIGTERM, old[1]);
+    crate::interrupt::forward_to(None);
+    sys::set_signal(libc::SIGINT, old);
     status.ctx(|| format!("waiting for {what}"))
 }
 

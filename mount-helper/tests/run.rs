@@ -582,3 +582,69 @@ layerctl fsck | grep -q "store is clean"
         assert_eq!(names, ["app"], "{rt}: upper");
     }
 }
+
+/// SIGTERM to layerctl while the container runs goes to the container (as docker run
+/// proxies it); layerctl then unmounts, removes the container (--rm) and exits with the
+/// command's status.
+#[test]
+fn sigterm_reaches_the_container_and_layerctl_cleans_up() {
+    let env = Env::new();
+    import_bb(&env);
+    for rt in RUNTIMES {
+        let name = format!("term-{rt}");
+        let mut c = env
+            .cmd(&[
+                "run",
+                "--rm",
+                "--runtime",
+                rt,
+                "--name",
+                &name,
+                "bb:1",
+                "sh",
+                "-c",
+                "trap 'exit 7' TERM; echo ready; sleep 30 & wait",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line, "ready\n", "{rt}");
+        let start = std::time::Instant::now();
+        let st = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let status = c.wait().unwrap();
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{rt}: layerctl took {:?} after SIGTERM",
+            start.elapsed()
+        );
+        // crun passes it to the container's shell (its trap exits 7); bubblewrap ends
+        // with the signal itself.
+        assert!(
+            matches!(status.code(), Some(7) | Some(143)),
+            "{rt}: exit {status}"
+        );
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(env.root.to_str().unwrap()),
+            "{rt}: a mount is left in the store"
+        );
+        assert!(
+            !env.root.join("containers").join(&name).exists(),
+            "{rt}: --rm"
+        );
+        assert_eq!(
+            fs::read_dir(env.root.join("run")).unwrap().count(),
+            0,
+            "{rt}: run/"
+        );
+    }
+    env.fsck_clean();
+}
