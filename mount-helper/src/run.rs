@@ -413,6 +413,10 @@ pub fn run(store: &Store, image: &str, command: &[String], opts: &RunOptions) ->
     if let Some(n) = opts.name {
         crate::store::valid_container_name(n)?;
     }
+    // A bad --commit name must fail before the command runs, not after.
+    if let Some(r) = opts.commit {
+        crate::store::parse_ref(r)?;
+    }
     // Everything about the command line is checked before anything is mounted.
     let volumes: Vec<Volume> = opts
         .volumes

@@ -392,6 +392,14 @@ fn docker_run_command_line() {
             &["run", "--network", "bridge0", "bb:1", "true"],
             "unknown network",
         );
+        // A bad --commit name fails before the command runs.
+        env.fails(
+            &[
+                "run", "--commit", "Bad:Name", "--name", "never", "bb:1", "true",
+            ],
+            "invalid image name",
+        );
+        assert!(!env.root.join("containers/never").exists());
     }
     env.fsck_clean();
 }
