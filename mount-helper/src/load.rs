@@ -316,7 +316,11 @@ fn load_locked(
         fs::create_dir_all(&diff).ctx(|| format!("creating {}", diff.display()))?;
         // One spinner per layer (entry count), numbered against the whole load.
         let pb = progress::spinner(&format!("extracting layer {}/{}", i + 1, all.len()));
-        let used = extract_layer(l, &diff, budget, &src.shown, &|| pb.inc(1))?;
+        // ... and the blob's bytes as they are read (one big file is one entry).
+        let blob_len = fs::metadata(&l.file).map(|m| m.len()).unwrap_or(0);
+        let read = progress::bytes(&format!("reading layer {}/{}", i + 1, all.len()), blob_len);
+        let used = extract_layer(l, &diff, budget, &src.shown, &|| pb.inc(1), &read)?;
+        read.finish_and_clear();
         budget = budget.saturating_sub(used);
         pb.set_message(format!("hashing layer {}/{}", i + 1, all.len()));
         // The count restarts: entries hashed, not extracted plus hashed.
@@ -465,9 +469,10 @@ fn extract_layer(
     budget: u64,
     shown: &str,
     tick: &dyn Fn(),
+    read: &indicatif::ProgressBar,
 ) -> Result<u64> {
     let f = fs::File::open(&l.file).ctx(|| format!("opening {}", l.file.display()))?;
-    let mut r = BufReader::new(f);
+    let mut r = BufReader::new(progress::Reader::new(f, read));
     let head = r.fill_buf().ctx(|| format!("reading {}", l.what))?.to_vec();
     let inner: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(r))
