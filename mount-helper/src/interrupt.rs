@@ -157,11 +157,29 @@ fn unescape(s: &str) -> String {
 }
 
 /// Unmounts what is mounted inside `p`, then removes `p` unless a mount is still there.
+///
+/// `p` is first renamed aside: the main thread may be about to rename the same path into
+/// place (a finished layer into layers/, a record over its final name). Whichever rename
+/// comes first wins whole, so a half-deleted directory can never be moved into the store.
+/// The new name keeps this process's id last, so an unfinished removal is still found as a
+/// leftover of a dead process.
 pub fn remove_unmounting(p: &Path) {
     for m in mounts_below(p) {
         let _ = crate::mount::umount(&m);
     }
-    if mounts_below(p).is_empty() {
-        let _ = crate::copytree::remove_any(p);
+    if !mounts_below(p).is_empty() {
+        return;
+    }
+    let mut aside = p.as_os_str().to_owned();
+    aside.push(format!("-removing-{}", std::process::id()));
+    let aside = PathBuf::from(aside);
+    match fs::rename(p, &aside) {
+        Ok(()) => {
+            let _ = crate::copytree::remove_any(&aside);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(_) => {
+            let _ = crate::copytree::remove_any(p);
+        }
     }
 }
