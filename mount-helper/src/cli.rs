@@ -695,3 +695,33 @@ fn run(cli: Cli) -> Result<i32> {
     }
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::docker_style_run;
+
+    fn dsr(args: &[&str]) -> Vec<String> {
+        docker_style_run(args.iter().map(|a| a.into()).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn run_options_end_at_the_image() {
+        assert_eq!(
+            dsr(&["l", "run", "--rm", "-e", "A=1", "-it", "img", "ls", "--rm"]),
+            ["l", "run", "--rm", "-e", "A=1", "-it", "img", "--", "ls", "--rm"]
+        );
+        assert_eq!(
+            dsr(&["l", "--root", "/s", "run", "-eA", "--name=x", "-v", "/a:/b", "img", "--x"]),
+            ["l", "--root", "/s", "run", "-eA", "--name=x", "-v", "/a:/b", "img", "--", "--x"]
+        );
+        assert_eq!(
+            dsr(&["l", "run", "img", "--", "a"]),
+            ["l", "run", "img", "--", "a"]
+        );
+        assert_eq!(dsr(&["l", "run", "img"]), ["l", "run", "img"]);
+        assert_eq!(dsr(&["l", "images", "x", "y"]), ["l", "images", "x", "y"]);
+    }
+}

@@ -1048,6 +1048,41 @@ mod tests {
     }
 
     #[test]
+    fn entrypoint_and_cmd_combine_as_in_docker() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cfg = RuntimeConfig {
+            entrypoint: Some(v(&["/ep", "-x"])),
+            cmd: Some(v(&["c1"])),
+            ..RuntimeConfig::default()
+        };
+        assert_eq!(argv(&cfg, &[], None).unwrap(), v(&["/ep", "-x", "c1"]));
+        assert_eq!(
+            argv(&cfg, &v(&["a"]), None).unwrap(),
+            v(&["/ep", "-x", "a"])
+        );
+        assert_eq!(argv(&cfg, &[], Some("/o")).unwrap(), v(&["/o"]));
+        assert_eq!(argv(&cfg, &v(&["a"]), Some("")).unwrap(), v(&["a"]));
+        assert!(argv(&RuntimeConfig::default(), &[], None).is_err());
+    }
+
+    #[test]
+    fn volumes_and_env() {
+        let v = parse_volume("/tmp:/data/./x:ro").unwrap();
+        assert_eq!((v.dst.as_str(), v.read_only), ("/data/x", true));
+        assert!(parse_volume("name:/data").is_err());
+        assert!(parse_volume("/tmp:rel").is_err());
+        assert!(parse_volume("/tmp:/a/../b").is_err());
+        assert!(parse_volume("/tmp:/").is_err());
+        assert!(parse_volume("/tmp:/d:rx").is_err());
+        let mut env = vec!["A=1".to_string(), "B=2".to_string()];
+        set_env(&mut env, "A=3".into());
+        assert_eq!(env, ["B=2", "A=3"]);
+        assert!(env_item("=x", "-e").is_err());
+        assert_eq!(env_item("K=v=w", "-e").unwrap().as_deref(), Some("K=v=w"));
+        assert_eq!(hostname_of("web_1.x"), "web-1-x");
+    }
+
+    #[test]
     fn users_resolve_from_the_image() {
         let d = std::env::temp_dir().join(format!("layerctl-run-test-{}", std::process::id()));
         fs::create_dir_all(d.join("etc")).unwrap();
