@@ -312,7 +312,8 @@ pub fn fsck(store: &Store) -> Result<(Vec<String>, Vec<String>)> {
 
 /// Temp entries of commands that are no longer running: everything in tmp/ (named
 /// `PID-N` by `Store::tmp_dir`; other names cannot be ours to keep), half-written records
-/// (`.tmp-PID-N`) and `run` scratch directories (`run/PID-N`). Entries of live processes
+/// (`.tmp-PID-N`), `load`'s copies of stdin (`.load-stdin-PID`) and `run` scratch
+/// directories (`run/PID-N`). Entries of live processes
 /// are theirs. With the apparent size of each.
 pub fn leftovers(store: &Store) -> Vec<(std::path::PathBuf, u64)> {
     let dead = |name: &str, prefix: &str| -> bool {
@@ -329,6 +330,7 @@ pub fn leftovers(store: &Store) -> Vec<(std::path::PathBuf, u64)> {
         ("tmp", ""),
         ("images", ".tmp-"),
         (".", ".tmp-"),
+        (".", crate::load::STDIN_COPY_PREFIX),
         ("run", ""),
     ] {
         let d = store.root.join(dir);

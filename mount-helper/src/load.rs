@@ -781,17 +781,21 @@ fn read_docker_or_dir(src: &Source, max: u64) -> Result<Vec<ImagePlan>> {
     }])
 }
 
-/// `layerctl load` of an archive read from stdin (`-i -`, or no input): the stream is
-/// copied into the store's tmp (bounded by `max`), then loaded as a file.
+/// `layerctl load` of an archive read from stdin (`-i -`, or no input). The stream is
+/// copied (bounded by `max`) into `.load-stdin-PID` in the store's directory *before* the
+/// store lock is taken, so a slow pipe (`save | ssh host layerctl load`) never holds the
+/// lock; under the lock it is renamed into tmp/ and loaded as a file. A SIGKILL's copy is
+/// a leftover that `fsck` and `gc` remove.
 pub fn load_stdin(store: &Store, name: Option<&str>, max: u64) -> Result<Vec<(String, String)>> {
     if let Some(n) = name {
         parse_ref(n)?;
     }
-    let _lock = store.lock()?;
-    let tmp = store.tmp_dir()?;
+    let copy = store
+        .root
+        .join(format!("{STDIN_COPY_PREFIX}{}", std::process::id()));
+    let _cleanup = crate::interrupt::register(&copy);
     let res = (|| {
-        let file = tmp.join("stdin");
-        let mut f = fs::File::create(&file).ctx(|| format!("creating {}", file.display()))?;
+        let mut f = fs::File::create(&copy).ctx(|| format!("creating {}", copy.display()))?;
         let pb = progress::bytes("reading stdin", 0);
         let n = io::copy(
             &mut progress::Reader::new(io::stdin().lock().take(max.saturating_add(1)), &pb),
@@ -810,12 +814,24 @@ pub fn load_stdin(store: &Store, name: Option<&str>, max: u64) -> Result<Vec<(St
             ));
         }
         drop(f);
-        let meta = fs::metadata(&file).ctx(|| format!("reading {}", file.display()))?;
-        load_locked(store, &file, &meta, name, max, &tmp)
+        let _lock = store.lock()?;
+        let tmp = store.tmp_dir()?;
+        let file = tmp.join("stdin");
+        let res = fs::rename(&copy, &file)
+            .ctx(|| format!("moving {} into {}", copy.display(), tmp.display()))
+            .and_then(|()| {
+                let meta = fs::metadata(&file).ctx(|| format!("reading {}", file.display()))?;
+                load_locked(store, &file, &meta, name, max, &tmp)
+            });
+        let _ = crate::copytree::remove_any(&tmp);
+        res
     })();
-    let _ = crate::copytree::remove_any(&tmp);
+    let _ = fs::remove_file(&copy);
     res
 }
+
+/// Name prefix (then the pid) of `load_stdin`'s copy in the store's directory.
+pub const STDIN_COPY_PREFIX: &str = ".load-stdin-";
 
 /// `sha256:HEX` when the last component of `rel` is HEX or HEX.json (a content address).
 fn digest_in_name(rel: &str) -> Option<String> {

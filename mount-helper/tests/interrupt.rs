@@ -272,3 +272,73 @@ fn progress_of_one_big_layer_shows_bytes_rate_and_eta() {
     assert!(bar.contains("/s") && bar.contains("ETA"), "{bar}");
     assert!(text.contains("writing archive"), "{text}");
 }
+
+/// `load` from a slow pipe reads the whole stream before it takes the store lock, so other
+/// commands are not held up meanwhile (`save | ssh host layerctl load`); a SIGINT while it
+/// reads leaves no copy behind.
+#[test]
+fn load_from_a_slow_pipe_does_not_hold_the_store_lock() {
+    use std::io::Write;
+    let env = Env::new();
+    let rootfs = env.import_rootfs("a:1");
+    let archive = env.path("a.tar");
+    env.ok(&["save", "a:1", "-o", archive.to_str().unwrap()]);
+    let bytes = fs::read(&archive).unwrap();
+    let e2 = Env::new();
+    e2.ok(&["images"]);
+    let mut c = e2
+        .cmd(&["load"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A writer gets the lock while the load is still reading its pipe.
+    let mut other = e2
+        .cmd(&["import", rootfs.to_str().unwrap(), "other:1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let st = loop {
+        if let Some(st) = other.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "import waited for the lock while load read stdin"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(st.success());
+    stdin.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    drop(stdin);
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("a:1 sha256:"));
+    assert!(entries(&e2.root, ".load-stdin-").is_empty());
+    e2.fsck_clean();
+
+    // Interrupted while reading: the copy goes.
+    let e3 = Env::new();
+    e3.ok(&["images"]);
+    let mut c = e3
+        .cmd(&["load"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    wait_for("load's copy of stdin", || !entries(&e3.root, ".load-stdin-").is_empty());
+    signal(&c, "-INT");
+    let st = c.wait().unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGINT));
+    assert!(entries(&e3.root, ".load-stdin-").is_empty(), "the copy of stdin is left");
+    e3.fsck_clean();
+}
