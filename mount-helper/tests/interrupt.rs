@@ -335,10 +335,15 @@ fn load_from_a_slow_pipe_does_not_hold_the_store_lock() {
         .unwrap();
     let mut stdin = c.stdin.take().unwrap();
     stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
-    wait_for("load's copy of stdin", || !entries(&e3.root, ".load-stdin-").is_empty());
+    wait_for("load's copy of stdin", || {
+        !entries(&e3.root, ".load-stdin-").is_empty()
+    });
     signal(&c, "-INT");
     let st = c.wait().unwrap();
     assert_eq!(st.signal(), Some(libc::SIGINT));
-    assert!(entries(&e3.root, ".load-stdin-").is_empty(), "the copy of stdin is left");
+    assert!(
+        entries(&e3.root, ".load-stdin-").is_empty(),
+        "the copy of stdin is left"
+    );
     e3.fsck_clean();
 }
