@@ -215,21 +215,27 @@ pub fn rm(store: &Store, name: &str, force: bool) -> Result<()> {
 }
 
 /// Apparent size of everything below `p` (regular files and symlinks, hard links once).
+/// Walked with an explicit stack: a layer's depth is the input's to decide.
 pub fn tree_size(p: &Path) -> u64 {
-    fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
-        let Ok(m) = fs::symlink_metadata(p) else {
-            return 0;
+    let mut seen = std::collections::HashSet::<(u64, u64)>::new();
+    let mut todo = vec![p.to_path_buf()];
+    let mut total = 0;
+    while let Some(p) = todo.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
         };
         if m.is_dir() {
-            let Ok(rd) = fs::read_dir(p) else { return 0 };
-            return rd.flatten().map(|e| walk(&e.path(), seen)).sum();
+            if let Ok(rd) = fs::read_dir(&p) {
+                todo.extend(rd.flatten().map(|e| e.path()));
+            }
+            continue;
         }
         if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
-            return 0;
+            continue;
         }
-        m.len()
+        total += m.len();
     }
-    walk(p, &mut Default::default())
+    total
 }
 
 /// State of a container's mount for `ps`.

@@ -18,9 +18,12 @@ use crate::tarfile;
 /// Hashes the finished layer in `tmp/diff` and moves it into the store.
 /// Returns (diff_id, size, newly stored).
 pub fn store_layer(store: &Store, tmp: &Path, msg: &str) -> Result<(String, u64, bool)> {
-    let pb = progress::spinner(msg);
-    let tick = || pb.inc(1);
-    let (diff_id, size) = tarfile::digest(&tmp.join("diff"), &tick)?;
+    // Bytes of the canonical tar as they are hashed, against the files' sizes (the tar's
+    // headers make it a little more): one big file would otherwise be one still entry.
+    let dir = tmp.join("diff");
+    let pb = progress::bytes(msg, crate::container::tree_size(&dir));
+    let (diff_id, size) =
+        tarfile::write_tar(&dir, progress::Writer::new(std::io::sink(), &pb), &|| {})?;
     pb.finish_and_clear();
     let fresh = store.insert_layer(tmp, &diff_id, size)?;
     Ok((diff_id, size, fresh))
