@@ -276,7 +276,7 @@ layerctl layers --json | grep -o '"sha256:[0-9a-f]*"' > $D/user-layers.txt
 layerctl run --help | grep -q "crun when installed, else bubblewrap"
 for rt in crun bwrap; do
     set +e
-    layerctl run --runtime $rt --name c-$rt --commit bb:$rt bb:1 -- sh -c 'echo new > /new; rm /bin/vi; mv /etc/group /etc/group2; exit 7'
+    layerctl run --runtime $rt --name c-$rt --commit bb:$rt --commit-on-failure bb:1 -- sh -c 'echo new > /new; rm /bin/vi; mv /etc/group /etc/group2; exit 7'
     rc=$?
     set -e
     test $rc = 7

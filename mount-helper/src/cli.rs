@@ -60,26 +60,9 @@ enum Cmd {
         #[arg(long)]
         read_only: bool,
     },
-    /// Run CMD in a new container of IMAGE on a layerfs mount (crun when installed, else bubblewrap), then unmount; exits with CMD's status
+    /// Run a command in a new container of IMAGE (its Entrypoint + Cmd by default) on a layerfs mount, then unmount; exits with the command's status
     #[command(after_help = run::RUNTIME_HELP)]
-    Run {
-        image: String,
-        /// Name of the container (default: IMAGE-N)
-        #[arg(long)]
-        name: Option<String>,
-        /// Commit the container afterwards as NEWIMAGE[:TAG] (created_by = the command line)
-        #[arg(long, value_name = "NEWIMAGE[:TAG]")]
-        commit: Option<String>,
-        /// crun or bwrap [default: crun when installed, else bwrap]
-        #[arg(long)]
-        runtime: Option<String>,
-        /// Remove the container afterwards (after --commit)
-        #[arg(long)]
-        rm: bool,
-        /// The command and its arguments (after `--`)
-        #[arg(last = true, required = true, value_name = "CMD")]
-        cmd: Vec<String>,
-    },
+    Run(Box<RunArgs>),
     /// Unmount a container (by name or mount point); its changes are kept
     Umount { what: String },
     /// List containers
@@ -117,10 +100,10 @@ enum Cmd {
         #[arg(short, long)]
         change: Vec<String>,
     },
-    /// Remove an image name (and the image once unnamed)
+    /// Remove an image name (and the image once unnamed); an id with several names needs --force
     Rmi {
         image: String,
-        /// Remove even while containers use it
+        /// Remove even while containers use it, and every name of an image given by id
         #[arg(short, long)]
         force: bool,
     },
@@ -128,23 +111,29 @@ enum Cmd {
     Gc,
     /// Re-hash every layer and check every reference (exit 1 on damage)
     Fsck,
-    /// Save images as an OCI layout (dir), an OCI archive (tar) or a docker save archive
+    /// Save images to a docker archive (default), an OCI layout (dir or tar) or a dir-transport directory; to stdout without -o
     Save {
         #[arg(required = true)]
         images: Vec<String>,
+        /// Output path, or - for stdout [default: stdout, unless it is a terminal]
         #[arg(short, long)]
-        output: PathBuf,
-        #[arg(long, value_enum, default_value = "oci")]
-        format: crate::save::Format,
-        /// Layer compression [default: gzip for OCI formats, none for docker-archive]
+        output: Option<PathBuf>,
+        /// [default: docker-archive]
+        #[arg(long, value_enum)]
+        format: Option<crate::save::Format>,
+        /// Layer compression [default: gzip for the OCI formats and docker-dir, none for docker-archive]
         #[arg(long, value_enum)]
         compress: Option<crate::save::Compress>,
     },
-    /// Load images from an OCI layout (dir or tar) or a docker save archive
+    /// Load images from a docker archive, an OCI layout (dir or tar) or a dir-transport directory; from stdin without a path
     Load {
-        path: PathBuf,
+        /// The archive or directory, or - for stdin [default: stdin, unless it is a terminal]
+        path: Option<PathBuf>,
         /// Name for the image (when the archive holds one)
         image: Option<String>,
+        /// The archive, as `docker load -i` (then the first argument is the name)
+        #[arg(short, long, value_name = "PATH")]
+        input: Option<PathBuf>,
         /// Refuse archives whose uncompressed tar streams add up to more than this (bytes, or K/M/G/T)
         #[arg(long, default_value = "64G")]
         max_size: String,
@@ -158,8 +147,69 @@ enum Cmd {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Name of the container (default: IMAGE-N)
+    #[arg(long)]
+    name: Option<String>,
+    /// Commit the container afterwards as NEWIMAGE[:TAG] if the command succeeds (created_by = the command line)
+    #[arg(long, value_name = "NEWIMAGE[:TAG]")]
+    commit: Option<String>,
+    /// With --commit: commit even when the command exits non-zero
+    #[arg(long, requires = "commit")]
+    commit_on_failure: bool,
+    /// crun or bwrap [default: crun when installed, else bwrap]
+    #[arg(long)]
+    runtime: Option<String>,
+    /// Remove the container afterwards (after --commit)
+    #[arg(long)]
+    rm: bool,
+    /// Set an environment variable (NAME=VALUE, or NAME for the caller's value)
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
+    /// Read environment variables from a file of NAME=VALUE lines
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Bind a host path into the container (absolute paths; ro = read-only)
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    volume: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// User inside the container: NAME, UID, NAME:GROUP or UID:GID
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Replace the image's Entrypoint (and drop its Cmd); "" clears it
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Give the command a pseudo-terminal (when stdin is a terminal)
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Keep stdin attached (without -i the command's stdin is empty, as in docker run)
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// none (a private network namespace with loopback only) or host
+    #[arg(long, default_value = "none")]
+    network: String,
+    /// Mount the container's root file system read-only
+    #[arg(long)]
+    read_only: bool,
+    /// As root: auto runs the container in a user namespace on a subordinate id range (/etc/subuid); host (default) runs it as real root
+    #[arg(long, value_name = "auto|host")]
+    userns: Option<String>,
+    image: String,
+    /// The command and its arguments [default: the image's Entrypoint + Cmd]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<String>,
+}
+
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    crate::interrupt::install();
+    let cli = match Cli::try_parse_from(docker_style_run(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
@@ -174,6 +224,74 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// `run`'s options end at IMAGE, as in `docker run`: everything after it is the command,
+/// even words that look like layerctl options (`layerctl run img ls --rm`). clap would
+/// still take a known option right after IMAGE, so a `--` is put there.
+fn docker_style_run(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    // Options of `run` (and the global --root) that take a value as the next word.
+    const LONG: &[&str] = &[
+        "--root",
+        "--name",
+        "--commit",
+        "--runtime",
+        "--env",
+        "--env-file",
+        "--volume",
+        "--workdir",
+        "--user",
+        "--entrypoint",
+        "--network",
+        "--userns",
+    ];
+    const SHORT: &[char] = &['e', 'v', 'w', 'u'];
+    let mut i = 1;
+    // Global options before the subcommand.
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--root" {
+            i += 2;
+        } else if a.starts_with("--root=") {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if args.get(i).map(|a| a != "run").unwrap_or(true) {
+        return args;
+    }
+    i += 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy().into_owned();
+        if a == "--" {
+            return args;
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            let takes = !long.contains('=') && LONG.contains(&a.as_str());
+            i += if takes { 2 } else { 1 };
+        } else if a.len() > 1 && a.starts_with('-') {
+            // A cluster such as -it or -eK=V: a value option takes the rest or the next word.
+            let rest: Vec<char> = a[1..].chars().collect();
+            let mut skip = 1;
+            for (j, c) in rest.iter().enumerate() {
+                if SHORT.contains(c) {
+                    if j + 1 == rest.len() {
+                        skip = 2;
+                    }
+                    break;
+                }
+            }
+            i += skip;
+        } else {
+            // IMAGE.
+            if i + 1 < args.len() && args[i + 1] != "--" {
+                args.insert(i + 1, "--".into());
+            }
+            return args;
+        }
+    }
+    args
 }
 
 fn out(s: impl AsRef<str>) {
@@ -223,6 +341,13 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 
 fn run(cli: Cli) -> Result<i32> {
     let store = Store::open(cli.root.unwrap_or_else(store::default_root))?;
+    // This process's temp entries (store tmp/ and half-written records) go if it is
+    // interrupted; those of a killed process are cleared by the next writer's lock.
+    let pid = std::process::id();
+    let _tmp = crate::interrupt::register_prefixed(&store.root.join("tmp"), &format!("{pid}-"));
+    let _rec =
+        crate::interrupt::register_prefixed(&store.root.join("images"), &format!(".tmp-{pid}-"));
+    let _top = crate::interrupt::register_prefixed(&store.root, &format!(".tmp-{pid}-"));
     match cli.cmd {
         Cmd::Import { source, image } => {
             let (r, id, diff_id) = images::import(&store, &source, &image)?;
@@ -332,22 +457,27 @@ fn run(cli: Cli) -> Result<i32> {
             let n = container::mount(&store, &image, &target, name.as_deref(), read_only)?;
             out(n);
         }
-        Cmd::Run {
-            image,
-            name,
-            commit,
-            runtime,
-            rm,
-            cmd,
-        } => {
-            let runtime = runtime.as_deref().map(run::Runtime::parse).transpose()?;
+        Cmd::Run(a) => {
+            let runtime = a.runtime.as_deref().map(run::Runtime::parse).transpose()?;
             let opts = run::RunOptions {
-                name: name.as_deref(),
-                commit: commit.as_deref(),
+                name: a.name.as_deref(),
+                commit: a.commit.as_deref(),
+                commit_on_failure: a.commit_on_failure,
                 runtime,
-                remove: rm,
+                remove: a.rm,
+                env: &a.env,
+                env_files: &a.env_file,
+                volumes: &a.volume,
+                workdir: a.workdir.as_deref(),
+                user: a.user.as_deref(),
+                entrypoint: a.entrypoint.as_deref(),
+                tty: a.tty,
+                interactive: a.interactive,
+                network: run::Network::parse(&a.network)?,
+                read_only: a.read_only,
+                userns: run::UserNs::parse(a.userns.as_deref().unwrap_or(""))?,
             };
-            return run::run(&store, &image, &cmd, &opts);
+            return run::run(&store, &a.image, &a.command, &opts);
         }
         Cmd::Umount { what } => {
             out(container::umount(&store, &what)?);
@@ -490,19 +620,57 @@ fn run(cli: Cli) -> Result<i32> {
             format,
             compress,
         } => {
-            let lines = crate::save::save(&store, &images, &output, format, compress)?;
-            eprintln!("saved {} image(s) to {}", lines.len(), output.display());
-            for l in lines {
-                out(l);
+            use std::io::IsTerminal;
+            let (target, format) =
+                crate::save::target(output.as_deref(), format, std::io::stdout().is_terminal())?;
+            let lines = crate::save::save(&store, &images, &target, format, compress)?;
+            match &target {
+                crate::save::Target::Path(p) => {
+                    eprintln!("saved {} image(s) to {}", lines.len(), p.display());
+                    for l in lines {
+                        out(l);
+                    }
+                }
+                // stdout carries the archive: the summary goes to stderr.
+                crate::save::Target::Stdout => {
+                    for l in lines {
+                        eprintln!("saved {l}");
+                    }
+                }
             }
         }
         Cmd::Load {
             path,
             image,
+            input,
             max_size,
         } => {
+            use std::io::IsTerminal;
             let max = crate::load::parse_size(&max_size)?;
-            for (r, id) in crate::load::load(&store, &path, image.as_deref(), max)? {
+            // With -i the only positional argument is the name.
+            let (path, image) = match input {
+                Some(i) => {
+                    if image.is_some() {
+                        return Err(err!(
+                            "give the archive once: `layerctl load -i PATH [NAME]` or `layerctl load PATH [NAME]`"
+                        ));
+                    }
+                    (Some(i), path.map(|p| p.to_string_lossy().into_owned()))
+                }
+                None => (path, image),
+            };
+            let loaded = match path {
+                Some(p) if p != std::path::Path::new("-") => {
+                    crate::load::load(&store, &p, image.as_deref(), max)?
+                }
+                None if std::io::stdin().is_terminal() => {
+                    return Err(err!(
+                        "no archive given and stdin is a terminal: `layerctl load -i img.tar`, or pipe one in (`layerctl load < img.tar`)"
+                    ))
+                }
+                _ => crate::load::load_stdin(&store, image.as_deref(), max)?,
+            };
+            for (r, id) in loaded {
                 eprintln!("loaded {r}");
                 out(format!("{r} {id}"));
             }
@@ -526,4 +694,34 @@ fn run(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::docker_style_run;
+
+    fn dsr(args: &[&str]) -> Vec<String> {
+        docker_style_run(args.iter().map(|a| a.into()).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn run_options_end_at_the_image() {
+        assert_eq!(
+            dsr(&["l", "run", "--rm", "-e", "A=1", "-it", "img", "ls", "--rm"]),
+            ["l", "run", "--rm", "-e", "A=1", "-it", "img", "--", "ls", "--rm"]
+        );
+        assert_eq!(
+            dsr(&["l", "--root", "/s", "run", "-eA", "--name=x", "-v", "/a:/b", "img", "--x"]),
+            ["l", "--root", "/s", "run", "-eA", "--name=x", "-v", "/a:/b", "img", "--", "--x"]
+        );
+        assert_eq!(
+            dsr(&["l", "run", "img", "--", "a"]),
+            ["l", "run", "img", "--", "a"]
+        );
+        assert_eq!(dsr(&["l", "run", "img"]), ["l", "run", "img"]);
+        assert_eq!(dsr(&["l", "images", "x", "y"]), ["l", "images", "x", "y"]);
+    }
 }

@@ -83,12 +83,39 @@ pub fn mount(
         let rec = store.read_container(image_ref)?;
         return remount(store, rec, target);
     }
+    let how = NewMount {
+        name,
+        read_only,
+        ..NewMount::default()
+    };
+    mount_new(store, image_ref, target, &how)
+}
+
+/// How [`mount_new`] mounts a new container.
+#[derive(Default)]
+pub struct NewMount<'a> {
+    pub name: Option<&'a str>,
+    pub read_only: bool,
+    /// A directory mounted above the image's layers and below the container's upper
+    /// (`run`'s init layer: the mount points a runtime needs, so that it never creates
+    /// them in the upper). Not part of the container's image: diff and commit never see it.
+    pub init_layer: Option<&'a Path>,
+    /// Extra mount program options (`uidmapping=...` for `run --userns=auto`).
+    pub extra_opts: &'a [String],
+}
+
+/// A new container of `image_ref` mounted on `target`. Returns the container name.
+pub fn mount_new(store: &Store, image_ref: &str, target: &Path, how: &NewMount) -> Result<String> {
+    let (name, read_only) = (how.name, how.read_only);
     let prog = mount::program()?;
     let target = mount::check_target(target)?;
     let _lock = store.lock()?;
     let image_id = store.resolve_image(image_ref)?;
     let cfg = store.read_image(&image_id)?;
-    let lowers = lower_dirs(store, &cfg)?;
+    let mut lowers = lower_dirs(store, &cfg)?;
+    if let Some(init) = how.init_layer {
+        lowers.insert(0, init.to_path_buf());
+    }
     let name = match name {
         Some(n) => {
             valid_container_name(n)?;
@@ -113,7 +140,7 @@ pub fn mount(
     } else {
         Some((upper.as_path(), work.as_path()))
     };
-    if let Err(e) = mount::mount(&prog, &lowers, rw, &target) {
+    if let Err(e) = mount::mount_with(&prog, &lowers, rw, &target, how.extra_opts) {
         // Nothing changed: the container we just made goes away again.
         let _ = store.remove_container(&name);
         return Err(e);
@@ -188,21 +215,27 @@ pub fn rm(store: &Store, name: &str, force: bool) -> Result<()> {
 }
 
 /// Apparent size of everything below `p` (regular files and symlinks, hard links once).
+/// Walked with an explicit stack: a layer's depth is the input's to decide.
 pub fn tree_size(p: &Path) -> u64 {
-    fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
-        let Ok(m) = fs::symlink_metadata(p) else {
-            return 0;
+    let mut seen = std::collections::HashSet::<(u64, u64)>::new();
+    let mut todo = vec![p.to_path_buf()];
+    let mut total = 0;
+    while let Some(p) = todo.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
         };
         if m.is_dir() {
-            let Ok(rd) = fs::read_dir(p) else { return 0 };
-            return rd.flatten().map(|e| walk(&e.path(), seen)).sum();
+            if let Ok(rd) = fs::read_dir(&p) {
+                todo.extend(rd.flatten().map(|e| e.path()));
+            }
+            continue;
         }
         if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
-            return 0;
+            continue;
         }
-        m.len()
+        total += m.len();
     }
-    walk(p, &mut Default::default())
+    total
 }
 
 /// State of a container's mount for `ps`.

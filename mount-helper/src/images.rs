@@ -19,9 +19,12 @@ use layerfs::layers::writer::{LayerPath, LayerWriter};
 /// Hashes the finished layer in `tmp/diff` and moves it into the store.
 /// Returns (diff_id, size, newly stored).
 pub fn store_layer(store: &Store, tmp: &Path, msg: &str) -> Result<(String, u64, bool)> {
-    let pb = progress::spinner(msg);
-    let tick = || pb.inc(1);
-    let (diff_id, size) = tarfile::digest(&tmp.join("diff"), &tick)?;
+    // Bytes of the canonical tar as they are hashed, against the files' sizes (the tar's
+    // headers make it a little more): one big file would otherwise be one still entry.
+    let dir = tmp.join("diff");
+    let pb = progress::bytes(msg, crate::container::tree_size(&dir));
+    let (diff_id, size) =
+        tarfile::write_tar(&dir, progress::Writer::new(std::io::sink(), &pb), &|| {})?;
     pb.finish_and_clear();
     let fresh = store.insert_layer(tmp, &diff_id, size)?;
     Ok((diff_id, size, fresh))
@@ -85,8 +88,8 @@ pub fn import(store: &Store, source: &Path, reference: &str) -> Result<(String, 
     Ok((full, id, diff_id))
 }
 
-/// `layerctl rmi IMAGE [--force]`. Removes the name (or, given an id, every name of it)
-/// and the image record once nothing names it. Returns what was removed, one per line.
+/// `layerctl rmi IMAGE [--force]`. Removes the name (or, given an id, its one name; every
+/// name only with --force) and the image record once nothing names it. Returns what was removed, one per line.
 pub fn rmi(store: &Store, reference: &str, force: bool) -> Result<Vec<String>> {
     let _lock = store.lock()?;
     let id = store.resolve_image(reference)?;
@@ -123,6 +126,16 @@ pub fn rmi(store: &Store, reference: &str, force: bool) -> Result<Vec<String>> {
                 .filter(|(_, v)| **v == id)
                 .map(|(k, _)| k.clone())
                 .collect();
+            // As docker: an id names the image, not one of its tags; removing them all
+            // is asked for explicitly.
+            if names.len() > 1 && !force {
+                return Err(err!(
+                    "image {reference} has {} tags ({}): remove one by name (`layerctl rmi {}`) or all with --force",
+                    names.len(),
+                    names.join(", "),
+                    names[0]
+                ));
+            }
             for n in names {
                 refs.remove(&n);
                 out.push(format!("Untagged: {n}"));
@@ -142,7 +155,10 @@ pub fn rmi(store: &Store, reference: &str, force: bool) -> Result<Vec<String>> {
 /// `layerctl gc`: drops image records no name or container uses and layers no image or
 /// container uses. Returns the lines to print.
 pub fn gc(store: &Store) -> Result<Vec<String>> {
+    // Measured before the lock clears them, so that what they held is counted.
+    let left = leftovers(store);
     let _lock = store.lock()?;
+    remove_leftovers(&left);
     let mut out = Vec::new();
     let refs = store.refs()?;
     let mut keep_layers = BTreeSet::new();
@@ -175,21 +191,46 @@ pub fn gc(store: &Store) -> Result<Vec<String>> {
         store.remove_layer(&l)?;
         out.push(format!("deleted layer {l}"));
     }
-    out.push(format!(
-        "freed {} in {} layer(s)",
-        human(freed),
-        out.iter()
-            .filter(|l| l.starts_with("deleted layer"))
-            .count()
-    ));
+    let layers = out
+        .iter()
+        .filter(|l| l.starts_with("deleted layer"))
+        .count();
+    let left_bytes: u64 = left.iter().map(|(_, b)| b).sum();
+    let mut line = format!("freed {} in {layers} layer(s)", human(freed + left_bytes));
+    if !left.is_empty() {
+        line.push_str(&format!(
+            " and {} leftover(s) of interrupted commands ({})",
+            left.len(),
+            human(left_bytes)
+        ));
+    }
+    out.push(line);
     Ok(out)
 }
 
 /// `layerctl fsck`: re-hashes every layer and checks every reference. Returns
 /// (problems, notes); any problem means exit 1.
 pub fn fsck(store: &Store) -> Result<(Vec<String>, Vec<String>)> {
-    let _lock = store.lock()?; // also clears leftovers of killed writers
+    // Leftovers of killed commands: reported (they mean something was interrupted, and
+    // they hold space), then removed by the lock.
+    let left = leftovers(store);
+    let _lock = store.lock()?;
+    remove_leftovers(&left);
     let mut bad = Vec::new();
+    for (p, bytes) in left.iter().take(10) {
+        let rel = p.strip_prefix(&store.root).unwrap_or(p);
+        bad.push(format!(
+            "leftover of an interrupted command: {} ({}), removed now",
+            rel.display(),
+            human(*bytes)
+        ));
+    }
+    if left.len() > 10 {
+        bad.push(format!(
+            "leftover of an interrupted command: {} more, removed now",
+            left.len() - 10
+        ));
+    }
     let mut notes = Vec::new();
     let layers = store.layer_ids()?;
     let pb = progress::bar("checking layers", layers.len() as u64);
@@ -276,6 +317,60 @@ pub fn fsck(store: &Store) -> Result<(Vec<String>, Vec<String>)> {
         unused
     ));
     Ok((bad, notes))
+}
+
+/// Temp entries of commands that are no longer running: everything in tmp/ (named
+/// `PID-N` by `Store::tmp_dir`; other names cannot be ours to keep), half-written records
+/// (`.tmp-PID-N`), `load`'s copies of stdin (`.load-stdin-PID`) and `run` scratch
+/// directories (`run/PID-N`). Entries of live processes
+/// are theirs. With the apparent size of each.
+pub fn leftovers(store: &Store) -> Vec<(std::path::PathBuf, u64)> {
+    let dead = |name: &str, prefix: &str| -> bool {
+        let Some(rest) = name.strip_prefix(prefix) else {
+            return false;
+        };
+        match rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) {
+            Some(pid) => pid != std::process::id() as i32 && !crate::sys::pid_alive(pid),
+            None => prefix.is_empty(),
+        }
+    };
+    let mut out = Vec::new();
+    for (dir, prefix) in [
+        ("tmp", ""),
+        ("images", ".tmp-"),
+        (".", ".tmp-"),
+        (".", crate::load::STDIN_COPY_PREFIX),
+        ("run", ""),
+    ] {
+        let d = store.root.join(dir);
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        let mut found: Vec<_> = rd
+            .flatten()
+            .filter(|e| dead(&e.file_name().to_string_lossy(), prefix))
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        for p in found {
+            // Removing a layer or container leaves its emptied tmp directory behind for
+            // the next writer: nothing was interrupted there.
+            let empty_dir = fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none());
+            if !empty_dir {
+                let size = crate::container::tree_size(&p);
+                out.push((p, size));
+            }
+        }
+    }
+    out
+}
+
+/// Removes what [`leftovers`] found (the store lock is held: no writer can be using it).
+/// A `run` directory with a mount still inside is left alone.
+fn remove_leftovers(left: &[(std::path::PathBuf, u64)]) {
+    for (p, _) in left {
+        if p.exists() {
+            crate::interrupt::remove_unmounting(p);
+        }
+    }
 }
 
 pub fn human(n: u64) -> String {

@@ -12,6 +12,7 @@ pub mod encoding;
 pub mod extract;
 pub mod image;
 pub mod images;
+pub mod interrupt;
 pub mod load;
 pub mod lowerview;
 pub mod mount;

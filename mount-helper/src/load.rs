@@ -305,6 +305,9 @@ struct ImagePlan {
     names: Vec<String>,
     config: ImageConfig,
     layers: Vec<LayerSrc>,
+    /// The image id the archive gives it (its config digest), to say when the store's
+    /// id differs.
+    orig_id: Option<String>,
 }
 
 /// Parses `--max-size`: bytes, or with a K/M/G/T suffix (powers of 1024).
@@ -432,7 +435,7 @@ fn load_locked(
     let mut plans = if src.exists("index.json")? {
         read_oci(&src, max)?
     } else if src.exists("manifest.json")? {
-        read_docker(&src, max)?
+        read_docker_or_dir(&src, max)?
     } else {
         return Err(err!(
             "{} is neither an OCI image layout (no index.json) nor a docker save archive (no manifest.json); for a plain rootfs use `layerctl import`",
@@ -503,9 +506,15 @@ fn load_locked(
         fs::create_dir_all(&diff).ctx(|| format!("creating {}", diff.display()))?;
         // One spinner per layer (entry count), numbered against the whole load.
         let pb = progress::spinner(&format!("extracting layer {}/{}", i + 1, all.len()));
-        let used = extract_layer(l, &diff, budget, &src.shown, &|| pb.inc(1))?;
+        // ... and the blob's bytes as they are read (one big file is one entry).
+        let blob_len = l.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let read = progress::bytes(&format!("reading layer {}/{}", i + 1, all.len()), blob_len);
+        let used = extract_layer(l, &diff, budget, &src.shown, &|| pb.inc(1), &read)?;
+        read.finish_and_clear();
         budget = budget.saturating_sub(used);
         pb.set_message(format!("hashing layer {}/{}", i + 1, all.len()));
+        // The count restarts: entries hashed, not extracted plus hashed.
+        pb.set_position(0);
         let (canon, size) = tarfile::digest(&diff, &|| pb.inc(1))?;
         pb.finish_and_clear();
         done.insert(l.diff_id.clone(), (dir, canon, size));
@@ -528,6 +537,9 @@ fn load_locked(
         let id = store.write_image(&p.config)?;
         for n in &p.names {
             out.push((tag(store, n, &id)?, id.clone()));
+        }
+        if let Some(orig) = p.orig_id.as_ref().filter(|o| **o != id) {
+            eprintln!("{}", rekey_note(&p, orig, &id, &done));
         }
     }
     Ok(out)
@@ -646,8 +658,9 @@ fn extract_layer(
     budget: u64,
     shown: &str,
     tick: &dyn Fn(),
+    read: &indicatif::ProgressBar,
 ) -> Result<u64> {
-    let mut r = BufReader::new(&l.file);
+    let mut r = BufReader::new(progress::Reader::new(&l.file, read));
     let head = r.fill_buf().ctx(|| format!("reading {}", l.what))?.to_vec();
     let inner: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(r))
@@ -814,6 +827,7 @@ fn read_oci(src: &Source, max: u64) -> Result<Vec<ImagePlan>> {
             names,
             config: cfg,
             layers,
+            orig_id: Some(m.config.digest.clone()),
         });
     }
     Ok(plans)
@@ -899,10 +913,131 @@ fn read_docker(src: &Source, max: u64) -> Result<Vec<ImagePlan>> {
             names,
             layers: plan_layers(src, &cfg, files, &what)?,
             config: cfg,
+            orig_id: Some(crate::store::sha256_id(&cbytes)),
         });
     }
     Ok(plans)
 }
+
+/// What `load` says when an image's id in the store is not the archive's: which layers
+/// were stored under another id (written by another tool: their canonical tar differs)
+/// or, if none, that the config was re-encoded.
+fn rekey_note(
+    p: &ImagePlan,
+    orig: &str,
+    id: &str,
+    done: &BTreeMap<String, (PathBuf, String, u64)>,
+) -> String {
+    let rekeyed = p
+        .layers
+        .iter()
+        .filter(|l| done.get(&l.diff_id).is_some_and(|d| d.1 != l.diff_id))
+        .count();
+    let name = p.names.first().map(String::as_str).unwrap_or("image");
+    let why = if rekeyed > 0 {
+        format!(
+            "{rekeyed} of its {} layer(s) were written by another tool and are stored under the digest of their canonical tar (same files)",
+            p.layers.len()
+        )
+    } else {
+        "its config was re-encoded".to_string()
+    };
+    format!("layerctl: {name}: re-keyed: image {orig} is stored as {id}: {why}")
+}
+
+/// A `manifest.json` at the top is a `docker save` manifest (a JSON array) or, from
+/// the `dir:` transport (`podman save --format docker-dir`, `skopeo copy ... dir:`), one
+/// image's schema 2 manifest (an object) with the blobs as files named by hex digest.
+fn read_docker_or_dir(src: &Source, max: u64) -> Result<Vec<ImagePlan>> {
+    let bytes = src.read("manifest.json", "manifest.json", max)?;
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return read_docker(src, max);
+    }
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        err!(
+            "manifest.json in {} is neither a docker save manifest nor an image manifest: {e}",
+            src.shown
+        )
+    })?;
+    let blob_file = |d: &Descriptor| -> Result<String> {
+        let rel = oci::blob_rel(&d.digest)?;
+        Ok(rel.rsplit('/').next().unwrap_or_default().to_string())
+    };
+    let cdesc = &m.config;
+    let cbytes = src.read(&blob_file(cdesc)?, &format!("config {}", cdesc.digest), max)?;
+    check_bytes(
+        &cbytes,
+        &cdesc.digest,
+        Some(cdesc.size),
+        "config",
+        &src.shown,
+    )?;
+    let what = "the image".to_string();
+    let cfg = parse_config(&cbytes, "config of the image", &src.shown)?;
+    let mut files = Vec::new();
+    for l in &m.layers {
+        files.push((blob_file(l)?, Some(l.digest.clone()), Some(l.size)));
+    }
+    Ok(vec![ImagePlan {
+        names: Vec::new(),
+        layers: plan_layers(src, &cfg, files, &what)?,
+        config: cfg,
+        orig_id: Some(cdesc.digest.clone()),
+    }])
+}
+
+/// `layerctl load` of an archive read from stdin (`-i -`, or no input). The stream is
+/// copied (bounded by `max`) into `.load-stdin-PID` in the store's directory *before* the
+/// store lock is taken, so a slow pipe (`save | ssh host layerctl load`) never holds the
+/// lock; under the lock it is renamed into tmp/ and loaded as a file. A SIGKILL's copy is
+/// a leftover that `fsck` and `gc` remove.
+pub fn load_stdin(store: &Store, name: Option<&str>, max: u64) -> Result<Vec<(String, String)>> {
+    if let Some(n) = name {
+        parse_ref(n)?;
+    }
+    let copy = store
+        .root
+        .join(format!("{STDIN_COPY_PREFIX}{}", std::process::id()));
+    let _cleanup = crate::interrupt::register(&copy);
+    let res = (|| {
+        let mut f = fs::File::create(&copy).ctx(|| format!("creating {}", copy.display()))?;
+        let pb = progress::bytes("reading stdin", 0);
+        let n = io::copy(
+            &mut progress::Reader::new(io::stdin().lock().take(max.saturating_add(1)), &pb),
+            &mut f,
+        )
+        .ctx(|| "reading the archive from stdin".to_string())?;
+        pb.finish_and_clear();
+        if n > max {
+            return Err(err!(
+                "the archive on stdin is larger than --max-size ({max} bytes): raise it if the archive is trusted"
+            ));
+        }
+        if n == 0 {
+            return Err(err!(
+                "stdin is empty: pipe an archive in (`layerctl load < img.tar`) or give one with -i FILE"
+            ));
+        }
+        drop(f);
+        let _lock = store.lock()?;
+        let tmp = store.tmp_dir()?;
+        let file = tmp.join("stdin");
+        let res = fs::rename(&copy, &file)
+            .ctx(|| format!("moving {} into {}", copy.display(), tmp.display()))
+            .and_then(|()| {
+                let input = open_input(&file)?;
+                load_locked(store, &file, input, name, max, &tmp)
+            });
+        let _ = crate::copytree::remove_any(&tmp);
+        res
+    })();
+    let _ = fs::remove_file(&copy);
+    res
+}
+
+/// Name prefix (then the pid) of `load_stdin`'s copy in the store's directory.
+pub const STDIN_COPY_PREFIX: &str = ".load-stdin-";
 
 /// `sha256:HEX` when the last component of `rel` is HEX or HEX.json (a content address).
 fn digest_in_name(rel: &str) -> Option<String> {

@@ -101,9 +101,31 @@ pub fn mount(
     upper: Option<(&Path, &Path)>,
     target: &Path,
 ) -> Result<()> {
+    mount_with(prog, lowers, upper, target, &[])
+}
+
+/// [`mount`] with extra options for the mount program (`uidmapping=...`); those are FUSE
+/// daemon options, so kernel overlayfs refuses them by name.
+pub fn mount_with(
+    prog: &Program,
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    target: &Path,
+    extra: &[String],
+) -> Result<()> {
     let mut opts = options(lowers, upper)?;
+    for o in extra {
+        opts.push(",");
+        opts.push(o);
+    }
     let (mut cmd, shown) = match prog {
         Program::Fuse(p) => (Command::new(p), p.display().to_string()),
+        Program::Kernel if !extra.is_empty() => {
+            return Err(err!(
+                "mount option {} needs a FUSE mount program (layerfs or fuse-overlayfs), not kernel overlayfs: unset LAYERCTL_MOUNT_PROGRAM",
+                extra.join(",")
+            ))
+        }
         Program::Kernel => {
             // Kernel overlayfs needs two lowers for a read-only mount and redirect_dir to
             // rename lower directories the way layerfs does.

@@ -169,9 +169,18 @@ pub fn gzip_writer<W: Write>(w: W) -> flate2::write::GzEncoder<W> {
 
 /// sha256 digest and size of a file.
 pub fn hash_file(p: &Path) -> Result<(String, u64)> {
-    let mut f = fs::File::open(p).ctx(|| format!("opening {}", p.display()))?;
+    let f = fs::File::open(p).ctx(|| format!("opening {}", p.display()))?;
+    // A big layer blob takes a while to hash: bytes, rate and ETA while it does.
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let name: String = p
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(12).collect())
+        .unwrap_or_default();
+    let pb = crate::progress::bytes(&format!("hashing {name}"), len);
     let mut h = HashingWriter::new(io::sink());
-    io::copy(&mut f, &mut h).ctx(|| format!("reading {}", p.display()))?;
+    io::copy(&mut crate::progress::Reader::new(f, &pb), &mut h)
+        .ctx(|| format!("reading {}", p.display()))?;
+    pb.finish_and_clear();
     Ok((h.digest(), h.count))
 }
 

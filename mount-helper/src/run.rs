@@ -1,12 +1,29 @@
-//! `layerctl run IMAGE [--name] [--commit NEWIMAGE] -- CMD...`: mounts a new container of
-//! IMAGE, runs CMD in a rootless container on the mount with the image's Env, WorkingDir
-//! and User, unmounts, and optionally commits. The exit status is the command's.
+//! `layerctl run [OPTIONS] IMAGE [COMMAND [ARG...]]`, read as `docker run` reads it: mounts
+//! a new container of IMAGE, runs the image's Entrypoint + Cmd (or COMMAND) in a
+//! container on the mount with the image's Env, WorkingDir and User (each overridable),
+//! unmounts, and optionally commits. The exit status is the command's.
 //!
 //! Runtimes: crun when it is on PATH, else bubblewrap (`--runtime` picks one).
 //!
+//! - The init layer: the runtime needs mount points (/proc, /dev, /sys, the bind-mounted
+//!   /etc/hosts, /etc/hostname, /etc/resolv.conf, /run/.containerenv, volume targets). If
+//!   the image lacks one, the runtime would create it in the container's upper and it
+//!   would show up in `diff` and in the committed layer. As docker does, a per-run layer
+//!   between the image's layers and the upper already holds exactly the missing ones
+//!   (parent directories that the image has are copied with the image's owner, mode and
+//!   times, so the merged view of them does not change). It is not part of the container:
+//!   diff and commit compare the upper with the image's layers only, so what the command
+//!   itself writes there (content in /etc/hosts' place, files in a new /run) is still
+//!   seen. It lives in the run's scratch directory and goes away with it.
 //! - Ids: an ordinary user has one id to give, so the container's user namespace maps the
 //!   caller to the image's User (root by default), as `crun spec --rootless` and
-//!   `bwrap --uid` do. Files the caller owns appear owned by that user inside.
+//!   `bwrap --uid` do. As root, the container runs as real root (no user namespace, as
+//!   `docker run` does without userns-remap) unless `--userns=auto`: then crun maps
+//!   container ids 0-65535 onto a subordinate range (/etc/subuid of `containers`, else
+//!   of `root`) and the mount shows the layers' ids shifted onto that range
+//!   (`uidmapping=`), so the image's files are owned by the container's users inside.
+//! - Network: `none` (default) is a private network namespace with only loopback, `host`
+//!   shares the host's.
 //! - crun and cgroups: crun refuses hosts whose cgroups are in hybrid (v1 + v2) mode even
 //!   with cgroups disabled. It therefore runs in a private cgroup and mount namespace
 //!   (`unshare -C -m`, plus `-U -r` for an ordinary user) where a fresh cgroup2 hierarchy
@@ -14,21 +31,32 @@
 //!   (`--cgroup-manager=disabled`, no resources).
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::io::IsTerminal;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::container::{self, CommitOptions};
+use crate::container::{self, CommitOptions, NewMount};
+use crate::copytree::Copier;
 use crate::err;
 use crate::error::{Context, Result};
 use crate::image::RuntimeConfig;
+use crate::images::lower_view;
+use crate::lowerview::LowerView;
 use crate::store::Store;
+use crate::sys;
+use layerfs::layers::writer::{LayerPath, LayerWriter, Meta};
+use std::os::fd::AsFd;
 
-/// What `--help` says about runtimes.
-pub const RUNTIME_HELP: &str =
-    "Runtime: crun when installed, else bubblewrap (bwrap); --runtime overrides. \
-As an ordinary user the caller's id becomes the image's User inside the container.";
+/// What `--help` says about runtimes and ids.
+pub const RUNTIME_HELP: &str = "\
+Runtime: crun when installed, else bubblewrap (bwrap); --runtime overrides.
+Ids: as an ordinary user the caller's id becomes the image's User inside a user namespace.
+As root the container runs as REAL root on the host (no user namespace), as docker does;
+--userns=auto runs it in a user namespace on a subordinate id range (/etc/subuid).
+Network: --network none (default: a private namespace with loopback only) or host.
+A command that exits non-zero is not committed unless --commit-on-failure.";
 
 /// Used when the image sets no PATH, as docker and podman do.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -69,6 +97,47 @@ impl Runtime {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// A private network namespace with loopback only.
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+impl Network {
+    pub fn parse(s: &str) -> Result<Network> {
+        match s {
+            "none" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            "slirp4netns" | "pasta" | "bridge" => Err(err!(
+                "--network {s} is not supported yet: use none (private, loopback only) or host (the host's network)"
+            )),
+            other => Err(err!(
+                "unknown network {other:?}: use none (private, loopback only) or host"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserNs {
+    /// No user namespace of our own (real root as root; the caller mapped as a user).
+    Host,
+    /// As root: container ids 0-65535 on a subordinate range.
+    Auto,
+}
+
+impl UserNs {
+    pub fn parse(s: &str) -> Result<UserNs> {
+        match s {
+            "" | "host" => Ok(UserNs::Host),
+            "auto" => Ok(UserNs::Auto),
+            other => Err(err!("unknown --userns {other:?}: use auto or host")),
+        }
+    }
+}
+
 fn on_path(name: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
@@ -78,22 +147,239 @@ fn on_path(name: &str) -> bool {
 pub struct RunOptions<'a> {
     pub name: Option<&'a str>,
     pub commit: Option<&'a str>,
+    /// Commit even when the command exits non-zero.
+    pub commit_on_failure: bool,
     pub runtime: Option<Runtime>,
     /// Remove the container afterwards (after the commit, if any).
     pub remove: bool,
+    /// `-e K=V` / `-e K` (the caller's value), in order.
+    pub env: &'a [String],
+    pub env_files: &'a [PathBuf],
+    /// `-v SRC:DST[:ro|rw]`.
+    pub volumes: &'a [String],
+    pub workdir: Option<&'a str>,
+    pub user: Option<&'a str>,
+    /// `--entrypoint`: replaces the image's (and drops its Cmd); empty clears it.
+    pub entrypoint: Option<&'a str>,
+    pub tty: bool,
+    pub interactive: bool,
+    pub network: Network,
+    pub read_only: bool,
+    pub userns: UserNs,
 }
 
-/// Runs `cmd` in a new container of `image`; returns the command's exit code.
-pub fn run(store: &Store, image: &str, cmd: &[String], opts: &RunOptions) -> Result<i32> {
-    if cmd.is_empty() {
+impl Default for RunOptions<'_> {
+    fn default() -> Self {
+        RunOptions {
+            name: None,
+            commit: None,
+            commit_on_failure: false,
+            runtime: None,
+            remove: false,
+            env: &[],
+            env_files: &[],
+            volumes: &[],
+            workdir: None,
+            user: None,
+            entrypoint: None,
+            tty: false,
+            interactive: false,
+            network: Network::None,
+            read_only: false,
+            userns: UserNs::Host,
+        }
+    }
+}
+
+/// A `-v` bind mount, checked.
+struct Volume {
+    src: PathBuf,
+    dst: String,
+    read_only: bool,
+}
+
+fn parse_volume(v: &str) -> Result<Volume> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (src, dst, opts) = match parts.as_slice() {
+        [s, d] => (*s, *d, ""),
+        [s, d, o] => (*s, *d, *o),
+        _ => {
+            return Err(err!(
+                "bad --volume {v:?}: use SRC:DST or SRC:DST:ro (absolute paths)"
+            ))
+        }
+    };
+    if !src.starts_with('/') {
         return Err(err!(
-            "no command given: layerctl run IMAGE -- CMD [ARGS...]"
+            "bad --volume {v:?}: {src:?} is not an absolute host path (named volumes are not supported; give /path/on/host)"
         ));
     }
-    // A bad --commit name must fail before the container is created, not after it ran.
-    if let Some(r) = opts.commit {
-        crate::store::parse_ref(r)?;
+    let src = fs::canonicalize(src).map_err(|e| {
+        err!("bad --volume {v:?}: host path {src} cannot be used ({e}); create it first")
+    })?;
+    let dst = clean_abs(dst).ok_or_else(|| {
+        err!("bad --volume {v:?}: the container path must be absolute and without '..'")
+    })?;
+    if dst == "/" {
+        return Err(err!(
+            "bad --volume {v:?}: cannot mount over the container's /"
+        ));
     }
+    let mut read_only = false;
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            other => {
+                return Err(err!(
+                    "bad --volume {v:?}: unknown option {other:?} (use ro or rw)"
+                ))
+            }
+        }
+    }
+    Ok(Volume {
+        src,
+        dst,
+        read_only,
+    })
+}
+
+/// `p` as a normalised absolute container path, or None if it is relative or has `..`.
+fn clean_abs(p: &str) -> Option<String> {
+    if !p.starts_with('/') {
+        return None;
+    }
+    let mut out = String::new();
+    for c in Path::new(p).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => {
+                out.push('/');
+                out.push_str(n.to_str()?);
+            }
+            _ => return None,
+        }
+    }
+    Some(if out.is_empty() { "/".into() } else { out })
+}
+
+/// Sets `K=V` in `env`, replacing an earlier `K=`.
+fn set_env(env: &mut Vec<String>, kv: String) {
+    let key = kv.split('=').next().unwrap_or("").to_string();
+    env.retain(|e| e.split('=').next() != Some(key.as_str()));
+    env.push(kv);
+}
+
+/// One `-e`/`--env-file` item: `K=V`, or `K` for the caller's value (dropped when the
+/// caller has none, as docker does).
+fn env_item(item: &str, what: &str) -> Result<Option<String>> {
+    let key = item.split('=').next().unwrap_or("");
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        return Err(err!(
+            "bad environment variable {item:?} in {what}: use NAME=VALUE or NAME"
+        ));
+    }
+    if item.contains('=') {
+        return Ok(Some(item.to_string()));
+    }
+    Ok(std::env::var(key).ok().map(|v| format!("{key}={v}")))
+}
+
+fn read_env_file(p: &Path) -> Result<Vec<String>> {
+    let text = fs::read_to_string(p).ctx(|| {
+        format!(
+            "reading --env-file {} (give a file of NAME=VALUE lines)",
+            p.display()
+        )
+    })?;
+    let what = format!("--env-file {}", p.display());
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let l = line.trim_start();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        out.extend(env_item(l, &what)?);
+    }
+    Ok(out)
+}
+
+/// Entrypoint + Cmd as docker combines them: COMMAND replaces Cmd; `--entrypoint`
+/// replaces Entrypoint and drops the image's Cmd.
+fn argv(cfg: &RuntimeConfig, command: &[String], entrypoint: Option<&str>) -> Result<Vec<String>> {
+    let ep: Vec<String> = match entrypoint {
+        Some("") => Vec::new(),
+        Some(e) => vec![e.to_string()],
+        None => cfg.entrypoint.clone().unwrap_or_default(),
+    };
+    let cmd: Vec<String> = if !command.is_empty() {
+        command.to_vec()
+    } else if entrypoint.is_some() {
+        Vec::new()
+    } else {
+        cfg.cmd.clone().unwrap_or_default()
+    };
+    let args: Vec<String> = ep.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(err!(
+            "no command: the image has no Entrypoint or Cmd; give one: layerctl run IMAGE COMMAND [ARG...]"
+        ));
+    }
+    Ok(args)
+}
+
+/// A hostname from the container name (letters, digits and '-', at most 63).
+fn hostname_of(name: &str) -> String {
+    let h: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    let h = h.trim_matches('-').to_string();
+    if h.is_empty() {
+        "layerctl".into()
+    } else {
+        h
+    }
+}
+
+/// The subordinate id range root's containers get under `--userns=auto`: the
+/// `containers` entry of /etc/subuid (podman's convention), else `root`'s.
+fn subordinate_range(file: &str) -> Result<(u32, u32)> {
+    let text = fs::read_to_string(file).unwrap_or_default();
+    for user in ["containers", "root"] {
+        for l in text.lines() {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() == 3 && f[0] == user {
+                if let (Ok(start), Ok(len)) = (f[1].parse::<u32>(), f[2].parse::<u32>()) {
+                    if len >= 65536 {
+                        return Ok((start, 65536));
+                    }
+                }
+            }
+        }
+    }
+    Err(err!(
+        "--userns=auto needs a subordinate id range of at least 65536 for `containers` or `root` in {file}: add one with `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 root`"
+    ))
+}
+
+/// Removes scratch directories of earlier runs whose process is gone (killed with
+/// SIGKILL). A directory with something still mounted inside is left alone.
+fn clear_stale_scratch(work: &Path) {
+    let Ok(rd) = fs::read_dir(work) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| p != std::process::id() as i32 && !sys::pid_alive(p)) {
+            crate::interrupt::remove_unmounting(&e.path());
+        }
+    }
+}
+
+/// Runs `command` (or the image's Entrypoint + Cmd) in a new container of `image`;
+/// returns the command's exit code.
+pub fn run(store: &Store, image: &str, command: &[String], opts: &RunOptions) -> Result<i32> {
     let runtime = match opts.runtime {
         Some(r) => r,
         None => Runtime::detect()?,
@@ -109,42 +395,312 @@ pub fn run(store: &Store, image: &str, cmd: &[String], opts: &RunOptions) -> Res
             }
         ));
     }
+    let root = sys::getuid() == 0;
+    let idmap = match opts.userns {
+        UserNs::Host => None,
+        UserNs::Auto if !root => {
+            return Err(err!(
+                "--userns=auto is for root: as an ordinary user the container always runs in a user namespace that maps your id"
+            ))
+        }
+        UserNs::Auto if runtime == Runtime::Bwrap => {
+            return Err(err!(
+                "--userns=auto needs crun (bubblewrap maps a single id): use --runtime crun"
+            ))
+        }
+        UserNs::Auto => Some((
+            subordinate_range("/etc/subuid")?,
+            subordinate_range("/etc/subgid")?,
+        )),
+    };
+    if let Some(n) = opts.name {
+        crate::store::valid_container_name(n)?;
+    }
+    // A bad --commit name must fail before the command runs, not after.
+    if let Some(r) = opts.commit {
+        crate::store::parse_ref(r)?;
+    }
+    // Everything about the command line is checked before anything is mounted.
+    let volumes: Vec<Volume> = opts
+        .volumes
+        .iter()
+        .map(|v| parse_volume(v))
+        .collect::<Result<_>>()?;
+    let mut extra_env = Vec::new();
+    for f in opts.env_files {
+        extra_env.extend(read_env_file(f)?);
+    }
+    for e in opts.env {
+        extra_env.extend(env_item(e, "-e")?);
+    }
+    if let Some(w) = opts.workdir {
+        if clean_abs(w).is_none() {
+            return Err(err!(
+                "bad --workdir {w:?}: give an absolute path inside the container"
+            ));
+        }
+    }
+    let image_id = store.resolve_image(image)?;
+    let cfg = store.read_image(&image_id)?;
+    let args = argv(&cfg.config, command, opts.entrypoint)?;
+
     let work = store.root.join("run");
     fs::create_dir_all(&work).ctx(|| format!("creating {}", work.display()))?;
+    clear_stale_scratch(&work);
+    let _cleanup = crate::interrupt::register_prefixed(&work, &format!("{}-", std::process::id()));
     let scratch = tempdir_in(&work)?;
+    let res = run_in(
+        store, image, &cfg, &scratch, runtime, idmap, &volumes, extra_env, &args, opts,
+    );
+    crate::interrupt::remove_unmounting(&scratch);
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    store: &Store,
+    image: &str,
+    cfg: &crate::image::ImageConfig,
+    scratch: &Path,
+    runtime: Runtime,
+    idmap: Option<((u32, u32), (u32, u32))>,
+    volumes: &[Volume],
+    extra_env: Vec<String>,
+    args: &[String],
+    opts: &RunOptions,
+) -> Result<i32> {
     let target = scratch.join("rootfs");
     fs::create_dir(&target).ctx(|| format!("creating {}", target.display()))?;
-    let name = container::mount(store, image, &target, opts.name, false)?;
+    // The files the runtime bind-mounts, and the init layer holding their mount points.
+    let files = scratch.join("files");
+    fs::create_dir(&files).ctx(|| format!("creating {}", files.display()))?;
+    let init = scratch.join("init");
+    fs::create_dir(&init).ctx(|| format!("creating {}", init.display()))?;
+    let mut points: Vec<(String, bool)> = ["/proc", "/dev", "/sys"]
+        .iter()
+        .map(|p| (p.to_string(), true))
+        .collect();
+    for f in [
+        "/etc/hosts",
+        "/etc/hostname",
+        "/etc/resolv.conf",
+        "/run/.containerenv",
+    ] {
+        points.push((f.to_string(), false));
+    }
+    for v in volumes {
+        points.push((v.dst.clone(), v.src.is_dir()));
+    }
+    let view = lower_view(store, cfg)?;
+    let usable = build_init_layer(&view, &init, &points)?;
+
+    let extra_opts: Vec<String> = match idmap {
+        Some(((u, n), (g, m))) => vec![
+            format!("uidmapping={u}:0:{n}"),
+            format!("gidmapping={g}:0:{m}"),
+        ],
+        None => Vec::new(),
+    };
+    let how = NewMount {
+        name: opts.name,
+        read_only: opts.read_only,
+        init_layer: Some(&init),
+        extra_opts: &extra_opts,
+    };
+    let name = container::mount_new(store, image, &target, &how)?;
+    let hostname = hostname_of(&name);
     let outcome = (|| -> Result<ExitStatus> {
         let rec = store.read_container(&name)?;
-        let spec = ProcessSpec::new(&rec.image_config.config, &target, cmd)?;
+        let mut spec = ProcessSpec::new(&rec.image_config.config, &target, args, opts)?;
+        for e in extra_env {
+            set_env(&mut spec.env, e);
+        }
+        if !spec.env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+            spec.env.push(format!("HOSTNAME={hostname}"));
+        }
+        let mut binds = runtime_files(&files, &hostname, &name, opts.network)?;
+        binds.retain(|(_, dst, _)| usable.iter().any(|u| u == dst));
+        for v in volumes {
+            binds.push((v.src.clone(), v.dst.clone(), v.read_only));
+        }
+        let ctx = RunContext {
+            rootfs: &target,
+            hostname: &hostname,
+            binds: &binds,
+            network: opts.network,
+            read_only: opts.read_only,
+            idmap,
+            interactive: opts.interactive,
+        };
+        if sys::getuid() == 0 {
+            match idmap {
+                None => eprintln!(
+                    "layerctl: the container runs as real root on this host (no user namespace); --userns=auto maps it to subordinate ids"
+                ),
+                Some(((u, n), _)) => eprintln!(
+                    "layerctl: the container runs in a user namespace: its ids 0-{} are host ids {u}-{}",
+                    n - 1,
+                    u + n - 1
+                ),
+            }
+        }
         match runtime {
-            Runtime::Crun => run_crun(&scratch, &target, &name, &spec),
-            Runtime::Bwrap => run_bwrap(&target, &spec),
+            Runtime::Crun => run_crun(scratch, &name, &spec, &ctx),
+            Runtime::Bwrap => run_bwrap(&spec, &ctx),
         }
     })();
     // Always unmount, whatever the command did.
     let unmounted = container::umount(store, &name);
-    let _ = fs::remove_dir_all(&scratch);
-    let status = outcome?;
+    let status = match outcome {
+        Ok(s) => s,
+        Err(e) => {
+            // The container never ran: it holds nothing worth keeping.
+            let _ = container::rm(store, &name, true);
+            return Err(e);
+        }
+    };
     unmounted?;
+    let code = exit_code(status);
     if let Some(new_ref) = opts.commit {
-        let created_by = shell_words(cmd);
-        let copts = CommitOptions {
-            message: None,
-            created_by: Some(&created_by),
-            changes: &[],
-        };
-        let (r, id, _, _) = container::commit(store, &name, new_ref, &copts)?;
-        eprintln!("committed {name} as {r}");
-        println!("{id}");
+        if code == 0 || opts.commit_on_failure {
+            let created_by = shell_words(args);
+            let copts = CommitOptions {
+                message: None,
+                created_by: Some(&created_by),
+                changes: &[],
+            };
+            let (r, id, _, _) = container::commit(store, &name, new_ref, &copts)?;
+            eprintln!("committed {name} as {r}");
+            println!("{id}");
+        } else {
+            eprintln!(
+                "layerctl: not committed: the command exited with status {code}, so {new_ref} is unchanged (--commit-on-failure commits anyway)"
+            );
+        }
     }
     if opts.remove {
         container::rm(store, &name, true)?;
     } else {
         eprintln!("container {name} kept (`layerctl diff {name}`, `layerctl rm {name}`)");
     }
-    Ok(exit_code(status))
+    Ok(code)
+}
+
+/// Creates in `init` each of `points` (path, is a directory) that the image lacks, with
+/// the parents it lacks; parents the image has are created with the image's owner, mode
+/// and times, so the merged view of them is unchanged. Returns the points that are now
+/// usable as mount points (present in the image with the right type, or created here);
+/// a point behind a non-directory, or of the wrong type in the image, is left out.
+fn build_init_layer(
+    view: &LowerView,
+    init: &Path,
+    points: &[(String, bool)],
+) -> Result<Vec<String>> {
+    let mut usable = Vec::new();
+    let w = LayerWriter::open(init).ctx(|| format!("opening {}", init.display()))?;
+    let mut c = Copier::new(w);
+    let made = |mode| Meta {
+        mode,
+        uid: layerfs::sys::process::geteuid(),
+        gid: layerfs::sys::process::getegid(),
+        ..Meta::default()
+    };
+    'points: for (p, is_dir) in points {
+        let path = LayerPath::parse(p.trim_start_matches('/').as_bytes())
+            .map_err(|why| err!("runtime mount point {p}: {why}"))?;
+        let n = path.depth();
+        for depth in 1..=n {
+            let cur = LayerPath::from_components(&path.components()[..depth]);
+            let last = depth == n;
+            let found = view
+                .lookup(&cur)
+                .ctx(|| format!("looking up {} in the image", cur.display()))?;
+            match found {
+                Some(f) if last => {
+                    let is_link = f.stat.st_mode & libc::S_IFMT == libc::S_IFLNK;
+                    if f.is_dir() == *is_dir && !is_link {
+                        usable.push(p.clone());
+                    }
+                    continue 'points;
+                }
+                Some(f) if f.is_dir() => {
+                    if c.w.open_dir(&cur).is_err() {
+                        let pd = view
+                            .open_dir(f.layer, &cur.parent())
+                            .ctx(|| format!("opening {} in the image", cur.parent().display()))?;
+                        c.copy_entry(pd.as_fd(), cur.name(), &f.stat, &cur)?;
+                    }
+                }
+                Some(_) => continue 'points,
+                None if last && !*is_dir => {
+                    if c.w.ino_of(&cur).is_none() {
+                        c.w.file(&cur, &made(0o644), &mut std::io::empty())
+                            .map_err(|e| err!("init layer: {e}"))?;
+                    }
+                    usable.push(p.clone());
+                }
+                None => {
+                    if c.w.open_dir(&cur).is_err() {
+                        c.w.mkdir(&cur, made(0o755))
+                            .map_err(|e| err!("init layer: {e}"))?;
+                    }
+                    if last {
+                        usable.push(p.clone());
+                    }
+                }
+            }
+        }
+    }
+    c.finish()?;
+    Ok(usable)
+}
+
+/// Writes /etc/hosts, /etc/hostname, /etc/resolv.conf and /run/.containerenv for the
+/// container; returns (source, container path, read-only) binds.
+fn runtime_files(
+    dir: &Path,
+    hostname: &str,
+    name: &str,
+    network: Network,
+) -> Result<Vec<(PathBuf, String, bool)>> {
+    let hosts = match network {
+        Network::Host => fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        Network::None => format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        ),
+    };
+    let resolv = match network {
+        Network::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        Network::None => String::new(),
+    };
+    let files = [
+        ("hosts", "/etc/hosts", hosts),
+        ("hostname", "/etc/hostname", format!("{hostname}\n")),
+        ("resolv.conf", "/etc/resolv.conf", resolv),
+        (
+            "containerenv",
+            "/run/.containerenv",
+            format!("engine=\"layerctl\"\nname=\"{name}\"\n"),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (f, dst, text) in files {
+        let p = dir.join(f);
+        fs::write(&p, text).ctx(|| format!("writing {}", p.display()))?;
+        out.push((p, dst.to_string(), dst == "/run/.containerenv"));
+    }
+    Ok(out)
+}
+
+/// How the container is set up around the process.
+struct RunContext<'a> {
+    rootfs: &'a Path,
+    hostname: &'a str,
+    binds: &'a [(PathBuf, String, bool)],
+    network: Network,
+    read_only: bool,
+    idmap: Option<((u32, u32), (u32, u32))>,
+    interactive: bool,
 }
 
 /// The shell's convention: the code, or 128 + the signal that ended the command.
@@ -193,26 +749,39 @@ struct ProcessSpec {
     cwd: String,
     uid: u32,
     gid: u32,
+    /// A pty for the process (`-t` with stdin a terminal).
+    terminal: bool,
 }
 
 impl ProcessSpec {
-    fn new(cfg: &RuntimeConfig, rootfs: &Path, cmd: &[String]) -> Result<ProcessSpec> {
+    fn new(
+        cfg: &RuntimeConfig,
+        rootfs: &Path,
+        args: &[String],
+        opts: &RunOptions,
+    ) -> Result<ProcessSpec> {
         let mut env = cfg.env.clone().unwrap_or_default();
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.insert(0, format!("PATH={DEFAULT_PATH}"));
         }
-        let cwd = cfg
-            .working_dir
-            .clone()
-            .filter(|w| !w.is_empty())
+        let cwd = opts
+            .workdir
+            .and_then(clean_abs)
+            .or_else(|| cfg.working_dir.clone().filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".to_string());
-        let (uid, gid) = resolve_user(rootfs, cfg.user.as_deref().unwrap_or(""))?;
+        let user = opts.user.or(cfg.user.as_deref()).unwrap_or("");
+        let (uid, gid) = resolve_user(rootfs, user)?;
+        let terminal = opts.tty && std::io::stdin().is_terminal();
+        if opts.tty && !terminal {
+            eprintln!("layerctl: -t ignored: stdin is not a terminal");
+        }
         Ok(ProcessSpec {
-            args: cmd.to_vec(),
+            args: args.to_vec(),
             env,
             cwd,
             uid,
             gid,
+            terminal,
         })
     }
 }
@@ -270,36 +839,29 @@ fn lookup_by_uid(rootfs: &Path, uid: u32) -> Option<u32> {
     })
 }
 
-fn getuid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
-}
-
 /// Starts `cmd` and waits, letting Ctrl-C reach the container (the terminal's process
 /// group) while this process stays alive to unmount afterwards.
-fn wait_for(cmd: &mut Command, what: &str) -> Result<ExitStatus> {
-    let mut child = cmd.spawn().ctx(|| format!("starting {what}"))?;
-    // After spawn the child has exec'd with default signal dispositions; only this
-    // process ignores them from here on.
-    // SAFETY: installing SIG_IGN has no handler code to be unsafe about.
-    let old = unsafe {
-        [
-            libc::signal(libc::SIGINT, libc::SIG_IGN),
-            libc::signal(libc::SIGTERM, libc::SIG_IGN),
-        ]
-    };
-    let status = child.wait();
-    // SAFETY: restores the dispositions read above.
-    unsafe {
-        libc::signal(libc::SIGINT, old[0]);
-        libc::signal(libc::SIGTERM, old[1]);
+fn wait_for(cmd: &mut Command, what: &str, interactive: bool) -> Result<ExitStatus> {
+    // docker run without -i gives the container no stdin.
+    if !interactive {
+        cmd.stdin(Stdio::null());
     }
+    let mut child = cmd.spawn().ctx(|| format!("starting {what}"))?;
+    // Ctrl-C reaches the container from the terminal (same process group): this process
+    // ignores it and lives on to unmount. SIGTERM and SIGHUP sent to layerctl are passed
+    // to the runtime, which passes them to the container (docker run's --sig-proxy).
+    let old = sys::set_signal(libc::SIGINT, libc::SIG_IGN);
+    crate::interrupt::forward_to(Some(child.id()));
+    let status = child.wait();
+    crate::interrupt::forward_to(None);
+    sys::set_signal(libc::SIGINT, old);
     status.ctx(|| format!("waiting for {what}"))
 }
 
-/// The OCI runtime spec crun runs: the mount as root, the usual pseudo file systems, a
-/// user namespace mapping the caller to the image's user, no cgroups.
-fn oci_spec(rootfs: &Path, spec: &ProcessSpec, in_userns: bool) -> Value {
+/// The OCI runtime spec crun runs: the mount as root, the usual pseudo file systems, the
+/// runtime's files and the volumes bound in, a user namespace when one is needed, a
+/// private network namespace unless --network host, no cgroups.
+fn oci_spec(spec: &ProcessSpec, ctx: &RunContext, caller_userns: bool) -> Value {
     let caps = json!([
         "CAP_CHOWN",
         "CAP_DAC_OVERRIDE",
@@ -325,22 +887,55 @@ fn oci_spec(rootfs: &Path, spec: &ProcessSpec, in_userns: bool) -> Value {
         json!({"type": "uts"}),
         json!({"type": "mount"}),
     ];
+    if ctx.network == Network::None {
+        // crun brings up loopback in a new network namespace.
+        namespaces.push(json!({"type": "network"}));
+    }
     let mut linux = json!({
         "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
         "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
     });
-    if in_userns {
+    if caller_userns {
         namespaces.push(json!({"type": "user"}));
         // crun runs as root of the private namespace `unshare -r` made: its id 0 is the
         // caller, and the container's user maps onto it.
         linux["uidMappings"] = json!([{"containerID": spec.uid, "hostID": 0, "size": 1}]);
         linux["gidMappings"] = json!([{"containerID": spec.gid, "hostID": 0, "size": 1}]);
+    } else if let Some(((u, n), (g, m))) = ctx.idmap {
+        namespaces.push(json!({"type": "user"}));
+        linux["uidMappings"] = json!([{"containerID": 0, "hostID": u, "size": n}]);
+        linux["gidMappings"] = json!([{"containerID": 0, "hostID": g, "size": m}]);
     }
     linux["namespaces"] = json!(namespaces);
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+    ];
+    // A bind of the host's /sys would show the host's network devices; a fresh sysfs
+    // belongs to the container's network namespace.
+    mounts.push(if ctx.network == Network::None {
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]})
+    } else {
+        json!({"destination": "/sys", "type": "none", "source": "/sys",
+         "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]})
+    });
+    for (src, dst, ro) in ctx.binds {
+        let mut o = vec!["rbind", "rprivate"];
+        if *ro {
+            o.push("ro");
+        }
+        mounts.push(json!({"destination": dst, "type": "none", "source": src, "options": o}));
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": spec.terminal,
             "user": {"uid": spec.uid, "gid": spec.gid},
             "args": spec.args,
             "env": spec.env,
@@ -348,31 +943,26 @@ fn oci_spec(rootfs: &Path, spec: &ProcessSpec, in_userns: bool) -> Value {
             "capabilities": {"bounding": bound, "effective": eff.clone(), "permitted": eff},
             "noNewPrivileges": true
         },
-        "root": {"path": rootfs, "readonly": false},
-        "hostname": "layerctl",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/sys", "type": "none", "source": "/sys",
-             "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
-        ],
+        "root": {"path": ctx.rootfs, "readonly": ctx.read_only},
+        "hostname": ctx.hostname,
+        "mounts": mounts,
         "linux": linux
     })
 }
 
-fn run_crun(scratch: &Path, rootfs: &Path, name: &str, spec: &ProcessSpec) -> Result<ExitStatus> {
-    let rootless = getuid() != 0;
+fn run_crun(
+    scratch: &Path,
+    name: &str,
+    spec: &ProcessSpec,
+    ctx: &RunContext,
+) -> Result<ExitStatus> {
+    let rootless = sys::getuid() != 0;
     let bundle = scratch.join("bundle");
     let state = scratch.join("state");
     for d in [&bundle, &state] {
         fs::create_dir(d).ctx(|| format!("creating {}", d.display()))?;
     }
-    let config = oci_spec(rootfs, spec, rootless);
+    let config = oci_spec(spec, ctx, rootless);
     let text = serde_json::to_vec_pretty(&config).map_err(|e| err!("encoding config.json: {e}"))?;
     fs::write(bundle.join("config.json"), text)
         .ctx(|| format!("writing {}", bundle.join("config.json").display()))?;
@@ -394,10 +984,15 @@ fn run_crun(scratch: &Path, rootfs: &Path, name: &str, spec: &ProcessSpec) -> Re
         .args(["--cgroup-manager=disabled", "run", "--bundle"])
         .arg(&bundle)
         .arg(format!("layerctl-{name}-{}", std::process::id()));
-    wait_for(&mut cmd, "crun (through unshare)")
+    wait_for(
+        &mut cmd,
+        "crun (through unshare)",
+        ctx.interactive || spec.terminal,
+    )
 }
 
-fn run_bwrap(rootfs: &Path, spec: &ProcessSpec) -> Result<ExitStatus> {
+fn run_bwrap(spec: &ProcessSpec, ctx: &RunContext) -> Result<ExitStatus> {
+    let root = sys::getuid() == 0;
     let mut cmd = Command::new("bwrap");
     cmd.args([
         "--unshare-pid",
@@ -405,10 +1000,14 @@ fn run_bwrap(rootfs: &Path, spec: &ProcessSpec) -> Result<ExitStatus> {
         "--unshare-uts",
         "--die-with-parent",
     ]);
+    if ctx.network == Network::None {
+        // bwrap brings up loopback in the new network namespace.
+        cmd.arg("--unshare-net");
+    }
     // Real root running as root needs no user namespace, and without one every id stays
     // usable (chown inside works). Otherwise a one-id namespace maps the caller to the
     // image's user.
-    if getuid() != 0 || spec.uid != 0 || spec.gid != 0 {
+    if !root || spec.uid != 0 || spec.gid != 0 {
         cmd.arg("--unshare-user").args([
             "--uid",
             &spec.uid.to_string(),
@@ -416,26 +1015,34 @@ fn run_bwrap(rootfs: &Path, spec: &ProcessSpec) -> Result<ExitStatus> {
             &spec.gid.to_string(),
         ]);
     }
-    cmd.arg("--bind").arg(rootfs).arg("/").args([
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--chdir",
-        &spec.cwd,
-        "--clearenv",
-    ]);
+    cmd.arg(if ctx.read_only { "--ro-bind" } else { "--bind" })
+        .arg(ctx.rootfs)
+        .arg("/")
+        .args(["--proc", "/proc", "--dev", "/dev"])
+        .args(["--hostname", ctx.hostname]);
+    // bwrap cannot mount a fresh sysfs, and the host's would show the host's network
+    // devices: /sys only with the host's network.
+    if ctx.network == Network::Host {
+        cmd.args(["--ro-bind", "/sys", "/sys"]);
+    }
+    for (src, dst, ro) in ctx.binds {
+        cmd.arg(if *ro { "--ro-bind" } else { "--bind" })
+            .arg(src)
+            .arg(dst);
+    }
+    cmd.args(["--chdir", &spec.cwd, "--clearenv"]);
     for e in &spec.env {
         let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
         cmd.args(["--setenv", k, v]);
     }
-    if spec.uid == 0 && getuid() != 0 {
+    if spec.uid == 0 && !root {
         // Root inside an unprivileged namespace: keep the namespace's capabilities so
         // that chown and friends work on files the caller owns.
         cmd.args(["--cap-add", "ALL"]);
     }
     cmd.arg("--").args(&spec.args);
-    wait_for(&mut cmd, "bwrap")
+    // bwrap gives the process the caller's terminal itself (no new session).
+    wait_for(&mut cmd, "bwrap", ctx.interactive || spec.terminal)
 }
 
 #[cfg(test)]
@@ -449,6 +1056,41 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(shell_words(&v), r"sh -c 'echo hi > /f' 'it'\''s'");
+    }
+
+    #[test]
+    fn entrypoint_and_cmd_combine_as_in_docker() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cfg = RuntimeConfig {
+            entrypoint: Some(v(&["/ep", "-x"])),
+            cmd: Some(v(&["c1"])),
+            ..RuntimeConfig::default()
+        };
+        assert_eq!(argv(&cfg, &[], None).unwrap(), v(&["/ep", "-x", "c1"]));
+        assert_eq!(
+            argv(&cfg, &v(&["a"]), None).unwrap(),
+            v(&["/ep", "-x", "a"])
+        );
+        assert_eq!(argv(&cfg, &[], Some("/o")).unwrap(), v(&["/o"]));
+        assert_eq!(argv(&cfg, &v(&["a"]), Some("")).unwrap(), v(&["a"]));
+        assert!(argv(&RuntimeConfig::default(), &[], None).is_err());
+    }
+
+    #[test]
+    fn volumes_and_env() {
+        let v = parse_volume("/tmp:/data/./x:ro").unwrap();
+        assert_eq!((v.dst.as_str(), v.read_only), ("/data/x", true));
+        assert!(parse_volume("name:/data").is_err());
+        assert!(parse_volume("/tmp:rel").is_err());
+        assert!(parse_volume("/tmp:/a/../b").is_err());
+        assert!(parse_volume("/tmp:/").is_err());
+        assert!(parse_volume("/tmp:/d:rx").is_err());
+        let mut env = vec!["A=1".to_string(), "B=2".to_string()];
+        set_env(&mut env, "A=3".into());
+        assert_eq!(env, ["B=2", "A=3"]);
+        assert!(env_item("=x", "-e").is_err());
+        assert_eq!(env_item("K=v=w", "-e").unwrap().as_deref(), Some("K=v=w"));
+        assert_eq!(hostname_of("web_1.x"), "web-1-x");
     }
 
     #[test]

@@ -182,3 +182,96 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Write end of the pipe the signal handler reports to (-1: none installed).
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn report_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    let b = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; `b` lives for the call. A full pipe drops the
+    // byte, which is fine: one pending report is enough.
+    unsafe {
+        libc::write(fd, (&b as *const u8).cast(), 1);
+    }
+}
+
+/// Makes `signals` write their number (one byte) into a pipe instead of killing the
+/// process; returns the pipe's read end. The handler does nothing but that write, so the
+/// work (removing temp files) happens on an ordinary thread reading the pipe. Handlers are
+/// reset by exec, so child processes still get the default dispositions.
+pub fn signals_to_pipe(signals: &[libc::c_int]) -> io::Result<File> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a writable array of two ints as pipe2 requires.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded; the read end is owned by nobody else. The write end stays
+    // open for the life of the process (the handler may fire at any time).
+    let read = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+    // The reader blocks; only the handler's writes must never block.
+    // SAFETY: F_SETFL on a descriptor we own.
+    unsafe { libc::fcntl(fds[0], libc::F_SETFL, 0) };
+    SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+    for &sig in signals {
+        // SAFETY: sigaction is plain data, fully initialised here; the handler only calls
+        // write(2).
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = report_signal as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(read)
+}
+
+/// Ends the process the way `sig` would have by default (so that a shell sees "killed by
+/// SIGINT"), falling back to exit status 128 + sig.
+pub fn die_by_signal(sig: libc::c_int) -> ! {
+    // SAFETY: restoring the default disposition and raising a signal have no memory
+    // preconditions.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+    std::process::exit(128 + sig)
+}
+
+/// Sets `sig`'s disposition to ignore (true) or back to `old`; returns the previous one.
+/// `run` ignores SIGINT/SIGTERM while the container runs so that Ctrl-C reaches only the
+/// container and this process lives on to unmount.
+pub fn set_signal(sig: libc::c_int, disposition: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: SIG_IGN, SIG_DFL and a value returned by an earlier call are all valid
+    // dispositions; no handler code is involved beyond `report_signal`.
+    unsafe { libc::signal(sig, disposition) }
+}
+
+pub fn getuid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// True when `pid` names a live process (kill with signal 0: EPERM still means alive).
+pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for the process's existence.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Sends `sig` to process `pid`.
+pub fn kill(pid: i32, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill has no memory preconditions; a bad pid gives ESRCH.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

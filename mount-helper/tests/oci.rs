@@ -158,7 +158,15 @@ fn save_formats_are_right_and_deterministic() {
     // OCI layout: every descriptor's digest and size are the blob's; the config blob is
     // the stored config (digest = image id); gunzipped layers hash to the diff_ids.
     let lay = env.path("lay");
-    env.ok(&["save", "multi:1", "base:1", "-o", lay.to_str().unwrap()]);
+    env.ok(&[
+        "save",
+        "multi:1",
+        "base:1",
+        "-o",
+        lay.to_str().unwrap(),
+        "--format",
+        "oci-dir",
+    ]);
     assert_eq!(
         read_json(&lay.join("oci-layout")),
         json!({"imageLayoutVersion": "1.0.0"})
@@ -202,7 +210,15 @@ fn save_formats_are_right_and_deterministic() {
 
     // Saving again gives the same bytes, in every format.
     let lay2 = env.path("lay2");
-    env.ok(&["save", "multi:1", "base:1", "-o", lay2.to_str().unwrap()]);
+    env.ok(&[
+        "save",
+        "multi:1",
+        "base:1",
+        "-o",
+        lay2.to_str().unwrap(),
+        "--format",
+        "oci",
+    ]);
     assert_eq!(dir_hashes(&lay), dir_hashes(&lay2));
     for fmt in ["oci-archive", "docker-archive"] {
         let a = env.path(&format!("{fmt}-a.tar"));
@@ -249,6 +265,8 @@ fn save_formats_are_right_and_deterministic() {
         "multi:1",
         "-o",
         plain.to_str().unwrap(),
+        "--format",
+        "oci-dir",
         "--compress",
         "none",
     ]);
@@ -291,7 +309,14 @@ fn save_formats_are_right_and_deterministic() {
 
     // Refusals: output in the way, nothing to save.
     env.fails(
-        &["save", "multi:1", "-o", lay.to_str().unwrap()],
+        &[
+            "save",
+            "multi:1",
+            "-o",
+            lay.to_str().unwrap(),
+            "--format",
+            "oci-dir",
+        ],
         "already exists",
     );
     env.fails(
@@ -367,7 +392,14 @@ fn interop_skopeo_umoci_podman() {
     let want = mounted(&env, "multi:1");
     sane(&want);
     let lay = env.path("lay");
-    env.ok(&["save", "multi:1", "-o", lay.to_str().unwrap()]);
+    env.ok(&[
+        "save",
+        "multi:1",
+        "-o",
+        lay.to_str().unwrap(),
+        "--format",
+        "oci-dir",
+    ]);
     let lays = lay.to_str().unwrap();
 
     // skopeo reads the layout.
@@ -569,7 +601,14 @@ fn registry_round_trip() {
     sane(&want);
     let reg = Registry::start(env.dir.path());
     let lay = env.path("lay");
-    env.ok(&["save", "multi:1", "-o", lay.to_str().unwrap()]);
+    env.ok(&[
+        "save",
+        "multi:1",
+        "-o",
+        lay.to_str().unwrap(),
+        "--format",
+        "oci-dir",
+    ]);
     let remote = format!("docker://127.0.0.1:{}/x:1", reg.port);
     tool(
         "skopeo",
@@ -937,4 +976,184 @@ fn hostile_archives_are_refused_and_change_nothing() {
         &["load", ok.dir.to_str().unwrap(), "--max-size", "lots"],
         "bad --max-size",
     );
+}
+
+/// `save` and `load` as docker and podman users type them: `-o x.tar` is a docker archive,
+/// no `-o` (or `-o -`) streams to stdout, `load` reads stdin (no argument, `-`, `-i -`) and
+/// `-i PATH`; `--format docker-dir` writes the dir transport that skopeo reads; podman's
+/// `save --format docker-dir` loads with podman's tree; a re-keyed image is announced
+/// with both ids.
+#[test]
+fn save_load_as_docker_users_type_them() {
+    let env = Env::new();
+    let id = build_image(&env);
+    let want = mounted(&env, "multi:1");
+    sane(&want);
+
+    // -o x.tar without --format: a docker archive, byte-identical to --format docker-archive.
+    let t = env.path("x.tar");
+    env.ok(&["save", "multi:1", "-o", t.to_str().unwrap()]);
+    let x = env.path("x");
+    fs::create_dir(&x).unwrap();
+    tool(
+        "tar",
+        &["-xf", t.to_str().unwrap(), "-C", x.to_str().unwrap()],
+    );
+    assert!(x.join("manifest.json").is_file() && x.join("repositories").is_file());
+    let explicit = env.path("explicit.tar");
+    env.ok(&[
+        "save",
+        "multi:1",
+        "-o",
+        explicit.to_str().unwrap(),
+        "--format",
+        "docker-archive",
+    ]);
+    assert_eq!(sha256_file(&t), sha256_file(&explicit));
+
+    // To stdout: no -o (stdout is a pipe here), and -o -; the same bytes as the file.
+    for args in [vec!["save", "multi:1"], vec!["save", "multi:1", "-o", "-"]] {
+        let o = env.run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            format!(
+                "sha256:{:x}",
+                <sha2::Sha256 as sha2::Digest>::digest(&o.stdout)
+            ),
+            sha256_file(&t),
+            "{args:?}"
+        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("multi:1 {id}")));
+    }
+    let o = env.run(&["save", "multi:1", "--format", "oci-archive"]);
+    let oa = env.path("oa.tar");
+    env.ok(&[
+        "save",
+        "multi:1",
+        "--format",
+        "oci-archive",
+        "-o",
+        oa.to_str().unwrap(),
+    ]);
+    assert_eq!(o.stdout, fs::read(&oa).unwrap(), "oci-archive to stdout");
+    env.fails(
+        &["save", "multi:1", "-o", "-", "--format", "oci-dir"],
+        "cannot go to stdout",
+    );
+
+    // load from stdin: no argument, `-`, `-i -`; and `-i PATH NAME`.
+    for (args, name) in [
+        (vec!["load"], "multi:1"),
+        (vec!["load", "-"], "multi:1"),
+        (vec!["load", "-i", "-", "viastdin:2"], "viastdin:2"),
+    ] {
+        let e2 = Env::new();
+        let o = e2
+            .cmd(&args)
+            .stdin(fs::File::open(&t).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            format!("{name} {id}")
+        );
+        assert_eq!(mounted(&e2, name), want);
+        e2.fsck_clean();
+    }
+    let e2 = Env::new();
+    assert_eq!(
+        e2.ok(&["load", "-i", t.to_str().unwrap(), "named:3"]),
+        format!("named:3 {id}")
+    );
+    let o = e2
+        .cmd(&["load"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("stdin is empty"));
+
+    // docker-dir: the dir transport, which skopeo reads; it loads back with the same id.
+    let dd = env.path("dd");
+    env.ok(&[
+        "save",
+        "multi:1",
+        "--format",
+        "docker-dir",
+        "-o",
+        dd.to_str().unwrap(),
+    ]);
+    let o = tool("skopeo", &["inspect", &format!("dir:{}", dd.display())]);
+    let insp: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(insp["Layers"].as_array().unwrap().len(), 2);
+    let e3 = Env::new();
+    assert_eq!(
+        e3.ok(&["load", dd.to_str().unwrap(), "dd:1"]),
+        format!("dd:1 {id}")
+    );
+    assert_eq!(mounted(&e3, "dd:1"), want);
+
+    // podman save --format docker-dir loads with podman's tree.
+    let pod = Podman::new(env.dir.path());
+    pod.run(&["load", "-i", oa.to_str().unwrap()]);
+    let pd = env.path("podman-dd");
+    pod.run(&[
+        "save",
+        "--format",
+        "docker-dir",
+        "-o",
+        pd.to_str().unwrap(),
+        "localhost/multi:1",
+    ]);
+    let e4 = Env::new();
+    e4.fails(&["load", pd.to_str().unwrap()], "has no usable name");
+    e4.ok(&["load", pd.to_str().unwrap(), "frompodman:1"]);
+    assert_eq!(mounted(&e4, "frompodman:1"), pod.tree("localhost/multi:1"));
+    e4.fsck_clean();
+
+    // An image podman imported from a GNU tar is re-keyed, and load says so with both ids.
+    let rootfs = env.path("rootfs");
+    let gnu = env.path("gnu.tar");
+    tool(
+        "tar",
+        &[
+            "-C",
+            rootfs.to_str().unwrap(),
+            "-cf",
+            gnu.to_str().unwrap(),
+            ".",
+        ],
+    );
+    pod.run(&["import", gnu.to_str().unwrap(), "gnu:1"]);
+    let podman_id = pod.run(&["image", "inspect", "--format", "{{.Id}}", "localhost/gnu:1"]);
+    let gsave = env.path("gnu-save.tar");
+    pod.run(&[
+        "save",
+        "--format",
+        "docker-archive",
+        "-o",
+        gsave.to_str().unwrap(),
+        "localhost/gnu:1",
+    ]);
+    let e5 = Env::new();
+    let o = e5.run(&["load", gsave.to_str().unwrap()]);
+    assert!(o.status.success());
+    let new_id = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "re-keyed: image sha256:{podman_id} is stored as {new_id}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("written by another tool"), "{err}");
 }
