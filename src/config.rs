@@ -25,8 +25,8 @@ pub enum WhiteoutMode {
     File,
 }
 
-/// One contiguous id range of a `uidmapping=`/`gidmapping=` option: ids
-/// `from..from+len` inside the mount correspond to `to..to+len` on the layers.
+/// One contiguous id range of a `uidmapping=`/`gidmapping=` option, with fuse-overlayfs's
+/// meaning: ids `from..from+len` on the layers are shown as `to..to+len` through the mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {
     pub from: u32,
@@ -155,6 +155,7 @@ layer options:
     whiteout=auto|chardev|file  how deletions are recorded (auto)
     volatile, fsync=0|1  skip fsync on copy-up and ignore fsync requests
     uidmapping=FROM:TO:LEN[:FROM:TO:LEN...], gidmapping=...
+                         on-disk ids FROM.. shown as TO.. (as fuse-overlayfs)
     squash_to_root, squash_to_uid=UID, squash_to_gid=GID
 
 FUSE and kernel options:

@@ -2,8 +2,12 @@
 //! `squash_to_uid=`, `squash_to_gid=` (the fuse-overlayfs options of the same names).
 //!
 //! Two id spaces meet here: the ids callers see through the mount ("inside") and the ids
-//! stored on the layer directories ("on disk"). A mapping range `FROM:TO:LEN` says inside
-//! ids `FROM..FROM+LEN` are on-disk ids `TO..TO+LEN`. Attributes going out are translated
+//! stored on the layer directories ("on disk"). A mapping range `FROM:TO:LEN` says on-disk
+//! ids `FROM..FROM+LEN` are shown as inside ids `TO..TO+LEN`: fuse-overlayfs's meaning
+//! (its `find_mapping`: `host` is FROM, `to` is TO), which containers-storage relies on
+//! when it passes `uidmapping=ContainerID:HostID:Size` to its mount program. When ranges
+//! overlap, the last one given wins, as in fuse-overlayfs (it keeps them in a list built
+//! by prepending). Attributes going out are translated
 //! disk -> inside (then squashed); caller ids and chown targets coming in are translated
 //! inside -> disk. Squashing only changes what is reported, never what is written, as in
 //! fuse-overlayfs.
@@ -100,26 +104,34 @@ impl IdMap {
     }
 }
 
-/// Disk -> inside. No ranges is the identity.
+/// Disk -> inside: the last range whose on-disk part (`from..`) holds `id`. No ranges is
+/// the identity.
 fn to_inside(ranges: &[IdRange], id: u32) -> Option<u32> {
     if ranges.is_empty() {
         return Some(id);
     }
     ranges
         .iter()
-        .find(|r| id >= r.to && u64::from(id) < u64::from(r.to) + u64::from(r.len))
-        .map(|r| r.from + (id - r.to))
+        .rev()
+        .find(|r| within(id, r.from, r.len))
+        .map(|r| r.to + (id - r.from))
 }
 
-/// Inside -> disk. No ranges is the identity.
+/// Inside -> disk: the last range whose shown part (`to..`) holds `id`. No ranges is the
+/// identity.
 fn to_disk(ranges: &[IdRange], id: u32) -> Option<u32> {
     if ranges.is_empty() {
         return Some(id);
     }
     ranges
         .iter()
-        .find(|r| id >= r.from && u64::from(id) < u64::from(r.from) + u64::from(r.len))
-        .map(|r| r.to + (id - r.from))
+        .rev()
+        .find(|r| within(id, r.to, r.len))
+        .map(|r| r.from + (id - r.to))
+}
+
+fn within(id: u32, start: u32, len: u32) -> bool {
+    id >= start && u64::from(id) < u64::from(start) + u64::from(len)
 }
 
 #[cfg(test)]
@@ -144,19 +156,19 @@ mod tests {
         let mut c = config();
         c.uid_mapping = vec![
             IdRange {
-                from: 0,
-                to: 1000,
+                from: 1000,
+                to: 0,
                 len: 1,
             },
             IdRange {
-                from: 1,
-                to: 100000,
+                from: 100000,
+                to: 1,
                 len: 65536,
             },
         ];
         c.gid_mapping = vec![IdRange {
-            from: 0,
-            to: 2000,
+            from: 2000,
+            to: 0,
             len: 10,
         }];
         let m = IdMap::new(&c);
@@ -179,13 +191,33 @@ mod tests {
     fn range_at_the_top_of_the_id_space() {
         let mut c = config();
         c.uid_mapping = vec![IdRange {
-            from: 0,
-            to: u32::MAX - 1,
+            from: u32::MAX - 1,
+            to: 0,
             len: 2,
         }];
         let m = IdMap::new(&c);
         assert_eq!(m.uid_out(u32::MAX), 1);
         assert_eq!(m.uid_in(1), Some(u32::MAX));
+    }
+
+    /// fuse-overlayfs's example: `uidmapping=0:1000:1` shows on-disk 0 as 1000; with
+    /// overlapping ranges the last one given wins (Debian's fuse-overlayfs 1.10 shows on-disk
+    /// 0 as 2000 under `uidmapping=0:1000:1:0:2000:1`).
+    #[test]
+    fn from_is_on_disk_and_the_last_range_wins() {
+        let mut c = config();
+        let r = |from, to, len| IdRange { from, to, len };
+        c.uid_mapping = vec![r(0, 1000, 1)];
+        let m = IdMap::new(&c);
+        assert_eq!(m.uid_out(0), 1000);
+        assert_eq!(m.uid_out(1000), OVERFLOW_ID);
+        assert_eq!(m.uid_in(1000), Some(0));
+        assert_eq!(m.uid_in(0), None);
+        c.uid_mapping = vec![r(0, 1000, 1), r(0, 2000, 1)];
+        let m = IdMap::new(&c);
+        assert_eq!(m.uid_out(0), 2000);
+        assert_eq!(m.uid_in(2000), Some(0));
+        assert_eq!(m.uid_in(1000), Some(0));
     }
 
     #[test]
@@ -220,8 +252,8 @@ mod tests {
         const GROUP: u16 = 0x08;
         let mut c = config();
         c.uid_mapping = vec![IdRange {
-            from: 0,
-            to: 100000,
+            from: 100000,
+            to: 0,
             len: 65536,
         }];
         c.gid_mapping = c.uid_mapping.clone();

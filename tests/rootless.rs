@@ -357,7 +357,7 @@ cd /
     assert_eq!(up("a").uid(), user.uid);
 }
 
-/// uidmapping=/gidmapping= (FROM:TO:LEN, FROM seen through the mount, TO on disk) and the
+/// uidmapping=/gidmapping= (FROM:TO:LEN, FROM on disk, TO seen through the mount) and the
 /// squash options, on a root mount (allow_other, so a second caller can be tested).
 #[test]
 fn id_mapping_options() {
@@ -369,7 +369,7 @@ fn id_mapping_options() {
     fs::write(dir.p("l0/unmapped"), "x\n").unwrap();
     common::lchown(dir.p("l0/unmapped"), 5000, 5000).unwrap();
     let mnt = dir.p("mnt");
-    let stack_opts = mount_opts(&dir, ",uidmapping=0:100000:65536,gidmapping=0:100000:65536");
+    let stack_opts = mount_opts(&dir, ",uidmapping=100000:0:65536,gidmapping=100000:0:65536");
     let m = Mounted::new(&mnt, &stack_opts);
     let st = |r: &str| {
         let m = lstat(mnt.join(r));
