@@ -7,17 +7,71 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
 use crate::whiteout;
 
-/// How many directory handles one layer keeps open at most; past that the cache starts
-/// over, so open fds stay bounded whatever the size of the tree.
-const DIR_CACHE_MAX: usize = 1024;
+/// How many directory handles one layer keeps open at most by default; past that the cache
+/// starts over, so open fds stay bounded whatever the size of the tree. The daemon lowers
+/// it to fit the open file limit ([`size_dir_caches`]).
+const DIR_CACHE_DEFAULT: usize = 1024;
+/// The smallest per-layer cache worth keeping: a lookup's parent and a few siblings.
+const DIR_CACHE_MIN: usize = 8;
+/// Descriptors kept out of the caches' share: `/dev/fuse` clones, io_uring rings and
+/// eventfds, stdio, the workdir's handles.
+const FD_RESERVE: u64 = 64;
+/// Paths up to this long are opened with one `openat2`; longer ones from an ancestor's
+/// handle, one component at a time.
+const ONE_WALK_MAX: usize = 2048;
+/// How often a walk down a deep tree leaves a cached handle behind (`open_deep_dir`).
+const DEEP_CHECKPOINT: usize = 32;
+
+static DIR_CACHE_MAX: AtomicUsize = AtomicUsize::new(DIR_CACHE_DEFAULT);
+
+/// Every layer's handle cache, so that running out of descriptors anywhere can empty them.
+static DIR_CACHES: Mutex<Vec<Weak<DirCache>>> = Mutex::new(Vec::new());
+
+type DirCache = RwLock<HashMap<PathBuf, Arc<OwnedFd>>>;
+
+/// Sizes the layers' directory-handle caches from the open file limit (`nofile`, after
+/// the daemon raised its soft limit) and the number of layer directories: together they
+/// take at most half of what is left after a fixed reserve, the other half being for
+/// files open through the mount. Under `ulimit -n 1024` and three layers: 160 each.
+pub fn size_dir_caches(nofile: u64, layers: usize) -> usize {
+    let share = nofile.saturating_sub(FD_RESERVE) / 2 / layers.max(1) as u64;
+    let max = usize::try_from(share)
+        .unwrap_or(usize::MAX)
+        .clamp(DIR_CACHE_MIN, DIR_CACHE_DEFAULT);
+    DIR_CACHE_MAX.store(max, Ordering::Relaxed);
+    max
+}
+
+/// Closes every cached directory handle of every layer; `sys` calls it when an open
+/// fails with EMFILE or ENFILE, then retries once. A cache another thread holds locked is
+/// left alone (its holder may be this thread).
+fn drop_all_dir_handles() {
+    let caches: Vec<Arc<DirCache>> = DIR_CACHES.lock().iter().filter_map(Weak::upgrade).collect();
+    let mut closed = 0;
+    for cache in caches {
+        if let Some(mut dirs) = cache.try_write() {
+            closed += dirs.len();
+            dirs.clear();
+        }
+    }
+    log::debug!("out of file descriptors: closed {closed} cached directory handles");
+}
+
+fn register_dir_cache(cache: &Arc<DirCache>) {
+    let mut all = DIR_CACHES.lock();
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Arc::downgrade(cache));
+    sys::set_fd_relief(drop_all_dir_handles);
+}
 /// How many names one layer keeps in directory listings at most (about 25 bytes each);
 /// past that the cache starts over, so memory stays bounded whatever the size of the tree.
 const LISTING_CACHE_MAX_NAMES: usize = 200_000;
@@ -138,7 +192,7 @@ pub struct Layer {
     /// O_PATH handles of directories looked at recently, so that a lookup costs one
     /// `fstatat` instead of a path walk. A handle follows its directory, not its path:
     /// whoever renames or removes a directory in this layer calls `forget_dirs`.
-    dirs: RwLock<HashMap<PathBuf, Arc<OwnedFd>>>,
+    dirs: Arc<DirCache>,
     /// Directory listings, kept for immutable (lower) layers only.
     listings: Option<RwLock<Listings>>,
 }
@@ -155,11 +209,13 @@ impl Layer {
                 format!("layer {}", path.display()),
             ));
         }
+        let dirs = Arc::new(RwLock::new(HashMap::new()));
+        register_dir_cache(&dirs);
         Ok(Layer {
             path: path.to_path_buf(),
             root,
             dev: st.st_dev,
-            dirs: RwLock::new(HashMap::new()),
+            dirs,
             listings: None,
         })
     }
@@ -298,22 +354,78 @@ impl Layer {
         if let Some(fd) = self.dirs.read().get(rel) {
             return Ok(fd.clone());
         }
-        let fd = self
-            .open_beneath(rel, libc::O_PATH | libc::O_DIRECTORY)
-            .map_err(|e| Error::from(e).context(self.describe(rel)))?;
-        let fd = Arc::new(fd);
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        let fd = if rel.as_os_str().len() <= ONE_WALK_MAX {
+            sys::openat_beneath(self.root(), rel, flags, 0)
+        } else {
+            self.open_deep_dir(rel)
+        };
+        let fd = Arc::new(fd.map_err(|e| Error::from(e).context(self.describe(rel)))?);
+        self.keep_dir(rel, fd.clone());
+        Ok(fd)
+    }
+
+    fn keep_dir(&self, rel: &Path, fd: Arc<OwnedFd>) {
         let mut dirs = self.dirs.write();
-        if dirs.len() >= DIR_CACHE_MAX {
+        if dirs.len() >= DIR_CACHE_MAX.load(Ordering::Relaxed) {
             dirs.clear();
         }
-        dirs.insert(rel.to_path_buf(), fd.clone());
-        Ok(fd)
+        dirs.insert(rel.to_path_buf(), fd);
+    }
+
+    /// Opens the directory `rel`, too long for one `openat2`: from its nearest ancestor
+    /// that is cached or short enough, then one component at a time. A loop, so the depth
+    /// of a tree never deepens the stack. Every [`DEEP_CHECKPOINT`]th directory on the way
+    /// down is cached, so that the next walk near it (the parent's attributes after an
+    /// rmdir, a sibling) starts close by instead of from the top: without them removing a
+    /// 3,000-deep tree bottom up walked it again for every level.
+    fn open_deep_dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        let mut below: Vec<&OsStr> = Vec::new();
+        let mut base = rel;
+        let mut cur: Option<OwnedFd> = None;
+        let mut cached: Option<Arc<OwnedFd>> = None;
+        while let (Some(parent), Some(name)) = (base.parent(), base.file_name()) {
+            below.push(name);
+            base = parent;
+            if let Some(fd) = self.dirs.read().get(base) {
+                cached = Some(fd.clone());
+                break;
+            }
+            if base.as_os_str().len() <= ONE_WALK_MAX {
+                cur = Some(sys::openat_beneath(self.root(), base, flags, 0)?);
+                break;
+            }
+        }
+        let mut at = base.to_path_buf();
+        for (i, name) in below.iter().rev().enumerate() {
+            let from = match (&cur, &cached) {
+                (Some(fd), _) => fd.as_fd(),
+                (None, Some(fd)) => fd.as_fd(),
+                (None, None) => self.root(),
+            };
+            let next = sys::openat_beneath(from, Path::new(name), flags, 0)?;
+            at.push(name);
+            if i % DEEP_CHECKPOINT == DEEP_CHECKPOINT - 1 && i + 1 < below.len() {
+                let keep = Arc::new(next);
+                self.keep_dir(&at, keep.clone());
+                cur = None;
+                cached = Some(keep);
+            } else {
+                cur = Some(next);
+            }
+        }
+        match (cur, cached) {
+            (Some(fd), _) => Ok(fd),
+            // `rel` itself was cached: its parent is (the walk started there).
+            (None, Some(fd)) => sys::openat_beneath(fd.as_fd(), Path::new("."), flags, 0),
+            (None, None) => sys::openat_beneath(self.root(), rel, flags, 0),
+        }
     }
 
     /// Opens `rel` with `flags`, confined to the layer. A path too long for one syscall is
     /// opened from its parent's (cached) handle, so trees deeper than PATH_MAX work.
     pub fn open_beneath(&self, rel: &Path, flags: i32) -> std::io::Result<OwnedFd> {
-        const ONE_WALK_MAX: usize = 2048;
         if rel.as_os_str().len() <= ONE_WALK_MAX {
             return sys::openat_beneath(self.root(), rel, flags, 0);
         }
@@ -329,6 +441,22 @@ impl Layer {
     /// Drops every cached directory handle: a directory of this layer moved or went.
     pub fn forget_dirs(&self) {
         self.dirs.write().clear();
+    }
+
+    /// Drops the cached handles of directory `rel` and of everything below it: it moved or
+    /// went, and a handle would follow it.
+    pub fn forget_dirs_under(&self, rel: &Path) {
+        let rel = rel.as_os_str().as_bytes();
+        // Byte prefixes, shortest test first: in a deep tree most cached paths are the
+        // moved directory's ancestors, shorter than it.
+        let under = |p: &Path| {
+            let p = p.as_os_str().as_bytes();
+            rel.is_empty()
+                || (p.len() >= rel.len()
+                    && p.starts_with(rel)
+                    && (p.len() == rel.len() || p[rel.len()] == b'/'))
+        };
+        self.dirs.write().retain(|p, _| !under(p));
     }
 
     /// `lstat` of `rel`, without following a final symlink.

@@ -84,6 +84,51 @@ pub struct Ops {
     ring: AtomicBool,
     /// The session's `/dev/fuse`, where backing files are registered.
     device: OnceLock<Arc<OwnedFd>>,
+    /// Debug builds only: a lookup of this name panics (`LAYERFS_TEST_PANIC_LOOKUP`), so
+    /// the tests can check that a panicking request costs only its own answer.
+    panic_lookup: Option<std::ffi::OsString>,
+}
+
+thread_local! {
+    /// Set while a request is answered: the panic hook then leaves the message here for
+    /// [`guarded`] to log with the request's name, instead of printing it.
+    static PANIC: std::cell::RefCell<Option<Option<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs the daemon's panic hook: a panic while answering a request is kept for
+/// [`guarded`] to log in one line; any other panic is logged in one line as it happens.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.to_string().replace('\n', " ");
+        let kept = PANIC.with_borrow_mut(|slot| match slot {
+            Some(m) => {
+                *m = Some(msg.clone());
+                true
+            }
+            None => false,
+        });
+        if !kept {
+            log::error!("{msg}");
+        }
+    }));
+}
+
+/// Runs the answer to one request, catching a panic: the daemon must not abort on one
+/// bad request. `None` when it panicked, logged once; the caller answers EIO (fuser's
+/// replies do so by themselves when dropped unsent), and the mount keeps serving. The
+/// namespace lock does not poison (parking_lot), so later requests go on.
+pub fn guarded<T>(op: &str, answer: impl FnOnce() -> T) -> Option<T> {
+    let outer = PANIC.with_borrow_mut(|slot| slot.replace(None));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(answer));
+    let msg = PANIC.with_borrow_mut(|slot| std::mem::replace(slot, outer));
+    match r {
+        Ok(v) => Some(v),
+        Err(_) => {
+            let msg = msg.flatten().unwrap_or_else(|| "panic".to_string());
+            log::error!("{op} request failed: {msg}; answered EIO, the mount keeps serving");
+            None
+        }
+    }
 }
 
 fn fail(e: Error) -> i32 {
@@ -106,6 +151,9 @@ impl Ops {
             decline_opendir: AtomicBool::new(false),
             ring: AtomicBool::new(false),
             device: OnceLock::new(),
+            panic_lookup: cfg!(debug_assertions)
+                .then(|| std::env::var_os("LAYERFS_TEST_PANIC_LOOKUP"))
+                .flatten(),
         })
     }
 
@@ -176,6 +224,9 @@ impl Ops {
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Answer<Entry> {
+        if self.panic_lookup.as_deref() == Some(name) {
+            panic!("lookup of {name:?}: LAYERFS_TEST_PANIC_LOOKUP asked for a panic");
+        }
         match self.overlay.lookup(parent, name) {
             Ok((id, st)) => Ok(self.entry(id, st)),
             // A negative entry (node id 0) lets the kernel remember the absence too;

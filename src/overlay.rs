@@ -565,13 +565,36 @@ impl Overlay {
         guard
     }
 
-    /// Makes `id` exist in the upper layer, copying its parents first.
+    /// Makes `id` exist in the upper layer, copying its parents first, outermost first.
+    /// A loop, not a recursion: the depth is the layers' (a lower file 3,000 directories
+    /// deep once overflowed a worker's stack and aborted the daemon).
     fn copy_up(&self, tree: &mut Tree, id: u64) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut cur = id;
+        loop {
+            let node = tree.get(cur).ok_or_else(|| errno(libc::ENOENT))?;
+            if node.upper && !node.indexed {
+                break;
+            }
+            missing.push(cur);
+            match node.aliases().first() {
+                Some(&(parent, _)) => cur = parent,
+                None => break,
+            }
+        }
+        for id in missing.into_iter().rev() {
+            self.copy_up_one(tree, id)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `id` itself up; its parent is already in the upper layer.
+    fn copy_up_one(&self, tree: &mut Tree, id: u64) -> Result<()> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
         if node.upper && !node.indexed {
             return Ok(());
         }
-        let first_alias = node.aliases().first().cloned();
+        let named = !node.aliases().is_empty();
         let upper = self.upper()?;
         let work = self.work()?;
         if let Some(idx) = self.ensure_index(tree, id)? {
@@ -598,8 +621,9 @@ impl Overlay {
             self.copyups.fetch_add(1, Ordering::Release);
             return Ok(());
         }
-        let (parent, _) = first_alias.ok_or_else(|| errno(libc::ENOENT))?;
-        self.copy_up(tree, parent)?;
+        if !named {
+            return Err(errno(libc::ENOENT));
+        }
         let path = self.path(tree, id)?;
         let (ppath, name) = split(&path);
         let name = name.ok_or_else(|| errno(libc::EINVAL))?;
@@ -929,7 +953,8 @@ impl Overlay {
         });
         self.remove_upper_name(pdir.as_fd(), name, dir, need_whiteout, known_present)?;
         if dir {
-            self.upper()?.forget_dirs();
+            let gone = self.path(&tree, parent)?.join(name);
+            self.upper()?.forget_dirs_under(&gone);
         }
         self.adjust_index_nlink(&tree, id, -1)?;
         tree.remove_name(parent, name);
@@ -1117,7 +1142,7 @@ impl Overlay {
                 newname,
                 sys::RENAME_EXCHANGE,
             )?;
-            self.upper()?.forget_dirs();
+            self.forget_renamed_dirs(&tree, parent, name, newparent, newname)?;
             tree.remove_name(parent, name);
             tree.remove_name(newparent, newname);
             tree.add_alias(src, newparent, newname);
@@ -1187,10 +1212,27 @@ impl Overlay {
             tree.remove_name(newparent, newname);
             forget_upper_if_gone(&mut tree, dst);
         }
-        tree.rename(parent, name, newparent, newname);
         if src_dir || dst_present {
-            self.upper()?.forget_dirs();
+            self.forget_renamed_dirs(&tree, parent, name, newparent, newname)?;
         }
+        tree.rename(parent, name, newparent, newname);
+        Ok(())
+    }
+
+    /// Drops the upper layer's cached handles of the directories a rename moved or
+    /// replaced (both names, and everything below them), keeping the rest: a rename deep
+    /// in a tree must not cost every other cached directory.
+    fn forget_renamed_dirs(
+        &self,
+        tree: &Tree,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> Result<()> {
+        let upper = self.upper()?;
+        upper.forget_dirs_under(&self.path(tree, parent)?.join(name));
+        upper.forget_dirs_under(&self.path(tree, newparent)?.join(newname));
         Ok(())
     }
 
