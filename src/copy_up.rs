@@ -302,7 +302,9 @@ pub fn copy_xattrs(sdir: BorrowedFd, sname: &OsStr, ddir: BorrowedFd, dname: &Os
         Err(e) => return Err(e.into()),
     };
     for attr in names {
-        if whiteout::is_private_xattr(&attr) {
+        // fuse-overlayfs's opaque mark stays with the layer it was set in, as the overlay's
+        // own does; its override_stat (the owner and mode) travels with the copy.
+        if whiteout::is_private_xattr(&attr) || attr == whiteout::FUSE_OVERLAYFS_OPAQUE {
             continue;
         }
         let value = match sys::getxattr(sdir, sname, &attr) {

@@ -195,6 +195,10 @@ pub struct Layer {
     dirs: Arc<DirCache>,
     /// Directory listings, kept for immutable (lower) layers only.
     listings: Option<RwLock<Listings>>,
+    /// The override_stat xattr this layer keeps owners and modes in
+    /// (`whiteout::OVERRIDE_STAT_XATTRS`), as fuse-overlayfs decides for a layer: the
+    /// first of them its root carries; `xattr_permissions=` picks the upper layer's.
+    pub stat_override: Option<&'static str>,
 }
 
 impl Layer {
@@ -211,12 +215,17 @@ impl Layer {
         }
         let dirs = Arc::new(RwLock::new(HashMap::new()));
         register_dir_cache(&dirs);
+        let stat_override = whiteout::OVERRIDE_STAT_XATTRS
+            .iter()
+            .copied()
+            .find(|attr| sys::getxattr(root.as_fd(), OsStr::new("."), OsStr::new(attr)).is_ok());
         Ok(Layer {
             path: path.to_path_buf(),
             root,
             dev: st.st_dev,
             dirs,
             listings: None,
+            stat_override,
         })
     }
 

@@ -183,3 +183,215 @@ fn id_mapping_matches_fuse_overlayfs() {
     assert_eq!(owner(ours.u("u5.f")), (0, 0));
     assert_eq!(owner(ours.u("open/byuser")), (101000, 101000));
 }
+
+fn sh(script: &str, dir: &Path) {
+    run(Command::new("sh").args(["-euc", script]).current_dir(dir));
+}
+
+/// Writes an upper layer the way podman's storage gets one from fuse-overlayfs with
+/// `xattr_permissions=2` (owners and modes in `user.fuseoverlayfs.override_stat`,
+/// `user.fuseoverlayfs.origin` on copy-ups, opaque directories), over `lower`.
+fn written_by_fuse_overlayfs(root: &Path) {
+    let fo = fuse_overlayfs();
+    for d in ["l", "u", "w", "m"] {
+        mkdirs(root.join(d));
+    }
+    sh(
+        "mkdir -p l/etc l/hid/deep l/keep && echo conf > l/etc/conf && echo h > l/hid/deep/x \
+         && mkdir l/gone && echo g > l/gone/g && echo k > l/keep/k && chown 7:8 l/keep/k && chmod 640 l/keep/k && echo s > l/setuid \
+         && chmod 4755 l/setuid",
+        root,
+    );
+    run(Command::new(&fo)
+        .arg("-o")
+        .arg("lowerdir=l,upperdir=u,workdir=w,xattr_permissions=2")
+        .arg("m")
+        .current_dir(root));
+    let script = "echo new > m/new && chown 1000:1001 m/new && mkdir m/dir && chown 5:6 m/dir \
+        && echo more >> m/etc/conf && rm -r m/hid && mkdir m/hid && echo again > m/hid/y \
+        && chmod 700 m/keep && setfattr -n user.note -v hi m/keep/k && chmod 600 m/keep/k \
+        && ln -s etc/conf m/link && mkfifo m/fifo";
+    let out = Command::new("sh")
+        .args(["-euc", script])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    run(Command::new("fusermount3").arg("-u").arg(root.join("m")));
+    assert_success(&out);
+    // What fuse-overlayfs writes for opaque directories where it may not write trusted.*
+    // (a rootless mount): its own xattr.
+    // (fuse-overlayfs 1.10 cannot stat an object without override_stat in a layer that
+    // uses it, so the directory gets one.)
+    mkdirs(root.join("u/gone"));
+    lsetxattr(root.join("u/gone"), "user.fuseoverlayfs.opaque", b"y").unwrap();
+    lsetxattr(
+        root.join("u/gone"),
+        "user.fuseoverlayfs.override_stat",
+        b"3:4:40750",
+    )
+    .unwrap();
+}
+
+/// A storage written by fuse-overlayfs, mounted by fuse-overlayfs and by layerfs, looks
+/// the same: its `user.fuseoverlayfs.*` xattrs never show (before, `origin` was listed on
+/// every copied-up file), `user.fuseoverlayfs.opaque` hides what is below, and the owners
+/// and modes come from `user.fuseoverlayfs.override_stat`, detected from the layer's root
+/// as fuse-overlayfs does: once with the written layer as the upper (podman goes on
+/// using its storage) and once as a lower layer under a read-only mount.
+#[test]
+fn layers_written_by_fuse_overlayfs_look_the_same() {
+    let fo = fuse_overlayfs();
+    let root = tempfile::Builder::new()
+        .prefix("layerfs-fo-")
+        .tempdir_in(tmp_base())
+        .unwrap();
+    written_by_fuse_overlayfs(root.path());
+    let r = root.path();
+    // 1.10 writes the mode a new file is created with, umask unapplied (fixed in 1.14).
+    let written = lgetxattr_str(r.join("u/new"), "user.fuseoverlayfs.override_stat");
+    assert!(
+        written
+            .as_deref()
+            .is_some_and(|v| v.starts_with("1000:1001:")),
+        "fuse-overlayfs 1.10 wrote the owner to the xattr: {written:?}"
+    );
+    assert!(lgetxattr(r.join("u"), "user.fuseoverlayfs.override_stat").is_ok());
+
+    // The written layer as the upper layer, with both programs (each on its own copy).
+    for (name, _) in [("ours", 0), ("theirs", 1)] {
+        sh(&format!("cp -a u u-{name} && mkdir w-{name} m-{name}"), r);
+    }
+    let mount = |bin: &Path, opts: String, mnt: &str| {
+        run(Command::new(bin)
+            .arg("-o")
+            .arg(opts)
+            .arg(mnt)
+            .current_dir(r));
+        assert!(is_mounted(&r.join(mnt)));
+    };
+    mount(
+        &layerfs_bin(),
+        "lowerdir=l,upperdir=u-ours,workdir=w-ours".into(),
+        "m-ours",
+    );
+    mount(
+        &fo,
+        "lowerdir=l,upperdir=u-theirs,workdir=w-theirs".into(),
+        "m-theirs",
+    );
+    let ours = r.join("m-ours");
+    let theirs = r.join("m-theirs");
+    let checks = std::panic::catch_unwind(|| {
+        assert_eq!(owner(ours.join("new")), (1000, 1001));
+        assert_eq!(owner(ours.join("dir")), (5, 6));
+        assert!(
+            !exists(ours.join("hid/deep")),
+            "opaque directory shows lower content"
+        );
+        assert!(
+            !exists(ours.join("gone/g")),
+            "user.fuseoverlayfs.opaque not honoured"
+        );
+        assert!(exists(theirs.join("gone")) && !exists(theirs.join("gone/g")));
+        assert_eq!(owner(ours.join("gone")), (3, 4));
+        assert!(llistxattr(ours.join("etc/conf"))
+            .unwrap()
+            .iter()
+            .all(|n| !n.starts_with("user.fuseoverlayfs.")));
+        assert_same_view(&ours, &theirs, "fuse-overlayfs's layer as upper");
+    });
+    for m in ["m-ours", "m-theirs"] {
+        run(Command::new("fusermount3").arg("-u").arg(r.join(m)));
+    }
+    if let Err(e) = checks {
+        std::panic::resume_unwind(e);
+    }
+
+    // The same layer as a lower one, read-only.
+    let lower = |s: &Stack| {
+        sh(
+            &format!(
+                "rm -r {0} && cp -a u {0} && cp -a l/. {1}",
+                s.lowers[0].display(),
+                s.lowers[1].display()
+            ),
+            r,
+        );
+    };
+    let (a, b) = (Stack::new(2), Stack::new(2));
+    lower(&a);
+    lower(&b);
+    let ma = a.mount_layerfs(&[], false);
+    let mb = b.mount_program(&fo, &[], false);
+    assert_eq!(owner(ma.p("new")), (1000, 1001));
+    assert_same_view(&ma.path, &mb.path, "fuse-overlayfs's layer as a lower");
+}
+
+/// `xattr_permissions=2`: owners and modes set through the mount are written to
+/// `user.fuseoverlayfs.override_stat` (the files keep the daemon's), with the values
+/// fuse-overlayfs writes for the same steps; the layer root gets the xattr, so later mounts
+/// of the layer detect the mode. One known difference: fuse-overlayfs 1.10 records a new
+/// file's mode without the caller's umask (fixed in 1.14); layerfs applies it.
+#[test]
+fn xattr_permissions_writes_what_fuse_overlayfs_writes() {
+    const ATTR: &str = "user.fuseoverlayfs.override_stat";
+    let fo = fuse_overlayfs();
+    let stack = || {
+        let s = Stack::new(1);
+        put(s.l(0, "lowf"), b"x\n");
+        mkdirs(s.l(0, "lowd"));
+        s
+    };
+    let (ours, theirs) = (stack(), stack());
+    let opts = ["xattr_permissions=2"];
+    let a = ours.mount_layerfs(&opts, true);
+    let b = theirs.mount_program(&fo, &opts, true);
+    let steps = "umask 022; echo n > new; mkdir nd; chown 5:6 new; chmod 600 lowf; \
+        chown 7:8 lowd; touch t2; chmod 640 t2; mkdir nd2; chmod 700 nd2; chown 9:9 nd2; \
+        chmod 2750 nd";
+    for m in [&a.path, &b.path] {
+        sh(steps, m);
+    }
+    assert_eq!(owner(a.p("new")), (5, 6));
+    assert_same_view_except(&a.path, &b.path, &["new"]);
+    a.unmount();
+    b.unmount();
+    let parsed = |s: &Stack, rel: &str| {
+        let v = lgetxattr_str(s.u(rel), ATTR).unwrap_or_else(|| panic!("no {ATTR} on {rel}"));
+        let f: Vec<u32> = v
+            .split(':')
+            .enumerate()
+            .map(|(i, x)| {
+                if i == 2 {
+                    u32::from_str_radix(x, 8).unwrap() & 0o7777
+                } else {
+                    x.parse().unwrap()
+                }
+            })
+            .collect();
+        (f[0], f[1], f[2])
+    };
+    for rel in ["", "nd", "lowf", "lowd", "t2", "nd2"] {
+        assert_eq!(
+            parsed(&ours, rel),
+            parsed(&theirs, rel),
+            "{ATTR} of {rel:?}"
+        );
+    }
+    assert_eq!(parsed(&ours, "new"), (5, 6, 0o644));
+    assert_eq!(parsed(&theirs, "new"), (5, 6, 0o755));
+    // The files themselves keep the daemon's owner.
+    assert_eq!(owner(ours.u("new")), (0, 0));
+}
+
+/// [`assert_same_view`] leaving out `skip` (paths where a difference is known).
+fn assert_same_view_except(ours: &Path, theirs: &Path, skip: &[&str]) {
+    let filtered = |root: &Path| -> BTreeMap<String, String> {
+        view(root)
+            .into_iter()
+            .filter(|(k, _)| !skip.contains(&k.as_str()))
+            .collect()
+    };
+    let (a, b) = (filtered(ours), filtered(theirs));
+    assert_eq!(a, b, "the two mounts differ");
+}
