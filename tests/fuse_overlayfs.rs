@@ -395,3 +395,104 @@ fn assert_same_view_except(ours: &Path, theirs: &Path, skip: &[&str]) {
     let (a, b) = (filtered(ours), filtered(theirs));
     assert_eq!(a, b, "the two mounts differ");
 }
+
+/// containers-storage's extended override value (`UID:GID:MODE:TYPE`, what its
+/// `force_mask` writes and fuse-overlayfs 1.15 reads): a regular file on disk stands for a
+/// device or fifo that could not be made without privilege, and shows as one.
+/// Debian's fuse-overlayfs 1.10 predates the form, so this checks layerfs alone.
+#[test]
+fn containers_override_stat_with_a_device_type() {
+    const ATTR: &str = "user.containers.override_stat";
+    let s = Stack::new(1);
+    lsetxattr(&s.lowers[0], ATTR, b"0:0:0755:dir").unwrap();
+    put(s.l(0, "null"), b"");
+    lsetxattr(s.l(0, "null"), ATTR, b"0:0:0666:char-1-3").unwrap();
+    put(s.l(0, "fifo"), b"");
+    lsetxattr(s.l(0, "fifo"), ATTR, b"0:0:0600:pipe").unwrap();
+    put(s.l(0, "plain"), b"data\n");
+    lsetxattr(s.l(0, "plain"), ATTR, b"1000:1000:04711:file").unwrap();
+    mkdirs(s.l(0, "d"));
+    lsetxattr(s.l(0, "d"), ATTR, b"7:8:1777").unwrap();
+    let m = s.mount_ro();
+    let e = |rel: &str| entry(&m.p(rel));
+    let null = e("null");
+    assert_eq!(
+        (null.kind, null.mode, null.rdev),
+        ('c', 0o666, makedev(1, 3))
+    );
+    let fifo = e("fifo");
+    assert_eq!((fifo.kind, fifo.mode), ('p', 0o600));
+    let plain = e("plain");
+    assert_eq!(
+        (plain.kind, plain.mode, plain.uid, plain.gid, plain.size),
+        ('f', 0o4711, 1000, 1000, 5)
+    );
+    let d = e("d");
+    assert_eq!((d.kind, d.mode, d.uid, d.gid), ('d', 0o1777, 7, 8));
+    assert!(
+        d.xattrs.is_empty() && plain.xattrs.is_empty(),
+        "{:?}",
+        plain.xattrs
+    );
+}
+
+/// The same as [`layers_written_by_fuse_overlayfs_look_the_same`] for a rootless
+/// fuse-overlayfs, as podman runs it: in a user namespace mapping root to the test user
+/// and 1..65536 to its subordinate ids. There it cannot write `trusted.*`, so its opaque
+/// directories carry `user.fuseoverlayfs.opaque`; the layers it wrote are then mounted
+/// read-only in the same namespace by both programs and listed with owners, modes, sizes,
+/// link targets and xattrs.
+#[test]
+fn layers_written_by_rootless_fuse_overlayfs_look_the_same() {
+    use common::rootless::*;
+    fuse_overlayfs();
+    let user = fuse_user();
+    let dir = UserDir::new(&user);
+    let d = dir.path().display();
+    let script = format!(
+        r#"cd {d}
+mkdir -p l/etc l/hid/deep l/own u w m m-ours m-theirs
+echo conf > l/etc/conf; echo h > l/hid/deep/x; echo o > l/own/f
+chown 5:6 l/own/f; chown 1000:1000 l/own; ln -s etc/conf l/link
+fuse-overlayfs -o lowerdir=l,upperdir=u,workdir=w m
+echo more >> m/etc/conf; rm -r m/hid; mkdir m/hid; echo y > m/hid/y
+rm m/own/f; echo n > m/new; chown 7:8 m/new; mkdir m/nd; chmod 2750 m/nd
+setfattr -n user.note -v hi m/etc/conf
+umount m
+getfattr -n user.fuseoverlayfs.opaque --only-values u/hid; echo
+getfattr -n user.fuseoverlayfs.origin --only-values u/etc/conf; echo
+fuse-overlayfs -o lowerdir=u:l m-theirs
+layerfs -o lowerdir=u:l m-ours
+for m in m-ours m-theirs; do
+  (cd $m && find . | sort | while read -r p; do
+     echo "$p $(stat -c '%F %a %u:%g %s' "$p") $(readlink "$p" || true) $(getfattr -h -d -m - "$p" 2>/dev/null | grep -v '^#' | sort | tr '\n' ' ')"
+   done) > $m.txt
+done
+umount m-ours; umount m-theirs
+diff m-ours.txt m-theirs.txt
+cat m-ours.txt
+"#
+    );
+    let out = user_ok(&user, &in_userns(&subid_userns_args(&user), &script), &[]);
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("y"),
+        "rootless fuse-overlayfs's opaque xattr:\n{out}"
+    );
+    assert_eq!(
+        lines.next().map(|l| l.trim_end_matches('\0')),
+        Some("etc/conf"),
+        "its origin xattr:\n{out}"
+    );
+    assert!(out.contains("./hid/y "), "{out}");
+    assert!(
+        !out.contains("./hid/deep"),
+        "opaque directory shows lower content:\n{out}"
+    );
+    assert!(
+        !out.contains("fuseoverlayfs"),
+        "fuse-overlayfs's xattrs show:\n{out}"
+    );
+    assert!(out.contains("./new regular file 644 7:8 "), "{out}");
+}
