@@ -788,8 +788,11 @@ fn parse_id(key: &str, value: &[u8]) -> Result<u32> {
 fn parse_mapping(key: &str, value: &[u8]) -> Result<Vec<IdRange>> {
     let v = text(key, value)?;
     let expected = "groups of three numbers FROM:TO:LEN joined by colons";
+    // Empty fields are skipped, as fuse-overlayfs's strtok does: containers-storage writes
+    // each triple as `:FROM:TO:LEN`, so podman passes `uidmapping=:0:1:1000`.
     let numbers = v
         .split(':')
+        .filter(|n| !n.is_empty())
         .map(|n| n.parse::<u32>())
         .collect::<std::result::Result<Vec<u32>, _>>()
         .map_err(|_| bad_value(key, v, expected))?;
@@ -1176,7 +1179,24 @@ mod tests {
         );
         assert_eq!((c.squash_to_uid, c.squash_to_gid), (Some(7), Some(8)));
         assert!(c.squash_to_root);
+        let c = parse(&[
+            "-o",
+            "lowerdir=/a,uidmapping=:0:1:1000:1000:100000:5,gidmapping=:0:1:1000",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(c.uid_mapping.len(), 2, "podman's leading colons");
+        assert_eq!(
+            c.gid_mapping[0],
+            IdRange {
+                from: 0,
+                to: 1,
+                len: 1000
+            }
+        );
         for bad in [
+            "uidmapping=",
+            "uidmapping=:",
             "uidmapping=0:1",
             "uidmapping=a:b:c",
             "uidmapping=0:0:0",

@@ -13,10 +13,11 @@
 //! fuse-overlayfs.
 //!
 //! Unmapped ids: an on-disk id outside every range is reported as the overflow id (65534,
-//! what the kernel shows for an unmapped id in a user namespace). An inside id outside every
-//! range cannot be written: a chown to it fails with EINVAL and a create by such a caller
-//! with EOVERFLOW — the errnos the kernel gives for the same cases in a user namespace and
-//! on an idmapped mount.
+//! what the kernel shows for an unmapped id in a user namespace). An inside id outside
+//! every range is written as the overflow id too (a create by such a caller, a chown to
+//! such an id), as fuse-overlayfs does: podman's own root, outside a `--uidmap 0:1:N`
+//! range, creates files such as /etc/mtab through the mount before the container starts.
+//! ACL entries are stricter (`acl_in`): an entry naming an unmapped id is refused.
 //!
 //! The ids inside POSIX ACL entries (`system.posix_acl_*`) go through the same ranges
 //! ([`IdMap::acl_out`], [`IdMap::acl_in`]) but are never squashed; `acl.rs` says why.

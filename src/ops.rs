@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::acl;
-use crate::idmap::IdMap;
+use crate::idmap::{self, IdMap};
 use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
 use crate::passthrough::{Mode, Passthrough};
 use crate::readdir::Listing;
@@ -197,29 +197,20 @@ impl Ops {
         }
     }
 
-    /// The caller's ids on disk. A caller the id mapping cannot represent may not create
-    /// anything: EOVERFLOW, as the kernel answers on an idmapped mount.
+    /// The caller's ids on disk. An id the mapping cannot represent is written as the
+    /// overflow id (65534), as fuse-overlayfs does: podman's own root (outside a
+    /// `--uidmap 0:1:N` range) creates /etc/mtab and the like through the mount.
     fn caller(&self, ctx: Ctx) -> Answer<Caller> {
-        match (self.ids.uid_in(ctx.uid), self.ids.gid_in(ctx.gid)) {
-            (Some(uid), Some(gid)) => Ok(Caller { uid, gid }),
-            _ => {
-                log::debug!("caller {}:{} has no id mapping", ctx.uid, ctx.gid);
-                Err(libc::EOVERFLOW)
-            }
-        }
+        let uid = self.ids.uid_in(ctx.uid).unwrap_or(idmap::OVERFLOW_ID);
+        let gid = self.ids.gid_in(ctx.gid).unwrap_or(idmap::OVERFLOW_ID);
+        Ok(Caller { uid, gid })
     }
 
-    /// A chown target on disk; an id outside the mapping is EINVAL, as chown(2) answers
-    /// for an id the caller's user namespace cannot map.
+    /// A chown target on disk; an id outside the mapping becomes the overflow id, as in
+    /// fuse-overlayfs.
     fn owner_in(&self, uid: Option<u32>, gid: Option<u32>) -> Answer<(Option<u32>, Option<u32>)> {
-        let uid = match uid {
-            Some(u) => Some(self.ids.uid_in(u).ok_or(libc::EINVAL)?),
-            None => None,
-        };
-        let gid = match gid {
-            Some(g) => Some(self.ids.gid_in(g).ok_or(libc::EINVAL)?),
-            None => None,
-        };
+        let uid = uid.map(|u| self.ids.uid_in(u).unwrap_or(idmap::OVERFLOW_ID));
+        let gid = gid.map(|g| self.ids.gid_in(g).unwrap_or(idmap::OVERFLOW_ID));
         Ok((uid, gid))
     }
 
