@@ -197,7 +197,9 @@ fn mount(
     let layers = config.lowers.len() + 2 * usize::from(config.upper.is_some());
     match process::raise_nofile_limit() {
         Ok(limit) => {
-            let per_layer = crate::layer::size_dir_caches(limit, layers);
+            // Each io_uring queue (one per possible CPU) holds its ring and an eventfd.
+            let rings = 4 * crate::ring::queue_count() as u64;
+            let per_layer = crate::layer::size_dir_caches(limit, layers, rings);
             log::debug!("open file limit {limit}; {per_layer} directory handles per layer");
         }
         Err(e) => log::warn!("cannot raise the open file limit ({e})"),

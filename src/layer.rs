@@ -22,8 +22,8 @@ use crate::whiteout;
 const DIR_CACHE_DEFAULT: usize = 1024;
 /// The smallest per-layer cache worth keeping: a lookup's parent and a few siblings.
 const DIR_CACHE_MIN: usize = 8;
-/// Descriptors kept out of the caches' share: `/dev/fuse` clones, io_uring rings and
-/// eventfds, stdio, the workdir's handles.
+/// Descriptors kept out of the caches' share: `/dev/fuse` clones, stdio, the workdir's
+/// handles, the read-ahead's; the daemon adds a few per io_uring queue.
 const FD_RESERVE: u64 = 64;
 /// Paths up to this long are opened with one `openat2`; longer ones from an ancestor's
 /// handle, one component at a time.
@@ -41,9 +41,11 @@ type DirCache = RwLock<HashMap<PathBuf, Arc<OwnedFd>>>;
 /// Sizes the layers' directory-handle caches from the open file limit (`nofile`, after
 /// the daemon raised its soft limit) and the number of layer directories: together they
 /// take at most half of what is left after a fixed reserve, the other half being for
-/// files open through the mount. Under `ulimit -n 1024` and three layers: 160 each.
-pub fn size_dir_caches(nofile: u64, layers: usize) -> usize {
-    let share = nofile.saturating_sub(FD_RESERVE) / 2 / layers.max(1) as u64;
+/// files open through the mount; `extra_reserve` more are kept out first (the rings'
+/// descriptors). Under `ulimit -n 1024` and three layers: 160 each.
+pub fn size_dir_caches(nofile: u64, layers: usize, extra_reserve: u64) -> usize {
+    let reserve = FD_RESERVE.saturating_add(extra_reserve);
+    let share = nofile.saturating_sub(reserve) / 2 / layers.max(1) as u64;
     let max = usize::try_from(share)
         .unwrap_or(usize::MAX)
         .clamp(DIR_CACHE_MIN, DIR_CACHE_DEFAULT);

@@ -176,6 +176,12 @@ fn disable(dev: BorrowedFd, bad_qid: u16) {
     std::mem::forget(entry);
 }
 
+/// How many queues a ring session would have (0 when that cannot be read), for sizing
+/// what else may keep descriptors.
+pub fn queue_count() -> usize {
+    possible_cpus().unwrap_or(0)
+}
+
 /// The CPUs the kernel may run a caller on: one queue each (`/sys/devices/system/cpu/possible`,
 /// "0-3" or "0,2-5").
 fn possible_cpus() -> std::io::Result<usize> {
