@@ -193,7 +193,7 @@ pub struct Layer {
     pub dev: u64,
     /// O_PATH handles of directories looked at recently, so that a lookup costs one
     /// `fstatat` instead of a path walk. A handle follows its directory, not its path:
-    /// whoever renames or removes a directory in this layer calls `forget_dirs`.
+    /// whoever renames or removes a directory in this layer calls `forget_dirs_under`.
     dirs: Arc<DirCache>,
     /// Directory listings, kept for immutable (lower) layers only.
     listings: Option<RwLock<Listings>>,
@@ -447,11 +447,6 @@ impl Layer {
             .dir(parent)
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         sys::openat_beneath(dir.as_fd(), Path::new(name), flags, 0)
-    }
-
-    /// Drops every cached directory handle: a directory of this layer moved or went.
-    pub fn forget_dirs(&self) {
-        self.dirs.write().clear();
     }
 
     /// Drops the cached handles of directory `rel` and of everything below it: it moved or
