@@ -36,7 +36,10 @@ static DIR_CACHE_MAX: AtomicUsize = AtomicUsize::new(DIR_CACHE_DEFAULT);
 /// Every layer's handle cache, so that running out of descriptors anywhere can empty them.
 static DIR_CACHES: Mutex<Vec<Weak<DirCache>>> = Mutex::new(Vec::new());
 
-type DirCache = RwLock<HashMap<PathBuf, Arc<OwnedFd>>>;
+/// Keyed by the path's bytes: `Path`'s own hash walks its components, which costs more
+/// than the lookup it serves in a deep tree (the paths come from the node table, always in
+/// one spelling).
+type DirCache = RwLock<HashMap<OsString, Arc<OwnedFd>>>;
 
 /// Sizes the layers' directory-handle caches from the open file limit (`nofile`, after
 /// the daemon raised its soft limit) and the number of layer directories: together they
@@ -182,7 +185,8 @@ pub struct DirContents {
 
 #[derive(Default)]
 struct Listings {
-    dirs: HashMap<PathBuf, Arc<Listing>>,
+    /// Keyed by the path's bytes, as [`DirCache`].
+    dirs: HashMap<OsString, Arc<Listing>>,
     names: usize,
 }
 
@@ -244,7 +248,7 @@ impl Layer {
         let Some(cache) = &self.listings else {
             return Ok(None);
         };
-        if let Some(l) = cache.read().dirs.get(rel) {
+        if let Some(l) = cache.read().dirs.get(rel.as_os_str()) {
             return Ok(Some(l.clone()));
         }
         let fd = self
@@ -257,7 +261,12 @@ impl Layer {
 
     /// The listing of directory `rel` if it is cached, without reading it.
     pub fn cached_listing(&self, rel: &Path) -> Option<Arc<Listing>> {
-        self.listings.as_ref()?.read().dirs.get(rel).cloned()
+        self.listings
+            .as_ref()?
+            .read()
+            .dirs
+            .get(rel.as_os_str())
+            .cloned()
     }
 
     fn keep_listing(&self, rel: &Path, listing: Arc<Listing>) {
@@ -270,7 +279,7 @@ impl Layer {
             cache.names = 0;
         }
         cache.names += listing.entries.len();
-        if let Some(old) = cache.dirs.insert(rel.to_path_buf(), listing) {
+        if let Some(old) = cache.dirs.insert(rel.as_os_str().to_os_string(), listing) {
             cache.names -= old.entries.len();
         }
     }
@@ -362,7 +371,7 @@ impl Layer {
 
     /// An `O_PATH` handle on the directory `rel` (empty: the layer root).
     pub fn dir(&self, rel: &Path) -> Result<Arc<OwnedFd>> {
-        if let Some(fd) = self.dirs.read().get(rel) {
+        if let Some(fd) = self.dirs.read().get(rel.as_os_str()) {
             return Ok(fd.clone());
         }
         let flags = libc::O_PATH | libc::O_DIRECTORY;
@@ -381,7 +390,7 @@ impl Layer {
         if dirs.len() >= DIR_CACHE_MAX.load(Ordering::Relaxed) {
             dirs.clear();
         }
-        dirs.insert(rel.to_path_buf(), fd);
+        dirs.insert(rel.as_os_str().to_os_string(), fd);
     }
 
     /// Opens the directory `rel`, too long for one `openat2`: from its nearest ancestor
@@ -399,7 +408,7 @@ impl Layer {
         while let (Some(parent), Some(name)) = (base.parent(), base.file_name()) {
             below.push(name);
             base = parent;
-            if let Some(fd) = self.dirs.read().get(base) {
+            if let Some(fd) = self.dirs.read().get(base.as_os_str()) {
                 cached = Some(fd.clone());
                 break;
             }
@@ -462,7 +471,7 @@ impl Layer {
                     && p.starts_with(rel)
                     && (p.len() == rel.len() || p[rel.len()] == b'/'))
         };
-        self.dirs.write().retain(|p, _| !under(p));
+        self.dirs.write().retain(|p, _| !under(Path::new(p)));
     }
 
     /// `lstat` of `rel`, without following a final symlink.
