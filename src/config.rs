@@ -25,8 +25,8 @@ pub enum WhiteoutMode {
     File,
 }
 
-/// One contiguous id range of a `uidmapping=`/`gidmapping=` option: ids
-/// `from..from+len` inside the mount correspond to `to..to+len` on the layers.
+/// One contiguous id range of a `uidmapping=`/`gidmapping=` option, with fuse-overlayfs's
+/// meaning: ids `from..from+len` on the layers are shown as `to..to+len` through the mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {
     pub from: u32,
@@ -76,6 +76,10 @@ pub struct Config {
     pub io_uring_poll: Duration,
     /// `readahead=on|off`: read lower subdirectories ahead of a walk that reads the disk.
     pub readahead: bool,
+    /// `xattr_permissions=0|1|2` (fuse-overlayfs's): keep owners and modes written through
+    /// the mount in `security.fuseoverlayfs.override_stat` (1) or
+    /// `user.fuseoverlayfs.override_stat` (2) instead of the files' own; 0: no.
+    pub xattr_permissions: u8,
     /// Source shown in /proc/self/mountinfo (`fsname=`); "layerfs" unless given.
     pub fsname: String,
 }
@@ -119,6 +123,7 @@ impl Config {
             io_uring: true,
             io_uring_poll: DEFAULT_IO_URING_POLL,
             readahead: true,
+            xattr_permissions: 0,
             fsname: "layerfs".to_string(),
         }
     }
@@ -156,7 +161,10 @@ layer options:
     whiteout=auto|chardev|file  how deletions are recorded (auto)
     volatile, fsync=0|1  skip fsync on copy-up and ignore fsync requests
     uidmapping=FROM:TO:LEN[:FROM:TO:LEN...], gidmapping=...
+                         on-disk ids FROM.. shown as TO.. (as fuse-overlayfs)
     squash_to_root, squash_to_uid=UID, squash_to_gid=GID
+    xattr_permissions=0|1|2  keep owners/modes in security.fuseoverlayfs.override_stat
+                         (1) or user.fuseoverlayfs.override_stat (2), as fuse-overlayfs
 
 FUSE and kernel options:
     allow_other, allow_root, default_permissions, ro, rw, dev, nodev, suid, nosuid,
@@ -170,8 +178,7 @@ FUSE and kernel options:
     subdirectories in the background; default on)
 
 Options of fuse-overlayfs that do not apply (noacl, fast_ino=, static_nlink, plugins=,
-xattr_permissions=, index=, metacopy=, xino=, userxattr, context=, ...) are accepted
-and ignored. Running as root turns on allow_other, suid and default_permissions.
+index=, metacopy=, xino=, userxattr, context=, ...) are accepted and ignored. Running as root turns on allow_other, suid and default_permissions.
 ";
 
 /// Parses the arguments after the program name and validates the result against the
@@ -448,6 +455,7 @@ struct OptionParser {
     io_uring: Option<bool>,
     io_uring_poll: Option<Duration>,
     readahead: Option<bool>,
+    xattr_permissions: Option<u8>,
     fsname: Option<String>,
 }
 
@@ -514,7 +522,6 @@ const IGNORED_KEYS: &[&str] = &[
     "fscontext",
     "defcontext",
     "rootcontext",
-    "xattr_permissions",
     "fast_ino",
     "plugins",
     "index",
@@ -530,6 +537,11 @@ const IGNORED_KEYS: &[&str] = &[
     "entry_timeout",
     "attr_timeout",
     "negative_timeout",
+    // fuse-overlayfs 1.10's remaining KEY= options: its thread pool switch, FUSE
+    // writeback caching and turning xattrs off (README, fuse-overlayfs compatibility).
+    "threaded",
+    "writeback",
+    "noxattrs",
 ];
 
 impl OptionParser {
@@ -613,6 +625,13 @@ impl OptionParser {
                 }
             }
             "readahead" => self.readahead = Some(on_off(key, value)?),
+            "xattr_permissions" => {
+                let v = text(key, value)?;
+                match v.parse::<u8>() {
+                    Ok(n) if n <= 2 => self.xattr_permissions = Some(n),
+                    _ => return Err(bad_value(key, v, "0, 1 (security.*) or 2 (user.*)")),
+                }
+            }
             "uidmapping" => self.uid_mapping = parse_mapping(key, value)?,
             "gidmapping" => self.gid_mapping = parse_mapping(key, value)?,
             "squash_to_uid" => self.squash_to_uid = Some(parse_id(key, value)?),
@@ -655,7 +674,7 @@ impl OptionParser {
             "squash_to_root" => self.squash_to_root = true,
             "lowerdir" | "upperdir" | "workdir" | "redirect_dir" | "whiteout" | "fsync"
             | "timeout" | "threads" | "io_uring" | "io_uring_poll" | "readahead" | "uidmapping"
-            | "gidmapping" | "squash_to_uid" | "squash_to_gid" | "fsname" => {
+            | "gidmapping" | "xattr_permissions" | "squash_to_uid" | "squash_to_gid" | "fsname" => {
                 return Err(Error::usage(format!(
                     "option {key} needs a value; write {key}=VALUE"
                 )))
@@ -703,6 +722,7 @@ impl OptionParser {
         config.default_permissions = true;
         config.kernel_flags = self.kernel_flags.iter().map(|f| f.to_string()).collect();
         config.uid_mapping = self.uid_mapping;
+        config.xattr_permissions = self.xattr_permissions.unwrap_or(0);
         config.gid_mapping = self.gid_mapping;
         config.squash_to_root = self.squash_to_root;
         config.squash_to_uid = self.squash_to_uid;
@@ -769,8 +789,11 @@ fn parse_id(key: &str, value: &[u8]) -> Result<u32> {
 fn parse_mapping(key: &str, value: &[u8]) -> Result<Vec<IdRange>> {
     let v = text(key, value)?;
     let expected = "groups of three numbers FROM:TO:LEN joined by colons";
+    // Empty fields are skipped, as fuse-overlayfs's strtok does: containers-storage writes
+    // each triple as `:FROM:TO:LEN`, so podman passes `uidmapping=:0:1:1000`.
     let numbers = v
         .split(':')
+        .filter(|n| !n.is_empty())
         .map(|n| n.parse::<u32>())
         .collect::<std::result::Result<Vec<u32>, _>>()
         .map_err(|_| bad_value(key, v, expected))?;
@@ -1157,7 +1180,24 @@ mod tests {
         );
         assert_eq!((c.squash_to_uid, c.squash_to_gid), (Some(7), Some(8)));
         assert!(c.squash_to_root);
+        let c = parse(&[
+            "-o",
+            "lowerdir=/a,uidmapping=:0:1:1000:1000:100000:5,gidmapping=:0:1:1000",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(c.uid_mapping.len(), 2, "podman's leading colons");
+        assert_eq!(
+            c.gid_mapping[0],
+            IdRange {
+                from: 0,
+                to: 1,
+                len: 1000
+            }
+        );
         for bad in [
+            "uidmapping=",
+            "uidmapping=:",
             "uidmapping=0:1",
             "uidmapping=a:b:c",
             "uidmapping=0:0:0",
@@ -1195,11 +1235,28 @@ mod tests {
     fn podman_options_are_accepted() {
         let c = parse(&[
             "-o",
-            r#"lowerdir=/a,upperdir=/u,workdir=/w,noacl,xattr_permissions=2,fast_ino=1,static_nlink,plugins=/p,context="system_u:object_r:container_file_t:s0:c1,c2",index=off,metacopy=on,userxattr,xino=auto,x-gvfs-hide,"#,
+            r#"lowerdir=/a,upperdir=/u,workdir=/w,noacl,threaded=1,writeback=0,noxattrs=0,fast_ino=1,static_nlink,plugins=/p,context="system_u:object_r:container_file_t:s0:c1,c2",index=off,metacopy=on,userxattr,xino=auto,x-gvfs-hide,"#,
             "/m",
         ])
         .unwrap();
         assert_eq!(c.lowers, [PathBuf::from("/a")]);
+    }
+
+    #[test]
+    fn xattr_permissions_values() {
+        let x = |v: &str| parse(&["-o", &format!("lowerdir=/a,xattr_permissions={v}"), "/m"]);
+        assert_eq!(x("2").unwrap().xattr_permissions, 2);
+        assert_eq!(x("0").unwrap().xattr_permissions, 0);
+        assert_eq!(
+            parse(&["-o", "lowerdir=/a", "/m"])
+                .unwrap()
+                .xattr_permissions,
+            0
+        );
+        for bad in ["3", "yes", ""] {
+            let e = x(bad).unwrap_err().to_string();
+            assert!(e.contains("xattr_permissions"), "{e}");
+        }
     }
 
     #[test]

@@ -302,7 +302,9 @@ pub fn copy_xattrs(sdir: BorrowedFd, sname: &OsStr, ddir: BorrowedFd, dname: &Os
         Err(e) => return Err(e.into()),
     };
     for attr in names {
-        if whiteout::is_private_xattr(&attr) {
+        // fuse-overlayfs's opaque mark stays with the layer it was set in, as the overlay's
+        // own does; its override_stat (the owner and mode) travels with the copy.
+        if whiteout::is_private_xattr(&attr) || attr == whiteout::FUSE_OVERLAYFS_OPAQUE {
             continue;
         }
         let value = match sys::getxattr(sdir, sname, &attr) {
@@ -329,39 +331,65 @@ pub fn copy_xattrs(sdir: BorrowedFd, sname: &OsStr, ddir: BorrowedFd, dname: &Os
 }
 
 /// Removes everything inside the directory `dir` (not `dir` itself).
+///
+/// A loop, not a recursion, holding one directory handle at a time: it goes down into a
+/// subdirectory by name and back up through "..", so neither the stack nor the fd table
+/// grows with the depth of the tree (what is removed is a crashed copy in `work/work` or
+/// the whiteouts of an emptied directory, whose depth the layers decide). The names on the
+/// way down are kept to remove each directory once it is empty.
 pub fn remove_contents(dir: BorrowedFd) -> std::io::Result<()> {
-    let fd = sys::openat(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-    for (name, dtype, _) in sys::read_dir(fd.as_fd())? {
-        remove_entry(dir, &name, dtype)?;
+    let path_flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let mut cur = sys::openat(dir, OsStr::new("."), path_flags, 0)?;
+    let mut down: Vec<OsString> = Vec::new();
+    loop {
+        let listed = sys::openat(
+            cur.as_fd(),
+            OsStr::new("."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        let mut sub = None;
+        for (name, dtype, _) in sys::read_dir(listed.as_fd())? {
+            if dtype != libc::DT_DIR {
+                match sys::unlinkat(cur.as_fd(), &name, false) {
+                    Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
+                    r => {
+                        r?;
+                        continue;
+                    }
+                }
+            }
+            sub = Some(name);
+            break;
+        }
+        if let Some(name) = sub {
+            cur = sys::openat(cur.as_fd(), &name, path_flags, 0)?;
+            down.push(name);
+            continue;
+        }
+        let Some(name) = down.pop() else {
+            return Ok(());
+        };
+        let parent = sys::openat(cur.as_fd(), OsStr::new(".."), path_flags, 0)?;
+        drop(cur);
+        sys::unlinkat(parent.as_fd(), &name, true)?;
+        cur = parent;
     }
-    Ok(())
 }
 
 /// Removes `name` in `dir`, recursively when it is a directory.
 pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> std::io::Result<()> {
-    let st = sys::fstatat(dir, name)?;
-    let dtype = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        libc::DT_DIR
-    } else {
-        libc::DT_REG
-    };
-    remove_entry(dir, name, dtype)
-}
-
-fn remove_entry(dir: BorrowedFd, name: &OsStr, dtype: u8) -> std::io::Result<()> {
-    if dtype == libc::DT_DIR {
-        let sub = sys::openat(
-            dir,
-            name,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )?;
-        remove_contents(sub.as_fd())?;
-        sys::unlinkat(dir, name, true)
-    } else {
-        match sys::unlinkat(dir, name, false) {
-            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => remove_tree(dir, name),
-            r => r,
+    match sys::unlinkat(dir, name, false) {
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+            let sub = sys::openat(
+                dir,
+                name,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
+            remove_contents(sub.as_fd())?;
+            sys::unlinkat(dir, name, true)
         }
+        r => r,
     }
 }

@@ -190,8 +190,18 @@ fn mount(
             log::warn!("cannot change directory to / ({e})");
         }
     }
+    crate::ops::install_panic_hook();
+    // The layers' directory-handle caches take their share of whatever limit is left:
+    // under a low hard limit (LimitNOFILE=1024 services, containers) a walk must not fill
+    // the fd table and leave every later open with EMFILE.
+    let layers = config.lowers.len() + 2 * usize::from(config.upper.is_some());
     match process::raise_nofile_limit() {
-        Ok(limit) => log::debug!("open file limit {limit}"),
+        Ok(limit) => {
+            // Each io_uring queue (one per possible CPU) holds its ring and an eventfd.
+            let rings = 4 * crate::ring::queue_count() as u64;
+            let per_layer = crate::layer::size_dir_caches(limit, layers, rings);
+            log::debug!("open file limit {limit}; {per_layer} directory handles per layer");
+        }
         Err(e) => log::warn!("cannot raise the open file limit ({e})"),
     }
     // The overlay applies each caller's umask itself; a second one here would mask modes

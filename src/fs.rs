@@ -263,19 +263,25 @@ impl Filesystem for LayerFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        entry(self.ops.ttl(), self.ops.lookup(parent.0, name), reply)
+        ops::guarded("lookup", || {
+            entry(self.ops.ttl(), self.ops.lookup(parent.0, name), reply)
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.ops.forget(ino.0, nlookup);
+        ops::guarded("forget", || {
+            self.ops.forget(ino.0, nlookup);
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        attr(
-            self.ops.ttl(),
-            self.ops.getattr(ino.0, fh.map(|f| f.0)),
-            reply,
-        )
+        ops::guarded("getattr", || {
+            attr(
+                self.ops.ttl(),
+                self.ops.getattr(ino.0, fh.map(|f| f.0)),
+                reply,
+            )
+        });
     }
 
     fn setattr(
@@ -296,23 +302,25 @@ impl Filesystem for LayerFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: atime.map(timespec),
-            mtime: mtime.map(timespec),
-            fh: fh.map(|f| f.0),
-        };
-        attr(self.ops.ttl(), self.ops.setattr(ino.0, set), reply)
+        ops::guarded("setattr", || {
+            let set = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: atime.map(timespec),
+                mtime: mtime.map(timespec),
+                fh: fh.map(|f| f.0),
+            };
+            attr(self.ops.ttl(), self.ops.setattr(ino.0, set), reply)
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.ops.readlink(ino.0) {
+        ops::guarded("readlink", || match self.ops.readlink(ino.0) {
             Ok(target) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str())),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn mknod(
@@ -325,8 +333,10 @@ impl Filesystem for LayerFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let a = self.ops.mknod(ctx(req), parent.0, name, mode, umask, rdev);
-        entry(self.ops.ttl(), a, reply)
+        ops::guarded("mknod", || {
+            let a = self.ops.mknod(ctx(req), parent.0, name, mode, umask, rdev);
+            entry(self.ops.ttl(), a, reply)
+        });
     }
 
     fn mkdir(
@@ -338,16 +348,18 @@ impl Filesystem for LayerFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let a = self.ops.mkdir(ctx(req), parent.0, name, mode, umask);
-        entry(self.ops.ttl(), a, reply)
+        ops::guarded("mkdir", || {
+            let a = self.ops.mkdir(ctx(req), parent.0, name, mode, umask);
+            entry(self.ops.ttl(), a, reply)
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(self.ops.unlink(parent.0, name), reply)
+        ops::guarded("unlink", || empty(self.ops.unlink(parent.0, name), reply));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(self.ops.rmdir(parent.0, name), reply)
+        ops::guarded("rmdir", || empty(self.ops.rmdir(parent.0, name), reply));
     }
 
     fn symlink(
@@ -358,10 +370,12 @@ impl Filesystem for LayerFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let a = self
-            .ops
-            .symlink(ctx(req), parent.0, link_name, target.as_os_str());
-        entry(self.ops.ttl(), a, reply)
+        ops::guarded("symlink", || {
+            let a = self
+                .ops
+                .symlink(ctx(req), parent.0, link_name, target.as_os_str());
+            entry(self.ops.ttl(), a, reply)
+        });
     }
 
     fn rename(
@@ -374,10 +388,12 @@ impl Filesystem for LayerFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let a = self
-            .ops
-            .rename(parent.0, name, newparent.0, newname, flags.bits());
-        empty(a, reply)
+        ops::guarded("rename", || {
+            let a = self
+                .ops
+                .rename(parent.0, name, newparent.0, newname, flags.bits());
+            empty(a, reply)
+        });
     }
 
     fn link(
@@ -388,15 +404,17 @@ impl Filesystem for LayerFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        entry(
-            self.ops.ttl(),
-            self.ops.link(ino.0, newparent.0, newname),
-            reply,
-        )
+        ops::guarded("link", || {
+            entry(
+                self.ops.ttl(),
+                self.ops.link(ino.0, newparent.0, newname),
+                reply,
+            )
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        opened(self.ops.open(ino.0, flags.0), reply)
+        ops::guarded("open", || opened(self.ops.open(ino.0, flags.0), reply));
     }
 
     fn read(
@@ -410,9 +428,11 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        READ_BUF.with_borrow_mut(|buf| match self.ops.read(fh.0, offset, size, buf) {
-            Ok(n) => reply.data(&buf[..n]),
-            Err(e) => reply.error(errno(e)),
+        ops::guarded("read", || {
+            READ_BUF.with_borrow_mut(|buf| match self.ops.read(fh.0, offset, size, buf) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(errno(e)),
+            });
         });
     }
 
@@ -428,10 +448,10 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.ops.write(fh.0, offset, data) {
+        ops::guarded("write", || match self.ops.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn flush(
@@ -442,7 +462,7 @@ impl Filesystem for LayerFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        empty(self.ops.flush(), reply)
+        ops::guarded("flush", || empty(self.ops.flush(), reply));
     }
 
     fn release(
@@ -455,7 +475,7 @@ impl Filesystem for LayerFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        empty(self.ops.release(fh.0), reply)
+        ops::guarded("release", || empty(self.ops.release(fh.0), reply));
     }
 
     fn fsync(
@@ -466,11 +486,11 @@ impl Filesystem for LayerFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(self.ops.fsync(fh.0, datasync), reply)
+        ops::guarded("fsync", || empty(self.ops.fsync(fh.0, datasync), reply));
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        opened(self.ops.opendir(), reply)
+        ops::guarded("opendir", || opened(self.ops.opendir(), reply));
     }
 
     fn readdir(
@@ -481,10 +501,12 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.ops.readdir(ino.0, offset, &mut reply) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        ops::guarded("readdir", || {
+            match self.ops.readdir(ino.0, offset, &mut reply) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn readdirplus(
@@ -495,10 +517,12 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.ops.readdirplus(ino.0, offset, &mut reply) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        ops::guarded("readdirplus", || {
+            match self.ops.readdirplus(ino.0, offset, &mut reply) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn fsyncdir(
@@ -509,11 +533,13 @@ impl Filesystem for LayerFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(self.ops.fsyncdir(ino.0, datasync), reply)
+        ops::guarded("fsyncdir", || {
+            empty(self.ops.fsyncdir(ino.0, datasync), reply)
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.ops.statfs() {
+        ops::guarded("statfs", || match self.ops.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -525,7 +551,7 @@ impl Filesystem for LayerFs {
                 s.f_frsize as u32,
             ),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn setxattr(
@@ -538,23 +564,31 @@ impl Filesystem for LayerFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty(self.ops.setxattr(ino.0, name, value, flags), reply)
+        ops::guarded("setxattr", || {
+            empty(self.ops.setxattr(ino.0, name, value, flags), reply)
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr(self.ops.getxattr(ino.0, name, size), reply)
+        ops::guarded("getxattr", || {
+            xattr(self.ops.getxattr(ino.0, name, size), reply)
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr(self.ops.listxattr(ino.0, size), reply)
+        ops::guarded("listxattr", || {
+            xattr(self.ops.listxattr(ino.0, size), reply)
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(self.ops.removexattr(ino.0, name), reply)
+        ops::guarded("removexattr", || {
+            empty(self.ops.removexattr(ino.0, name), reply)
+        });
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        empty(self.ops.access(ino.0), reply)
+        ops::guarded("access", || empty(self.ops.access(ino.0), reply));
     }
 
     fn create(
@@ -567,28 +601,30 @@ impl Filesystem for LayerFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let ttl = self.ops.ttl();
-        match self
-            .ops
-            .create(ctx(req), parent.0, name, mode, umask, flags)
-        {
-            Ok((e, o)) => {
-                let attr = to_attr(&e.st);
-                let flags = FopenFlags::from_bits_retain(o.flags & !ops::FOPEN_PASSTHROUGH);
-                let gen = Generation(e.generation);
-                match o.backing {
-                    Some(id) => sys::reply_created_passthrough(
-                        reply,
-                        (&ttl, &attr, gen),
-                        FileHandle(o.fh),
-                        flags,
-                        id,
-                    ),
-                    None => reply.created(&ttl, &attr, gen, FileHandle(o.fh), flags),
+        ops::guarded("create", || {
+            let ttl = self.ops.ttl();
+            match self
+                .ops
+                .create(ctx(req), parent.0, name, mode, umask, flags)
+            {
+                Ok((e, o)) => {
+                    let attr = to_attr(&e.st);
+                    let flags = FopenFlags::from_bits_retain(o.flags & !ops::FOPEN_PASSTHROUGH);
+                    let gen = Generation(e.generation);
+                    match o.backing {
+                        Some(id) => sys::reply_created_passthrough(
+                            reply,
+                            (&ttl, &attr, gen),
+                            FileHandle(o.fh),
+                            flags,
+                            id,
+                        ),
+                        None => reply.created(&ttl, &attr, gen, FileHandle(o.fh), flags),
+                    }
                 }
+                Err(e) => reply.error(errno(e)),
             }
-            Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     /// No ioctl is served: ENOTTY, as kernel overlayfs answers commands it does not know.
@@ -605,7 +641,9 @@ impl Filesystem for LayerFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(Errno::ENOTTY);
+        ops::guarded("ioctl", || {
+            reply.error(Errno::ENOTTY);
+        });
     }
 
     fn fallocate(
@@ -618,7 +656,9 @@ impl Filesystem for LayerFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(self.ops.fallocate(fh.0, offset, length, mode), reply)
+        ops::guarded("fallocate", || {
+            empty(self.ops.fallocate(fh.0, offset, length, mode), reply)
+        });
     }
 
     fn lseek(
@@ -630,10 +670,10 @@ impl Filesystem for LayerFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.ops.lseek(fh.0, offset, whence) {
+        ops::guarded("lseek", || match self.ops.lseek(fh.0, offset, whence) {
             Ok(off) => reply.offset(off),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn copy_file_range(
@@ -649,12 +689,14 @@ impl Filesystem for LayerFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self
-            .ops
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
-        }
+        ops::guarded("copy_file_range", || {
+            match self
+                .ops
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 }

@@ -2,17 +2,22 @@
 //! `squash_to_uid=`, `squash_to_gid=` (the fuse-overlayfs options of the same names).
 //!
 //! Two id spaces meet here: the ids callers see through the mount ("inside") and the ids
-//! stored on the layer directories ("on disk"). A mapping range `FROM:TO:LEN` says inside
-//! ids `FROM..FROM+LEN` are on-disk ids `TO..TO+LEN`. Attributes going out are translated
+//! stored on the layer directories ("on disk"). A mapping range `FROM:TO:LEN` says on-disk
+//! ids `FROM..FROM+LEN` are shown as inside ids `TO..TO+LEN`: fuse-overlayfs's meaning
+//! (its `find_mapping`: `host` is FROM, `to` is TO), which containers-storage relies on
+//! when it passes `uidmapping=ContainerID:HostID:Size` to its mount program. When ranges
+//! overlap, the last one given wins, as in fuse-overlayfs (it keeps them in a list built
+//! by prepending). Attributes going out are translated
 //! disk -> inside (then squashed); caller ids and chown targets coming in are translated
 //! inside -> disk. Squashing only changes what is reported, never what is written, as in
 //! fuse-overlayfs.
 //!
 //! Unmapped ids: an on-disk id outside every range is reported as the overflow id (65534,
-//! what the kernel shows for an unmapped id in a user namespace). An inside id outside every
-//! range cannot be written: a chown to it fails with EINVAL and a create by such a caller
-//! with EOVERFLOW — the errnos the kernel gives for the same cases in a user namespace and
-//! on an idmapped mount.
+//! what the kernel shows for an unmapped id in a user namespace). An inside id outside
+//! every range is written as the overflow id too (a create by such a caller, a chown to
+//! such an id), as fuse-overlayfs does: podman's own root, outside a `--uidmap 0:1:N`
+//! range, creates files such as /etc/mtab through the mount before the container starts.
+//! ACL entries are stricter (`acl_in`): an entry naming an unmapped id is refused.
 //!
 //! The ids inside POSIX ACL entries (`system.posix_acl_*`) go through the same ranges
 //! ([`IdMap::acl_out`], [`IdMap::acl_in`]) but are never squashed; `acl.rs` says why.
@@ -100,26 +105,34 @@ impl IdMap {
     }
 }
 
-/// Disk -> inside. No ranges is the identity.
+/// Disk -> inside: the last range whose on-disk part (`from..`) holds `id`. No ranges is
+/// the identity.
 fn to_inside(ranges: &[IdRange], id: u32) -> Option<u32> {
     if ranges.is_empty() {
         return Some(id);
     }
     ranges
         .iter()
-        .find(|r| id >= r.to && u64::from(id) < u64::from(r.to) + u64::from(r.len))
-        .map(|r| r.from + (id - r.to))
+        .rev()
+        .find(|r| within(id, r.from, r.len))
+        .map(|r| r.to + (id - r.from))
 }
 
-/// Inside -> disk. No ranges is the identity.
+/// Inside -> disk: the last range whose shown part (`to..`) holds `id`. No ranges is the
+/// identity.
 fn to_disk(ranges: &[IdRange], id: u32) -> Option<u32> {
     if ranges.is_empty() {
         return Some(id);
     }
     ranges
         .iter()
-        .find(|r| id >= r.from && u64::from(id) < u64::from(r.from) + u64::from(r.len))
-        .map(|r| r.to + (id - r.from))
+        .rev()
+        .find(|r| within(id, r.to, r.len))
+        .map(|r| r.from + (id - r.to))
+}
+
+fn within(id: u32, start: u32, len: u32) -> bool {
+    id >= start && u64::from(id) < u64::from(start) + u64::from(len)
 }
 
 #[cfg(test)]
@@ -144,19 +157,19 @@ mod tests {
         let mut c = config();
         c.uid_mapping = vec![
             IdRange {
-                from: 0,
-                to: 1000,
+                from: 1000,
+                to: 0,
                 len: 1,
             },
             IdRange {
-                from: 1,
-                to: 100000,
+                from: 100000,
+                to: 1,
                 len: 65536,
             },
         ];
         c.gid_mapping = vec![IdRange {
-            from: 0,
-            to: 2000,
+            from: 2000,
+            to: 0,
             len: 10,
         }];
         let m = IdMap::new(&c);
@@ -179,13 +192,33 @@ mod tests {
     fn range_at_the_top_of_the_id_space() {
         let mut c = config();
         c.uid_mapping = vec![IdRange {
-            from: 0,
-            to: u32::MAX - 1,
+            from: u32::MAX - 1,
+            to: 0,
             len: 2,
         }];
         let m = IdMap::new(&c);
         assert_eq!(m.uid_out(u32::MAX), 1);
         assert_eq!(m.uid_in(1), Some(u32::MAX));
+    }
+
+    /// fuse-overlayfs's example: `uidmapping=0:1000:1` shows on-disk 0 as 1000; with
+    /// overlapping ranges the last one given wins (Debian's fuse-overlayfs 1.10 shows on-disk
+    /// 0 as 2000 under `uidmapping=0:1000:1:0:2000:1`).
+    #[test]
+    fn from_is_on_disk_and_the_last_range_wins() {
+        let mut c = config();
+        let r = |from, to, len| IdRange { from, to, len };
+        c.uid_mapping = vec![r(0, 1000, 1)];
+        let m = IdMap::new(&c);
+        assert_eq!(m.uid_out(0), 1000);
+        assert_eq!(m.uid_out(1000), OVERFLOW_ID);
+        assert_eq!(m.uid_in(1000), Some(0));
+        assert_eq!(m.uid_in(0), None);
+        c.uid_mapping = vec![r(0, 1000, 1), r(0, 2000, 1)];
+        let m = IdMap::new(&c);
+        assert_eq!(m.uid_out(0), 2000);
+        assert_eq!(m.uid_in(2000), Some(0));
+        assert_eq!(m.uid_in(1000), Some(0));
     }
 
     #[test]
@@ -220,8 +253,8 @@ mod tests {
         const GROUP: u16 = 0x08;
         let mut c = config();
         c.uid_mapping = vec![IdRange {
-            from: 0,
-            to: 100000,
+            from: 100000,
+            to: 0,
             len: 65536,
         }];
         c.gid_mapping = c.uid_mapping.clone();

@@ -1,9 +1,10 @@
 //! The node table: FUSE node ids for the objects of the merged tree, their names (a hard
 //! link has several), where each lives in the stack, and the inode numbers reported for them.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasher, RandomState};
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -407,11 +408,17 @@ impl Tree {
             names.push(name);
             cur = *parent;
         }
-        let mut p = PathBuf::new();
+        // One allocation of the final size: in a deep tree this runs on every request
+        // with a path thousands of components long.
+        let len = names.iter().map(|n| n.len() + 1).sum::<usize>();
+        let mut p = Vec::with_capacity(len);
         for n in names.iter().rev() {
-            p.push(n);
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(n.as_bytes());
         }
-        Some(p)
+        Some(PathBuf::from(OsString::from_vec(p)))
     }
 
     pub fn len(&self) -> usize {

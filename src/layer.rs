@@ -7,17 +7,76 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
 use crate::whiteout;
 
-/// How many directory handles one layer keeps open at most; past that the cache starts
-/// over, so open fds stay bounded whatever the size of the tree.
-const DIR_CACHE_MAX: usize = 1024;
+/// How many directory handles one layer keeps open at most by default; past that the cache
+/// starts over, so open fds stay bounded whatever the size of the tree. The daemon lowers
+/// it to fit the open file limit ([`size_dir_caches`]).
+const DIR_CACHE_DEFAULT: usize = 1024;
+/// The smallest per-layer cache worth keeping: a lookup's parent and a few siblings.
+const DIR_CACHE_MIN: usize = 8;
+/// Descriptors kept out of the caches' share: `/dev/fuse` clones, stdio, the workdir's
+/// handles, the read-ahead's; the daemon adds a few per io_uring queue.
+const FD_RESERVE: u64 = 64;
+/// Paths up to this long are opened with one `openat2`; longer ones from an ancestor's
+/// handle, one component at a time.
+const ONE_WALK_MAX: usize = 2048;
+/// How often a walk down a deep tree leaves a cached handle behind (`open_deep_dir`).
+const DEEP_CHECKPOINT: usize = 32;
+
+static DIR_CACHE_MAX: AtomicUsize = AtomicUsize::new(DIR_CACHE_DEFAULT);
+
+/// Every layer's handle cache, so that running out of descriptors anywhere can empty them.
+static DIR_CACHES: Mutex<Vec<Weak<DirCache>>> = Mutex::new(Vec::new());
+
+/// Keyed by the path's bytes: `Path`'s own hash walks its components, which costs more
+/// than the lookup it serves in a deep tree (the paths come from the node table, always in
+/// one spelling).
+type DirCache = RwLock<HashMap<OsString, Arc<OwnedFd>>>;
+
+/// Sizes the layers' directory-handle caches from the open file limit (`nofile`, after
+/// the daemon raised its soft limit) and the number of layer directories: together they
+/// take at most half of what is left after a fixed reserve, the other half being for
+/// files open through the mount; `extra_reserve` more are kept out first (the rings'
+/// descriptors). Under `ulimit -n 1024` and three layers: 160 each.
+pub fn size_dir_caches(nofile: u64, layers: usize, extra_reserve: u64) -> usize {
+    let reserve = FD_RESERVE.saturating_add(extra_reserve);
+    let share = nofile.saturating_sub(reserve) / 2 / layers.max(1) as u64;
+    let max = usize::try_from(share)
+        .unwrap_or(usize::MAX)
+        .clamp(DIR_CACHE_MIN, DIR_CACHE_DEFAULT);
+    DIR_CACHE_MAX.store(max, Ordering::Relaxed);
+    max
+}
+
+/// Closes every cached directory handle of every layer; `sys` calls it when an open
+/// fails with EMFILE or ENFILE, then retries once. A cache another thread holds locked is
+/// left alone (its holder may be this thread).
+fn drop_all_dir_handles() {
+    let caches: Vec<Arc<DirCache>> = DIR_CACHES.lock().iter().filter_map(Weak::upgrade).collect();
+    let mut closed = 0;
+    for cache in caches {
+        if let Some(mut dirs) = cache.try_write() {
+            closed += dirs.len();
+            dirs.clear();
+        }
+    }
+    log::debug!("out of file descriptors: closed {closed} cached directory handles");
+}
+
+fn register_dir_cache(cache: &Arc<DirCache>) {
+    let mut all = DIR_CACHES.lock();
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Arc::downgrade(cache));
+    sys::set_fd_relief(drop_all_dir_handles);
+}
 /// How many names one layer keeps in directory listings at most (about 25 bytes each);
 /// past that the cache starts over, so memory stays bounded whatever the size of the tree.
 const LISTING_CACHE_MAX_NAMES: usize = 200_000;
@@ -128,7 +187,8 @@ pub struct DirContents {
 
 #[derive(Default)]
 struct Listings {
-    dirs: HashMap<PathBuf, Arc<Listing>>,
+    /// Keyed by the path's bytes, as [`DirCache`].
+    dirs: HashMap<OsString, Arc<Listing>>,
     names: usize,
 }
 
@@ -139,10 +199,14 @@ pub struct Layer {
     pub dev: u64,
     /// O_PATH handles of directories looked at recently, so that a lookup costs one
     /// `fstatat` instead of a path walk. A handle follows its directory, not its path:
-    /// whoever renames or removes a directory in this layer calls `forget_dirs`.
-    dirs: RwLock<HashMap<PathBuf, Arc<OwnedFd>>>,
+    /// whoever renames or removes a directory in this layer calls `forget_dirs_under`.
+    dirs: Arc<DirCache>,
     /// Directory listings, kept for immutable (lower) layers only.
     listings: Option<RwLock<Listings>>,
+    /// The override_stat xattr this layer keeps owners and modes in
+    /// (`whiteout::OVERRIDE_STAT_XATTRS`), as fuse-overlayfs decides for a layer: the
+    /// first of them its root carries; `xattr_permissions=` picks the upper layer's.
+    pub stat_override: Option<&'static str>,
 }
 
 impl Layer {
@@ -157,12 +221,19 @@ impl Layer {
                 format!("layer {}", path.display()),
             ));
         }
+        let dirs = Arc::new(RwLock::new(HashMap::new()));
+        register_dir_cache(&dirs);
+        let stat_override = whiteout::OVERRIDE_STAT_XATTRS
+            .iter()
+            .copied()
+            .find(|attr| sys::getxattr(root.as_fd(), OsStr::new("."), OsStr::new(attr)).is_ok());
         Ok(Layer {
             path: path.to_path_buf(),
             root,
             dev: st.st_dev,
-            dirs: RwLock::new(HashMap::new()),
+            dirs,
             listings: None,
+            stat_override,
         })
     }
 
@@ -179,7 +250,7 @@ impl Layer {
         let Some(cache) = &self.listings else {
             return Ok(None);
         };
-        if let Some(l) = cache.read().dirs.get(rel) {
+        if let Some(l) = cache.read().dirs.get(rel.as_os_str()) {
             return Ok(Some(l.clone()));
         }
         let fd = self
@@ -192,7 +263,12 @@ impl Layer {
 
     /// The listing of directory `rel` if it is cached, without reading it.
     pub fn cached_listing(&self, rel: &Path) -> Option<Arc<Listing>> {
-        self.listings.as_ref()?.read().dirs.get(rel).cloned()
+        self.listings
+            .as_ref()?
+            .read()
+            .dirs
+            .get(rel.as_os_str())
+            .cloned()
     }
 
     fn keep_listing(&self, rel: &Path, listing: Arc<Listing>) {
@@ -205,7 +281,7 @@ impl Layer {
             cache.names = 0;
         }
         cache.names += listing.entries.len();
-        if let Some(old) = cache.dirs.insert(rel.to_path_buf(), listing) {
+        if let Some(old) = cache.dirs.insert(rel.as_os_str().to_os_string(), listing) {
             cache.names -= old.entries.len();
         }
     }
@@ -298,25 +374,81 @@ impl Layer {
 
     /// An `O_PATH` handle on the directory `rel` (empty: the layer root).
     pub fn dir(&self, rel: &Path) -> Result<Arc<OwnedFd>> {
-        if let Some(fd) = self.dirs.read().get(rel) {
+        if let Some(fd) = self.dirs.read().get(rel.as_os_str()) {
             return Ok(fd.clone());
         }
-        let fd = self
-            .open_beneath(rel, libc::O_PATH | libc::O_DIRECTORY)
-            .map_err(|e| Error::from(e).context(self.describe(rel)))?;
-        let fd = Arc::new(fd);
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        let fd = if rel.as_os_str().len() <= ONE_WALK_MAX {
+            sys::openat_beneath(self.root(), rel, flags, 0)
+        } else {
+            self.open_deep_dir(rel)
+        };
+        let fd = Arc::new(fd.map_err(|e| Error::from(e).context(self.describe(rel)))?);
+        self.keep_dir(rel, fd.clone());
+        Ok(fd)
+    }
+
+    fn keep_dir(&self, rel: &Path, fd: Arc<OwnedFd>) {
         let mut dirs = self.dirs.write();
-        if dirs.len() >= DIR_CACHE_MAX {
+        if dirs.len() >= DIR_CACHE_MAX.load(Ordering::Relaxed) {
             dirs.clear();
         }
-        dirs.insert(rel.to_path_buf(), fd.clone());
-        Ok(fd)
+        dirs.insert(rel.as_os_str().to_os_string(), fd);
+    }
+
+    /// Opens the directory `rel`, too long for one `openat2`: from its nearest ancestor
+    /// that is cached or short enough, then one component at a time. A loop, so the depth
+    /// of a tree never deepens the stack. Every [`DEEP_CHECKPOINT`]th directory on the way
+    /// down is cached, so that the next walk near it (the parent's attributes after an
+    /// rmdir, a sibling) starts close by instead of from the top: without them removing a
+    /// 3,000-deep tree bottom up walked it again for every level.
+    fn open_deep_dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        let mut below: Vec<&OsStr> = Vec::new();
+        let mut base = rel;
+        let mut cur: Option<OwnedFd> = None;
+        let mut cached: Option<Arc<OwnedFd>> = None;
+        while let (Some(parent), Some(name)) = (base.parent(), base.file_name()) {
+            below.push(name);
+            base = parent;
+            if let Some(fd) = self.dirs.read().get(base.as_os_str()) {
+                cached = Some(fd.clone());
+                break;
+            }
+            if base.as_os_str().len() <= ONE_WALK_MAX {
+                cur = Some(sys::openat_beneath(self.root(), base, flags, 0)?);
+                break;
+            }
+        }
+        let mut at = base.to_path_buf();
+        for (i, name) in below.iter().rev().enumerate() {
+            let from = match (&cur, &cached) {
+                (Some(fd), _) => fd.as_fd(),
+                (None, Some(fd)) => fd.as_fd(),
+                (None, None) => self.root(),
+            };
+            let next = sys::openat_beneath(from, Path::new(name), flags, 0)?;
+            at.push(name);
+            if i % DEEP_CHECKPOINT == DEEP_CHECKPOINT - 1 && i + 1 < below.len() {
+                let keep = Arc::new(next);
+                self.keep_dir(&at, keep.clone());
+                cur = None;
+                cached = Some(keep);
+            } else {
+                cur = Some(next);
+            }
+        }
+        match (cur, cached) {
+            (Some(fd), _) => Ok(fd),
+            // `rel` itself was cached: its parent is (the walk started there).
+            (None, Some(fd)) => sys::openat_beneath(fd.as_fd(), Path::new("."), flags, 0),
+            (None, None) => sys::openat_beneath(self.root(), rel, flags, 0),
+        }
     }
 
     /// Opens `rel` with `flags`, confined to the layer. A path too long for one syscall is
     /// opened from its parent's (cached) handle, so trees deeper than PATH_MAX work.
     pub fn open_beneath(&self, rel: &Path, flags: i32) -> std::io::Result<OwnedFd> {
-        const ONE_WALK_MAX: usize = 2048;
         if rel.as_os_str().len() <= ONE_WALK_MAX {
             return sys::openat_beneath(self.root(), rel, flags, 0);
         }
@@ -329,9 +461,20 @@ impl Layer {
         sys::openat_beneath(dir.as_fd(), Path::new(name), flags, 0)
     }
 
-    /// Drops every cached directory handle: a directory of this layer moved or went.
-    pub fn forget_dirs(&self) {
-        self.dirs.write().clear();
+    /// Drops the cached handles of directory `rel` and of everything below it: it moved or
+    /// went, and a handle would follow it.
+    pub fn forget_dirs_under(&self, rel: &Path) {
+        let rel = rel.as_os_str().as_bytes();
+        // Byte prefixes, shortest test first: in a deep tree most cached paths are the
+        // moved directory's ancestors, shorter than it.
+        let under = |p: &Path| {
+            let p = p.as_os_str().as_bytes();
+            rel.is_empty()
+                || (p.len() >= rel.len()
+                    && p.starts_with(rel)
+                    && (p.len() == rel.len() || p[rel.len()] == b'/'))
+        };
+        self.dirs.write().retain(|p, _| !under(Path::new(p)));
     }
 
     /// `lstat` of `rel`, without following a final symlink.

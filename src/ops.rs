@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::acl;
-use crate::idmap::IdMap;
+use crate::idmap::{self, IdMap};
 use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
 use crate::passthrough::{Mode, Passthrough};
 use crate::readdir::Listing;
@@ -84,6 +84,51 @@ pub struct Ops {
     ring: AtomicBool,
     /// The session's `/dev/fuse`, where backing files are registered.
     device: OnceLock<Arc<OwnedFd>>,
+    /// Debug builds only: a lookup of this name panics (`LAYERFS_TEST_PANIC_LOOKUP`), so
+    /// the tests can check that a panicking request costs only its own answer.
+    panic_lookup: Option<std::ffi::OsString>,
+}
+
+thread_local! {
+    /// Set while a request is answered: the panic hook then leaves the message here for
+    /// [`guarded`] to log with the request's name, instead of printing it.
+    static PANIC: std::cell::RefCell<Option<Option<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs the daemon's panic hook: a panic while answering a request is kept for
+/// [`guarded`] to log in one line; any other panic is logged in one line as it happens.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.to_string().replace('\n', " ");
+        let kept = PANIC.with_borrow_mut(|slot| match slot {
+            Some(m) => {
+                *m = Some(msg.clone());
+                true
+            }
+            None => false,
+        });
+        if !kept {
+            log::error!("{msg}");
+        }
+    }));
+}
+
+/// Runs the answer to one request, catching a panic: the daemon must not abort on one
+/// bad request. `None` when it panicked, logged once; the caller answers EIO (fuser's
+/// replies do so by themselves when dropped unsent), and the mount keeps serving. The
+/// namespace lock does not poison (parking_lot), so later requests go on.
+pub fn guarded<T>(op: &str, answer: impl FnOnce() -> T) -> Option<T> {
+    let outer = PANIC.with_borrow_mut(|slot| slot.replace(None));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(answer));
+    let msg = PANIC.with_borrow_mut(|slot| std::mem::replace(slot, outer));
+    match r {
+        Ok(v) => Some(v),
+        Err(_) => {
+            let msg = msg.flatten().unwrap_or_else(|| "panic".to_string());
+            log::error!("{op} request failed: {msg}; answered EIO, the mount keeps serving");
+            None
+        }
+    }
 }
 
 fn fail(e: Error) -> i32 {
@@ -106,6 +151,9 @@ impl Ops {
             decline_opendir: AtomicBool::new(false),
             ring: AtomicBool::new(false),
             device: OnceLock::new(),
+            panic_lookup: cfg!(debug_assertions)
+                .then(|| std::env::var_os("LAYERFS_TEST_PANIC_LOOKUP"))
+                .flatten(),
         })
     }
 
@@ -149,33 +197,27 @@ impl Ops {
         }
     }
 
-    /// The caller's ids on disk. A caller the id mapping cannot represent may not create
-    /// anything: EOVERFLOW, as the kernel answers on an idmapped mount.
+    /// The caller's ids on disk. An id the mapping cannot represent is written as the
+    /// overflow id (65534), as fuse-overlayfs does: podman's own root (outside a
+    /// `--uidmap 0:1:N` range) creates /etc/mtab and the like through the mount.
     fn caller(&self, ctx: Ctx) -> Answer<Caller> {
-        match (self.ids.uid_in(ctx.uid), self.ids.gid_in(ctx.gid)) {
-            (Some(uid), Some(gid)) => Ok(Caller { uid, gid }),
-            _ => {
-                log::debug!("caller {}:{} has no id mapping", ctx.uid, ctx.gid);
-                Err(libc::EOVERFLOW)
-            }
-        }
+        let uid = self.ids.uid_in(ctx.uid).unwrap_or(idmap::OVERFLOW_ID);
+        let gid = self.ids.gid_in(ctx.gid).unwrap_or(idmap::OVERFLOW_ID);
+        Ok(Caller { uid, gid })
     }
 
-    /// A chown target on disk; an id outside the mapping is EINVAL, as chown(2) answers
-    /// for an id the caller's user namespace cannot map.
+    /// A chown target on disk; an id outside the mapping becomes the overflow id, as in
+    /// fuse-overlayfs.
     fn owner_in(&self, uid: Option<u32>, gid: Option<u32>) -> Answer<(Option<u32>, Option<u32>)> {
-        let uid = match uid {
-            Some(u) => Some(self.ids.uid_in(u).ok_or(libc::EINVAL)?),
-            None => None,
-        };
-        let gid = match gid {
-            Some(g) => Some(self.ids.gid_in(g).ok_or(libc::EINVAL)?),
-            None => None,
-        };
+        let uid = uid.map(|u| self.ids.uid_in(u).unwrap_or(idmap::OVERFLOW_ID));
+        let gid = gid.map(|g| self.ids.gid_in(g).unwrap_or(idmap::OVERFLOW_ID));
         Ok((uid, gid))
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Answer<Entry> {
+        if self.panic_lookup.as_deref() == Some(name) {
+            panic!("lookup of {name:?}: LAYERFS_TEST_PANIC_LOOKUP asked for a panic");
+        }
         match self.overlay.lookup(parent, name) {
             Ok((id, st)) => Ok(self.entry(id, st)),
             // A negative entry (node id 0) lets the kernel remember the absence too;

@@ -93,6 +93,11 @@ pub struct Overlay {
     /// The daemon's effective user and group: the owner of what it creates. It never
     /// changes its credentials, so they are read once.
     own_ids: (u32, u32),
+    /// Whether any layer keeps owners and modes in an override_stat xattr.
+    any_override: bool,
+    /// `xattr_permissions=`: the override_stat xattr owners and modes written through the
+    /// mount go to, instead of the upper files' own.
+    write_override: Option<&'static str>,
 }
 
 /// How many nodes must have gone since the last trim before the heap is trimmed again.
@@ -139,7 +144,15 @@ impl Overlay {
                 "no lowerdir given: pass -o lowerdir=DIR[:DIR...]",
             ));
         }
-        let upper = config.upper.as_deref().map(Layer::open).transpose()?;
+        let mut upper = config.upper.as_deref().map(Layer::open).transpose()?;
+        let write_override = match config.xattr_permissions {
+            1 => Some(whiteout::OVERRIDE_STAT_XATTRS[0]),
+            2 => Some(whiteout::OVERRIDE_STAT_XATTRS[2]),
+            _ => None,
+        };
+        if let (Some(u), Some(attr)) = (upper.as_mut(), write_override) {
+            mark_override_layer(u, attr)?;
+        }
         let work_layer = config.work.as_deref().map(Layer::open).transpose()?;
         let read_only = config.read_only || upper.is_none();
         let work = match (&upper, &work_layer) {
@@ -171,6 +184,8 @@ impl Overlay {
             shared_dev,
             refused: Default::default(),
         };
+        let any_override = stack.upper.iter().any(|u| u.stat_override.is_some())
+            || stack.lowers.iter().any(|l| l.stat_override.is_some());
         let mut root = Node::new(libc::S_IFDIR, ROOT);
         root.upper = stack.upper.is_some();
         root.lower_dirs = stack.root_lowers().into_boxed_slice();
@@ -189,7 +204,42 @@ impl Overlay {
             read_only,
             volatile: config.volatile,
             own_ids: (sys::process::geteuid(), sys::process::getegid()),
+            any_override,
+            write_override: write_override.filter(|_| !read_only),
         })
+    }
+
+    /// The attributes the mount reports for node `id` once its layer's override_stat
+    /// xattr (fuse-overlayfs's, see `whiteout::OverrideStat`) has its say: only in a
+    /// layer that keeps one, and, as in fuse-overlayfs, only for directories and regular
+    /// files (the only objects `user.*` xattrs can be set on).
+    fn overridden(&self, tree: &Tree, id: u64, mut st: Stat) -> Stat {
+        let fmt = st.st_mode & libc::S_IFMT;
+        if !self.any_override || (fmt != libc::S_IFREG && fmt != libc::S_IFDIR) {
+            return st;
+        }
+        let Ok(loc) = self.loc(tree, id) else {
+            return st;
+        };
+        let layer = match &loc {
+            Loc::Lower(i, _) => Some(&*self.stack.lowers[*i]),
+            _ => self.stack.upper.as_ref(),
+        };
+        let Some(attr) = layer.and_then(|l| l.stat_override) else {
+            return st;
+        };
+        match self.at_loc(&loc, |dir, name| sys::getxattr(dir, name, OsStr::new(attr))) {
+            Ok(v) => match whiteout::OverrideStat::parse(&v) {
+                Some(o) => o.apply(&mut st),
+                None => log::debug!(
+                    "node {id}: malformed {attr} {:?}; reporting the file's own owner and mode",
+                    String::from_utf8_lossy(&v)
+                ),
+            },
+            Err(e) if e.errno() == libc::ENODATA => {}
+            Err(e) => log::debug!("node {id}: {attr}: {e}"),
+        }
+        st
     }
 
     pub fn read_only(&self) -> bool {
@@ -247,7 +297,8 @@ impl Overlay {
         // A fresh node's stat is the one lookup just took; a second name of a known inode
         // (or its index copy) is stated where its data is.
         let st = if node.aliases().len() == 1 && !node.indexed {
-            self.adjust_stat(node, st)
+            let st = self.adjust_stat(node, st);
+            self.overridden(&tree, id, st)
         } else {
             self.stat_node(&tree, id)?
         };
@@ -438,7 +489,7 @@ impl Overlay {
     fn stat_node(&self, tree: &Tree, id: u64) -> Result<Stat> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
         let st = self.stat_loc(&self.loc(tree, id)?)?;
-        Ok(self.adjust_stat(node, st))
+        Ok(self.overridden(tree, id, self.adjust_stat(node, st)))
     }
 
     /// What the mount reports for `node` from the stat of its layer object.
@@ -566,13 +617,36 @@ impl Overlay {
         guard
     }
 
-    /// Makes `id` exist in the upper layer, copying its parents first.
+    /// Makes `id` exist in the upper layer, copying its parents first, outermost first.
+    /// A loop, not a recursion: the depth is the layers' (a lower file 3,000 directories
+    /// deep once overflowed a worker's stack and aborted the daemon).
     fn copy_up(&self, tree: &mut Tree, id: u64) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut cur = id;
+        loop {
+            let node = tree.get(cur).ok_or_else(|| errno(libc::ENOENT))?;
+            if node.upper && !node.indexed {
+                break;
+            }
+            missing.push(cur);
+            match node.aliases().first() {
+                Some(&(parent, _)) => cur = parent,
+                None => break,
+            }
+        }
+        for id in missing.into_iter().rev() {
+            self.copy_up_one(tree, id)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `id` itself up; its parent is already in the upper layer.
+    fn copy_up_one(&self, tree: &mut Tree, id: u64) -> Result<()> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
         if node.upper && !node.indexed {
             return Ok(());
         }
-        let first_alias = node.aliases().first().cloned();
+        let named = !node.aliases().is_empty();
         let upper = self.upper()?;
         let work = self.work()?;
         if let Some(idx) = self.ensure_index(tree, id)? {
@@ -599,8 +673,9 @@ impl Overlay {
             self.copyups.fetch_add(1, Ordering::Release);
             return Ok(());
         }
-        let (parent, _) = first_alias.ok_or_else(|| errno(libc::ENOENT))?;
-        self.copy_up(tree, parent)?;
+        if !named {
+            return Err(errno(libc::ENOENT));
+        }
         let path = self.path(tree, id)?;
         let (ppath, name) = split(&path);
         let name = name.ok_or_else(|| errno(libc::EINVAL))?;
@@ -795,14 +870,26 @@ impl Overlay {
         } else {
             perm & (libc::S_ISUID | libc::S_ISGID)
         };
+        // Under xattr_permissions= a directory's or file's owner and mode go to its
+        // override_stat xattr (fuse-overlayfs's way), and the object keeps the daemon's.
+        let override_attr = self
+            .write_override
+            .filter(|_| fmt == libc::S_IFDIR || fmt == libc::S_IFREG);
         let at_once = !whiteout_here
+            && override_attr.is_none()
             && default_acl.is_none()
             && setid == 0
             && caller.uid == own_uid
             && gid == made_gid;
         let fd = make_object(dir, &tmp, &kind, fmt, at_once.then_some(perm))?;
         let finish = || -> Result<()> {
-            sys::fchownat(dir, &tmp, caller.uid, gid)?;
+            match override_attr {
+                Some(attr) => {
+                    let value = whiteout::OverrideStat::format(caller.uid, gid, fmt | perm);
+                    sys::setxattr(dir, &tmp, OsStr::new(attr), value.as_bytes(), 0)?;
+                }
+                None => sys::fchownat(dir, &tmp, caller.uid, gid)?,
+            }
             if let (Some(acl), true) = (&default_acl, whiteout_here) {
                 // Made in the workdir, the object inherited nothing: give it what the
                 // parent's default ACL passes on (the chmod below then narrows the access
@@ -851,7 +938,16 @@ impl Overlay {
         node.upper = true;
         // A new object is in the upper layer alone: what the mount reports follows from
         // this stat without another one.
-        let st = self.adjust_stat(&node, st);
+        let mut st = self.adjust_stat(&node, st);
+        if override_attr.is_some() {
+            whiteout::OverrideStat {
+                uid: caller.uid,
+                gid,
+                perm,
+                kind: None,
+            }
+            .apply(&mut st);
+        }
         let id = tree.insert(parent, name, node, st.st_nlink, true);
         Ok((id, st, fd))
     }
@@ -930,7 +1026,8 @@ impl Overlay {
         });
         self.remove_upper_name(pdir.as_fd(), name, dir, need_whiteout, known_present)?;
         if dir {
-            self.upper()?.forget_dirs();
+            let gone = self.path(&tree, parent)?.join(name);
+            self.upper()?.forget_dirs_under(&gone);
         }
         self.adjust_index_nlink(&tree, id, -1)?;
         tree.remove_name(parent, name);
@@ -1118,7 +1215,7 @@ impl Overlay {
                 newname,
                 sys::RENAME_EXCHANGE,
             )?;
-            self.upper()?.forget_dirs();
+            self.forget_renamed_dirs(&tree, parent, name, newparent, newname)?;
             tree.remove_name(parent, name);
             tree.remove_name(newparent, newname);
             tree.add_alias(src, newparent, newname);
@@ -1188,10 +1285,27 @@ impl Overlay {
             tree.remove_name(newparent, newname);
             forget_upper_if_gone(&mut tree, dst);
         }
-        tree.rename(parent, name, newparent, newname);
         if src_dir || dst_present {
-            self.upper()?.forget_dirs();
+            self.forget_renamed_dirs(&tree, parent, name, newparent, newname)?;
         }
+        tree.rename(parent, name, newparent, newname);
+        Ok(())
+    }
+
+    /// Drops the upper layer's cached handles of the directories a rename moved or
+    /// replaced (both names, and everything below them), keeping the rest: a rename deep
+    /// in a tree must not cost every other cached directory.
+    fn forget_renamed_dirs(
+        &self,
+        tree: &Tree,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> Result<()> {
+        let upper = self.upper()?;
+        upper.forget_dirs_under(&self.path(tree, parent)?.join(name));
+        upper.forget_dirs_under(&self.path(tree, newparent)?.join(newname));
         Ok(())
     }
 
@@ -1291,7 +1405,26 @@ impl Overlay {
                 }
             }
         }
-        if attr.uid.is_some() || attr.gid.is_some() {
+        let override_attr = match self.write_override {
+            Some(a) if attr.uid.is_some() || attr.gid.is_some() || attr.mode.is_some() => {
+                let fmt = self.stat_loc(&loc)?.st_mode & libc::S_IFMT;
+                (fmt == libc::S_IFDIR || fmt == libc::S_IFREG).then_some(a)
+            }
+            _ => None,
+        };
+        if let Some(xattr) = override_attr {
+            // xattr_permissions=: the new owner and mode are recorded, not applied.
+            let now = self.stat_node(&tree, id)?;
+            let value = whiteout::OverrideStat::format(
+                attr.uid.unwrap_or(now.st_uid),
+                attr.gid.unwrap_or(now.st_gid),
+                (now.st_mode & libc::S_IFMT)
+                    | attr.mode.map_or(now.st_mode & 0o7777, |m| m & 0o7777),
+            );
+            self.at_loc(&loc, |dir, name| {
+                sys::setxattr(dir, name, OsStr::new(xattr), value.as_bytes(), 0)
+            })?;
+        } else if attr.uid.is_some() || attr.gid.is_some() {
             let (uid, gid) = (attr.uid.unwrap_or(u32::MAX), attr.gid.unwrap_or(u32::MAX));
             self.at_loc(&loc, |dir, name| {
                 if name.is_empty() {
@@ -1301,7 +1434,7 @@ impl Overlay {
                 }
             })?;
         }
-        if let Some(mode) = attr.mode {
+        if let Some(mode) = attr.mode.filter(|_| override_attr.is_none()) {
             self.at_loc(&loc, |dir, name| {
                 if name.is_empty() {
                     sys::fchmod(dir, mode & 0o7777)
@@ -1330,7 +1463,7 @@ impl Overlay {
     // ----- xattrs -----
 
     pub fn getxattr(&self, id: u64, attr: &OsStr) -> Result<Vec<u8>> {
-        if whiteout::is_private_xattr(attr) {
+        if whiteout::is_hidden_xattr(attr) {
             return Err(errno(libc::ENODATA));
         }
         let tree = self.tree.read();
@@ -1344,7 +1477,7 @@ impl Overlay {
                 XATTRS_NONE => return Err(errno(libc::ENODATA)),
                 XATTRS_UNKNOWN => {
                     if let Ok(names) = self.at_loc(&loc, sys::listxattr) {
-                        if names.iter().all(|n| whiteout::is_private_xattr(n)) {
+                        if names.iter().all(|n| whiteout::is_hidden_xattr(n)) {
                             known.store(XATTRS_NONE, Ordering::Relaxed);
                             return Err(errno(libc::ENODATA));
                         }
@@ -1362,12 +1495,12 @@ impl Overlay {
         let names = self.at_loc(&self.loc(&tree, id)?, sys::listxattr)?;
         Ok(names
             .into_iter()
-            .filter(|n| !whiteout::is_private_xattr(n))
+            .filter(|n| !whiteout::is_hidden_xattr(n))
             .collect())
     }
 
     pub fn setxattr(&self, id: u64, attr: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        if whiteout::is_private_xattr(attr) {
+        if whiteout::is_hidden_xattr(attr) {
             return Err(errno(libc::EPERM));
         }
         self.upper()?;
@@ -1380,7 +1513,7 @@ impl Overlay {
     }
 
     pub fn removexattr(&self, id: u64, attr: &OsStr) -> Result<()> {
-        if whiteout::is_private_xattr(attr) {
+        if whiteout::is_hidden_xattr(attr) {
             return Err(errno(libc::ENODATA));
         }
         self.upper()?;
@@ -1724,4 +1857,19 @@ fn probe_xattr_ns(work: &WorkDir) -> XattrNs {
     } else {
         XattrNs::User
     }
+}
+
+/// Makes the upper layer keep owners and modes in `attr` (`xattr_permissions=`): its root
+/// gets the xattr, with its own owner and mode, if it has none yet, as fuse-overlayfs does,
+/// so any later mount of the layer (by either program) detects the mode from the root.
+fn mark_override_layer(upper: &mut Layer, attr: &'static str) -> Result<()> {
+    let dot = OsStr::new(".");
+    if sys::getxattr(upper.root(), dot, OsStr::new(attr)).is_err() {
+        let st = sys::fstat(upper.root())?;
+        let value = whiteout::OverrideStat::format(st.st_uid, st.st_gid, st.st_mode);
+        sys::setxattr(upper.root(), dot, OsStr::new(attr), value.as_bytes(), 0)
+            .map_err(|e| Error::from(e).context(format!("{attr} on {}", upper.path.display())))?;
+    }
+    upper.stat_override = Some(attr);
+    Ok(())
 }

@@ -176,6 +176,12 @@ fn disable(dev: BorrowedFd, bad_qid: u16) {
     std::mem::forget(entry);
 }
 
+/// How many queues a ring session would have (0 when that cannot be read), for sizing
+/// what else may keep descriptors.
+pub fn queue_count() -> usize {
+    possible_cpus().unwrap_or(0)
+}
+
 /// The CPUs the kernel may run a caller on: one queue each (`/sys/devices/system/cpu/possible`,
 /// "0-3" or "0,2-5").
 fn possible_cpus() -> std::io::Result<usize> {
@@ -647,6 +653,34 @@ const FATTR_MTIME_NOW: u32 = 1 << 8;
 const FUSE_GETATTR_FH: u32 = 1;
 const FUSE_FSYNC_FDATASYNC: u32 = 1;
 
+/// The request's name, for the log line of a request that panicked.
+fn opcode_name(opcode: u32) -> &'static str {
+    match opcode {
+        LOOKUP => "LOOKUP",
+        GETATTR => "GETATTR",
+        SETATTR => "SETATTR",
+        READLINK => "READLINK",
+        SYMLINK => "SYMLINK",
+        MKNOD => "MKNOD",
+        MKDIR => "MKDIR",
+        UNLINK => "UNLINK",
+        RMDIR => "RMDIR",
+        RENAME | RENAME2 => "RENAME",
+        LINK => "LINK",
+        OPEN => "OPEN",
+        READ => "READ",
+        WRITE => "WRITE",
+        CREATE => "CREATE",
+        SETXATTR => "SETXATTR",
+        GETXATTR => "GETXATTR",
+        LISTXATTR => "LISTXATTR",
+        REMOVEXATTR => "REMOVEXATTR",
+        READDIR => "READDIR",
+        READDIRPLUS => "READDIRPLUS",
+        _ => "FUSE",
+    }
+}
+
 /// Requests the kernel may send on behalf of no particular user (writeback, release);
 /// fuser lets these through its allow_root check too.
 fn uid_free(opcode: u32) -> bool {
@@ -664,27 +698,31 @@ fn serve(server: &Server, slot: &mut EntryBuffers, scratch: &mut Vec<u8>) -> u64
     let commit_id = u64_at(header, ENT_COMMIT_ID);
     let payload_len = (u32_at(header, ENT_PAYLOAD_SZ) as usize).min(slot.payload.len());
     scratch.clear();
-    let result = if opcode == READ {
-        read(server, header, &mut slot.payload)
-    } else {
-        let r = answer(
-            server,
-            header,
-            &slot.payload[..payload_len],
-            opcode,
-            &mut Out(scratch),
-        );
-        // Replies are bounded by what the request allowed (readdir and xattr sizes), which
-        // the kernel keeps within the payload buffer; anything larger is refused, not cut.
-        match (r, slot.payload.get_mut(..scratch.len())) {
-            (Ok(()), Some(body)) => {
-                body.copy_from_slice(scratch);
-                Ok(scratch.len())
+    let result = ops::guarded(opcode_name(opcode), || {
+        if opcode == READ {
+            read(server, header, &mut slot.payload)
+        } else {
+            let r = answer(
+                server,
+                header,
+                &slot.payload[..payload_len],
+                opcode,
+                &mut Out(scratch),
+            );
+            // Replies are bounded by what the request allowed (readdir and xattr sizes),
+            // which the kernel keeps within the payload buffer; anything larger is
+            // refused, not cut.
+            match (r, slot.payload.get_mut(..scratch.len())) {
+                (Ok(()), Some(body)) => {
+                    body.copy_from_slice(scratch);
+                    Ok(scratch.len())
+                }
+                (Ok(()), None) => Err(libc::ERANGE),
+                (Err(e), _) => Err(e),
             }
-            (Ok(()), None) => Err(libc::ERANGE),
-            (Err(e), _) => Err(e),
         }
-    };
+    })
+    .unwrap_or(Err(libc::EIO));
     let (error, body) = match result {
         Ok(n) => (0, n),
         Err(e) => (-e, 0),

@@ -404,8 +404,8 @@ fn id_mapped_acl_entries_are_translated() {
     lchown(s.l(0, "later"), 100000, 100000).unwrap();
     let m = s.mount_layerfs(
         &[
-            "uidmapping=0:100000:65536",
-            "gidmapping=0:100000:65536",
+            "uidmapping=100000:0:65536",
+            "gidmapping=100000:0:65536",
             "allow_other",
         ],
         true,

@@ -241,3 +241,137 @@ podman rm c1 >/dev/null
         "no read-only mount without upperdir:\n{log}"
     );
 }
+
+/// One podman set-up of the test user under `dir` whose overlay mount program is
+/// `program` (through a wrapper that logs its command lines to `NAME-mount-program.log`):
+/// its own storage, runtime dir and HOME. Returns the environment to run podman with.
+fn podman_setup(
+    dir: &UserDir,
+    user: &TestUser,
+    program: &Path,
+    name: &str,
+) -> Vec<(String, String)> {
+    let d = dir.path().display().to_string();
+    let wrapper = dir.p(&format!("{name}-mount-program"));
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {d}/{name}-mount-program.log\nexec {} \"$@\"\n",
+            program.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(
+        dir.p(&format!("{name}-storage.conf")),
+        format!(
+            "[storage]\ndriver = \"overlay\"\nrunroot = \"{d}/{name}-run\"\n\
+             graphroot = \"{d}/{name}-graph\"\n\
+             [storage.options.overlay]\nmount_program = \"{}\"\n",
+            wrapper.display()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.p("containers.conf"),
+        "[containers]\nnetns = \"none\"\n[engine]\nruntime = \"runc\"\n\
+         cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+    )
+    .unwrap();
+    for sub in ["xdg", "home"] {
+        let p = dir.p(&format!("{name}-{sub}"));
+        fs::create_dir(&p).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    chown_tree(dir.path(), user.uid, user.gid);
+    vec![
+        ("HOME".into(), format!("{d}/{name}-home")),
+        ("XDG_RUNTIME_DIR".into(), format!("{d}/{name}-xdg")),
+        (
+            "CONTAINERS_STORAGE_CONF".into(),
+            format!("{d}/{name}-storage.conf"),
+        ),
+        ("CONTAINERS_CONF".into(), format!("{d}/containers.conf")),
+    ]
+}
+
+/// `podman run --uidmap 0:1:1000 --gidmap 0:1:1000` on layerfs and on fuse-overlayfs:
+/// containers-storage then passes `uidmapping=`/`gidmapping=` (ContainerID:HostID:Size) to
+/// its mount program, which must show the image's files owned by the container's root
+/// and map the ids of files created and chowned in the container back. The container
+/// sees the same owners on both, and the owners podman expects; the upper layers hold
+/// the same on-disk owners. (Before: layerfs refused podman's `uidmapping=:0:1:1000`,
+/// whose leading colon fuse-overlayfs skips, and mapped the other way.)
+#[test]
+fn podman_uidmap_owners_match_fuse_overlayfs() {
+    require_tool("podman", "podman");
+    require_tool("runc", "runc");
+    require_tool("fuse-overlayfs", "fuse-overlayfs");
+    let user = fuse_user();
+    let dir = UserDir::new(&user);
+    let d = dir.path().display().to_string();
+    busybox_tar(dir.path(), &dir.p("bb.tar"));
+    let mut outputs = Vec::new();
+    for (name, program) in [
+        ("layerfs", bin_dir().join("layerfs")),
+        ("fuse-overlayfs", PathBuf::from("/usr/bin/fuse-overlayfs")),
+    ] {
+        let env = podman_setup(&dir, &user, &program, name);
+        let _pause = PodmanPauseGuard {
+            xdg_runtime_dir: dir.p(&format!("{name}-xdg")),
+            uid: user.uid,
+        };
+        let script = format!(
+            r##"D={d}
+podman import $D/bb.tar localhost/bb:1 >/dev/null 2>&1
+podman run --name c1 --uidmap 0:1:1000 --gidmap 0:1:1000 localhost/bb:1 sh -c '
+    set -e
+    echo new > /new
+    mkdir /d && chown 5:6 /d
+    echo more >> /etc/motd
+    chown 7:8 /etc/motd
+    stat -c "%n %u:%g %a" / /bin /bin/sh /etc /etc/motd /new /d /home/app /tmp'
+podman unshare sh -euc '
+    m=$(podman mount c1)
+    cd $m/../diff
+    stat -c "upper %n %u:%g" new d etc/motd'
+podman rm c1 >/dev/null
+"##
+        );
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let result = run_as_user(&user, &script, &env);
+        let log =
+            fs::read_to_string(dir.p(&format!("{name}-mount-program.log"))).unwrap_or_default();
+        assert!(
+            result.status.success(),
+            "{name}: podman --uidmap failed ({}):\n--- stdout\n{}--- stderr\n{}--- mount program log\n{log}",
+            result.status,
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        );
+        assert!(
+            log.contains("uidmapping=:0:1:1000") && log.contains("gidmapping=:0:1:1000"),
+            "{name}: podman passed no id mapping to the mount program:\n{log}"
+        );
+        outputs.push(String::from_utf8_lossy(&result.stdout).into_owned());
+    }
+    assert_eq!(outputs[0], outputs[1], "layerfs and fuse-overlayfs differ");
+    let out = &outputs[0];
+    for line in [
+        "/ 0:0 ",
+        "/bin/sh 0:0 ",
+        "/etc/motd 7:8 ",
+        "/new 0:0 ",
+        "/d 5:6 ",
+        "/home/app 0:0 ",
+        // On disk, as podman's user namespace sees its storage: container id N is N.
+        "upper new 0:0",
+        "upper d 5:6",
+        "upper etc/motd 7:8",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(line)),
+            "the container does not see {line:?}:\n{out}"
+        );
+    }
+}

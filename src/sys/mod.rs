@@ -42,8 +42,39 @@ fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
 const RESOLVE_INSIDE: u64 =
     libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
 
+/// What frees descriptors when an open fails for want of them (the layers' cached
+/// directory handles, `layer.rs`).
+static FD_RELIEF: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what to call when an open fails with EMFILE or ENFILE; the open is then retried
+/// once. The first call wins.
+pub fn set_fd_relief(relief: fn()) {
+    let _ = FD_RELIEF.set(relief);
+}
+
+/// `open()`, and once more after relief when it failed for want of descriptors: a full fd
+/// table must cost cached handles, never the request.
+fn with_fd_relief(mut open: impl FnMut() -> io::Result<OwnedFd>) -> io::Result<OwnedFd> {
+    match open() {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            match FD_RELIEF.get() {
+                Some(relief) => {
+                    relief();
+                    open()
+                }
+                None => Err(e),
+            }
+        }
+        r => r,
+    }
+}
+
 /// `openat2(dir, path, flags, mode)` confined to `dir`.
 pub fn openat_beneath(dir: BorrowedFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    with_fd_relief(|| openat_beneath_once(dir, path, flags, mode))
+}
+
+fn openat_beneath_once(dir: BorrowedFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let path = if path.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -88,11 +119,14 @@ pub fn openat_beneath(dir: BorrowedFd, path: &Path, flags: i32, mode: u32) -> io
 /// unless the caller leaves out O_NOFOLLOW on purpose.
 pub fn openat(dir: BorrowedFd, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let c = cstr(name)?;
-    // SAFETY: valid C string; the returned fd is fresh.
-    let fd =
-        check(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
-    // SAFETY: the kernel just returned this fd to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    with_fd_relief(|| {
+        // SAFETY: valid C string; the returned fd is fresh.
+        let fd = check(unsafe {
+            libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode)
+        })?;
+        // SAFETY: the kernel just returned this fd to us.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    })
 }
 
 pub fn fstatat(dir: BorrowedFd, name: &OsStr) -> io::Result<Stat> {
@@ -741,11 +775,14 @@ pub fn ficlone(dst: BorrowedFd, src: BorrowedFd) -> io::Result<()> {
 /// Reopens an O_PATH fd with real access `flags` (through /proc, as the kernel allows).
 pub fn reopen(fd: BorrowedFd, flags: i32) -> io::Result<OwnedFd> {
     let p = proc_path(fd, OsStr::new(""))?;
-    // SAFETY: valid C string; the returned fd is fresh.
-    let r =
-        check(unsafe { libc::open(p.as_ptr(), (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW, 0) })?;
-    // SAFETY: the kernel just returned this fd to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+    with_fd_relief(|| {
+        // SAFETY: valid C string; the returned fd is fresh.
+        let r = check(unsafe {
+            libc::open(p.as_ptr(), (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW, 0)
+        })?;
+        // SAFETY: the kernel just returned this fd to us.
+        Ok(unsafe { OwnedFd::from_raw_fd(r) })
+    })
 }
 
 pub fn makedev(major: u32, minor: u32) -> u64 {

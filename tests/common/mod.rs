@@ -158,6 +158,12 @@ impl Stack {
     }
 
     pub fn mount_layerfs(&self, opts: &[&str], with_upper: bool) -> Mount {
+        self.mount_program(&layerfs_bin(), opts, with_upper)
+    }
+
+    /// Mount with any fuse-overlayfs compatible program (`/usr/bin/fuse-overlayfs` for the
+    /// tests that compare the two).
+    pub fn mount_program(&self, bin: &Path, opts: &[&str], with_upper: bool) -> Mount {
         let mut o = format!("lowerdir={}", self.lowerdir());
         if with_upper {
             o += &format!(
@@ -170,8 +176,7 @@ impl Stack {
             o += ",";
             o += x;
         }
-        let bin = layerfs_bin();
-        let out = Command::new(&bin)
+        let out = Command::new(bin)
             .arg("-o")
             .arg(&o)
             .arg(&self.mnt)
