@@ -496,8 +496,10 @@ fn run_in(
 
     let extra_opts: Vec<String> = match idmap {
         Some(((u, n), (g, m))) => vec![
-            format!("uidmapping={u}:0:{n}"),
-            format!("gidmapping={g}:0:{m}"),
+            // fuse-overlayfs's meaning: on-disk id 0 (the image's) is shown as host id
+            // `u` (the container's root), and back for what the container writes.
+            format!("uidmapping=0:{u}:{n}"),
+            format!("gidmapping=0:{g}:{m}"),
         ],
         None => Vec::new(),
     };

@@ -214,10 +214,9 @@ fn every_naming_command_checks_before_writing() {
     env.fails(
         &[
             "run",
-            "base:1",
             "--commit",
             "Bad",
-            "--",
+            "base:1",
             "/bin/sh",
             "-c",
             &format!("echo > {}", marker.display()),
