@@ -848,3 +848,89 @@ fn random_tar_streams_match_gnu_tar_and_never_leave_the_layer() {
     }
     eprintln!("{seeds} streams, {refused_beneath} with an entry beneath a symlink (refused)");
 }
+
+fn entry(path: &str, kind: Kind, mode: u32) -> Entry {
+    Entry {
+        path: path.to_string(),
+        kind,
+        mode,
+        uid: 1234,
+        gid: 5678,
+        mtime: 1_000_000,
+        xattr: Some(("user.k".to_string(), b"v".to_vec())),
+    }
+}
+
+/// The streams that changed files outside the store or came out wrong before the confined
+/// writer, each checked by both oracles (GNU tar, the canary).
+#[test]
+fn replaced_entries_never_carry_queued_metadata_elsewhere() {
+    let env = Env::new();
+    let base = env.path("base");
+    make_base(&base);
+    let canary = env.dir.path().join("canary");
+    fs::create_dir_all(canary.join("sub")).unwrap();
+    fs::write(canary.join("file"), "canary").unwrap();
+    let out = canary.display().to_string();
+    let cases: Vec<(&str, Vec<Entry>)> = vec![
+        (
+            "a directory replaced by a symlink to a host path",
+            vec![
+                entry("d", Kind::Dir, 0o4755),
+                entry("d", Kind::Symlink(out.clone()), 0o777),
+            ],
+        ),
+        (
+            "a directory replaced by a symlink, then an entry below it",
+            vec![
+                entry("d", Kind::Dir, 0o755),
+                entry("d", Kind::Symlink(out.clone()), 0o777),
+                entry("d/file", Kind::File(b"x".to_vec()), 0o4755),
+            ],
+        ),
+        (
+            "a directory replaced by a regular file keeps the file's own mode",
+            vec![
+                entry("d", Kind::Dir, 0o4755),
+                entry("d", Kind::File(b"x".to_vec()), 0o644),
+            ],
+        ),
+        (
+            "a hard link replacing a directory does not chmod the link's target",
+            vec![
+                entry("t", Kind::File(b"x".to_vec()), 0o600),
+                entry("d", Kind::Dir, 0o4755),
+                entry("d", Kind::Hard("t".into()), 0o777),
+            ],
+        ),
+        (
+            "a directory tree replaced by a file",
+            vec![
+                entry("d", Kind::Dir, 0o755),
+                entry("d/e", Kind::Dir, 0o700),
+                entry("d/e/f", Kind::File(b"x".to_vec()), 0o644),
+                entry("d", Kind::File(b"y".to_vec()), 0o640),
+            ],
+        ),
+        (
+            "a whiteout then an entry below its name",
+            vec![
+                entry("a", Kind::Whiteout, 0o644),
+                entry("a/b/c", Kind::File(b"x".to_vec()), 0o644),
+            ],
+        ),
+        (
+            "a whiteout for a path whose parent does not exist",
+            vec![entry("x/y/z", Kind::Whiteout, 0o644)],
+        ),
+        (
+            "a root-level opaque marker",
+            vec![entry("", Kind::Opaque, 0o644)],
+        ),
+    ];
+    for (what, stream) in cases {
+        if let Err(e) = run_case(&env, &base, &canary, &stream, "case") {
+            panic!("{what}: {e}\n{}", show(&stream));
+        }
+    }
+}

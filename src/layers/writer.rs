@@ -601,6 +601,11 @@ impl LayerWriter {
                 .map_err(|e| os(path, "chmod", e))?;
         }
         for (attr, value) in &meta.xattrs {
+            // Linux allows no `user.*` xattr on a symlink: like GNU tar, it is dropped
+            // (it cannot be stored in any layer).
+            if symlink && attr.as_bytes().starts_with(b"user.") {
+                continue;
+            }
             self.set_xattr(path, parent, name, attr, value)?;
         }
         sys::utimensat(parent, name, &meta.times()).map_err(|e| os(path, "setting times", e))
