@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
-use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Seek};
 use std::os::fd::{AsFd, OwnedFd};
@@ -27,6 +26,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::err;
+use layerfs::layers::writer::{LayerPath, LayerWriter, Meta};
 use crate::error::{Context, Result};
 use crate::extract;
 use crate::image::ImageConfig;
@@ -568,6 +568,7 @@ fn unpack_archive(
     };
     let mut counted = oci::HashingReader::new(inner, *budget);
     let mut links = HashMap::new();
+    let mut w = LayerWriter::open(root).ctx(|| format!("opening {}", root.display()))?;
     {
         let mut ar = tar::Archive::new(&mut counted);
         let entries = ar
@@ -607,23 +608,23 @@ fn unpack_archive(
                     *budget
                 ));
             }
-            let mut p = root.to_path_buf();
-            for c in &comps {
-                p.push(OsString::from_vec(c.clone()));
-            }
+            // Written through the confined writer like any layer: nothing below a symlink
+            // (none is ever made here), nothing outside `root`.
+            let path = LayerPath::parse(&raw)
+                .map_err(|why| err!("refusing archive member {name} in {shown}: {why}"))?;
+            let meta = |mode| Meta {
+                mode,
+                uid: layerfs::sys::process::geteuid(),
+                gid: layerfs::sys::process::getegid(),
+                ..Meta::default()
+            };
+            let refused = |e: layerfs::layers::writer::Refused| {
+                err!("refusing archive member {name} in {shown}: {}", e.why)
+            };
             match e.header().entry_type() {
-                tar::EntryType::Directory => {
-                    fs::create_dir_all(&p).ctx(|| format!("archive member {name}"))?
-                }
+                tar::EntryType::Directory => w.mkdir(&path, meta(0o755)).map_err(refused)?,
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    if let Some(parent) = p.parent() {
-                        fs::create_dir_all(parent).ctx(|| format!("archive member {name}"))?;
-                    }
-                    // Directories are created here only from names already cleaned of
-                    // `..`, and no symlink is ever created, so nothing resolves outside.
-                    let mut f =
-                        fs::File::create(&p).ctx(|| format!("archive member {name}"))?;
-                    io::copy(&mut e, &mut f).ctx(|| format!("archive member {name}: reading"))?;
+                    w.file(&path, &meta(0o644), &mut e).map_err(refused)?;
                 }
                 tar::EntryType::Symlink => {
                     let t = e
@@ -648,6 +649,8 @@ fn unpack_archive(
             }
         }
     }
+    w.finish()
+        .map_err(|e| err!("unpacking {shown}: {e}"))?;
     *budget = budget.saturating_sub(counted.count);
     Ok(links)
 }
