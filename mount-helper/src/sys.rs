@@ -275,3 +275,27 @@ pub fn kill(pid: i32, sig: libc::c_int) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// The device (major, minor) of the file `path` names, from the attributes the kernel
+/// already has (`AT_STATX_DONT_SYNC`): a FUSE file system is not asked, so a hung daemon
+/// of some other mount cannot block the caller. Used on /proc/PID/{cwd,root,fd/N}, whose
+/// magic links lead straight to the open file, whatever mount namespace holds it.
+pub fn dev_of_cached(path: &Path) -> io::Result<(u32, u32)> {
+    let p = cpath(path)?;
+    // SAFETY: statx is plain data; all-zero is a valid value for it to overwrite.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is a NUL-terminated path that outlives the call; `stx` is writable.
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE,
+            &mut stx,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((stx.stx_dev_major, stx.stx_dev_minor))
+}
