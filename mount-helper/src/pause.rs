@@ -44,6 +44,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{BufRead, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -62,8 +63,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Scans before giving up on processes that keep forking new ones.
 const MAX_ROUNDS: usize = 64;
 
-/// Processes this layerctl stopped, in the order it stopped them.
-static STOPPED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// Processes this layerctl stopped, in the order it stopped them, each with a pidfd so
+/// that the SIGCONT reaches that very process.
+static STOPPED: Mutex<Vec<(i32, OwnedFd)>> = Mutex::new(Vec::new());
 
 /// The processes of a mount, stopped; continued on drop.
 pub struct Paused {
@@ -91,12 +93,12 @@ impl Drop for Paused {
 
 /// Continues every process this layerctl stopped, the last stopped first.
 fn resume_all() {
-    let pids: Vec<i32> = match STOPPED.lock() {
+    let held: Vec<(i32, OwnedFd)> = match STOPPED.lock() {
         Ok(mut s) => std::mem::take(&mut *s),
         Err(p) => std::mem::take(&mut *p.into_inner()),
     };
-    for &pid in pids.iter().rev() {
-        let _ = sys::kill(pid, libc::SIGCONT);
+    for (_, fd) in held.iter().rev() {
+        let _ = sys::pidfd_signal(fd.as_fd(), libc::SIGCONT);
     }
 }
 
@@ -170,7 +172,10 @@ fn uses_mount(pid: i32, dev: (u32, u32)) -> Use {
             uses = maps.lines().any(|l| {
                 let d = l.split_whitespace().nth(3).and_then(|d| d.split_once(':'));
                 d.and_then(|(a, b)| {
-                    Some((u32::from_str_radix(a, 16).ok()?, u32::from_str_radix(b, 16).ok()?))
+                    Some((
+                        u32::from_str_radix(a, 16).ok()?,
+                        u32::from_str_radix(b, 16).ok()?,
+                    ))
                 }) == Some(dev)
             });
         }
@@ -305,7 +310,17 @@ pub fn pause_mount(mountpoint: &Path, what: &str) -> Result<Paused> {
                 level.push(by_depth[i].1);
                 i += 1;
             }
+            let mut level_held = Vec::new();
             for &pid in &level {
+                // The pidfd first, then the check again: if the number was reused since
+                // the scan, the new process fails the check (it does not use the mount)
+                // or the old one is gone and the signal finds nothing.
+                let Ok(fd) = sys::pidfd_open(pid) else {
+                    continue;
+                };
+                if uses_mount(pid, dev) != Use::Uses {
+                    continue;
+                }
                 // The watchdog learns the pid first: a layerctl killed right after the
                 // stop still gets it continued.
                 if let Some((_, stdin)) = paused.watchdog.as_mut() {
@@ -316,12 +331,16 @@ pub fn pause_mount(mountpoint: &Path, what: &str) -> Result<Paused> {
                             err!("pausing container {what}: the pause watchdog is gone ({e}); commit with --no-pause to skip pausing")
                         })?;
                 }
-                if let Ok(mut s) = STOPPED.lock() {
-                    s.push(pid);
+                let sent = sys::pidfd_signal(fd.as_fd(), libc::SIGSTOP);
+                if sent.is_ok() {
+                    if let Ok(mut s) = STOPPED.lock() {
+                        s.push((pid, fd));
+                    }
                 }
-                match sys::kill(pid, libc::SIGSTOP) {
+                match sent {
                     Ok(()) => {
                         held.insert(pid);
+                        level_held.push(pid);
                         paused.count += 1;
                     }
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
@@ -335,7 +354,7 @@ pub fn pause_mount(mountpoint: &Path, what: &str) -> Result<Paused> {
                 }
             }
             let start = Instant::now();
-            while let Some(&late) = level.iter().find(|&&p| !all_threads_stopped(p)) {
+            while let Some(&late) = level_held.iter().find(|&&p| !all_threads_stopped(p)) {
                 if start.elapsed() > STOP_TIMEOUT {
                     return Err(err!(
                         "pausing container {what}: process {late} ({}) did not stop within {}s (blocked in the kernel?); commit with --no-pause to skip pausing",

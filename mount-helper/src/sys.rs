@@ -299,3 +299,35 @@ pub fn dev_of_cached(path: &Path) -> io::Result<(u32, u32)> {
     }
     Ok((stx.stx_dev_major, stx.stx_dev_minor))
 }
+
+/// A descriptor that names process `pid` for good: signals sent through it can never
+/// reach a later process that reuses the number (pid_max may be as low as 32768).
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nobody else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
+}
+
+/// Sends `sig` to the process `fd` names (ESRCH once it has exited).
+pub fn pidfd_signal(fd: std::os::fd::BorrowedFd, sig: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
