@@ -99,6 +99,10 @@ enum Cmd {
         /// Config change: 'CMD ...', 'ENTRYPOINT ...', 'ENV K=V', 'WORKDIR /p', 'USER u'
         #[arg(short, long)]
         change: Vec<String>,
+        /// Do not pause the processes using the mount while the changes are read (the
+        /// image may then mix moments of a container that is writing)
+        #[arg(long)]
+        no_pause: bool,
     },
     /// Remove an image name (and the image once unnamed); an id with several names needs --force
     Rmi {
@@ -577,13 +581,15 @@ fn run(cli: Cli) -> Result<i32> {
             message,
             created_by,
             change,
+            no_pause,
         } => {
             let opts = CommitOptions {
                 message: message.as_deref(),
                 created_by: created_by.as_deref(),
                 changes: &change,
             };
-            let (r, id, diff_id, fresh) = container::commit(&store, &name, &image, &opts)?;
+            let (r, id, diff_id, fresh) =
+                container::commit_paused(&store, &name, &image, &opts, !no_pause)?;
             eprintln!(
                 "committed {name} as {r} (layer {}{})",
                 short(&diff_id),

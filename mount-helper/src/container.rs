@@ -265,12 +265,25 @@ pub struct CommitOptions<'a> {
     pub changes: &'a [String],
 }
 
-/// `layerctl commit NAME NEWIMAGE[:TAG]`. Returns (ref, image id, diff_id, new layer?).
+/// `layerctl commit NAME NEWIMAGE[:TAG]`, pausing the container's processes while its
+/// upper directory is read. Returns (ref, image id, diff_id, new layer?).
 pub fn commit(
     store: &Store,
     name: &str,
     new_ref: &str,
     opts: &CommitOptions,
+) -> Result<(String, String, String, bool)> {
+    commit_paused(store, name, new_ref, opts, true)
+}
+
+/// [`commit`]; with `pause` false (`--no-pause`) the container's processes keep running
+/// while the upper is read, so the image may mix moments of the container.
+pub fn commit_paused(
+    store: &Store,
+    name: &str,
+    new_ref: &str,
+    opts: &CommitOptions,
+    pause: bool,
 ) -> Result<(String, String, String, bool)> {
     parse_ref(new_ref)?;
     let c = store.read_container(name)?;
@@ -281,6 +294,7 @@ pub fn commit(
     }
     let lowers = lower_view(store, &c.image_config)?;
     let _lock = store.lock()?;
+    let mut paused = None;
     if let Some(mp) = &c.mountpoint {
         if mount::is_stale(mp) {
             return Err(err!(
@@ -289,6 +303,10 @@ pub fn commit(
             ));
         }
         if mount::mount_fstype(mp)?.is_some() {
+            // Stopped before the flush, so that what they wrote last is flushed too.
+            if pause && !c.read_only {
+                paused = Some(crate::pause::pause_mount(mp, name)?);
+            }
             mount::flush(mp)?;
         }
     }
@@ -303,6 +321,8 @@ pub fn commit(
         &out,
     );
     pb.finish_and_clear();
+    // The layer is in `out` now: the container runs on while it is hashed and stored.
+    drop(paused);
     if let Err(e) = res {
         let _ = crate::copytree::remove_any(&tmp);
         return Err(e);

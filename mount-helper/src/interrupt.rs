@@ -101,6 +101,8 @@ pub fn register_prefixed(dir: &Path, prefix: &str) -> Registered {
 }
 
 fn clean_all() {
+    // Processes a commit paused run again before anything else happens.
+    crate::pause::resume_after_interrupt();
     // The main thread may be holding the lock mid-push; the paths matter more than it.
     let list: Vec<PathBuf> = match REGISTRY.lock() {
         Ok(r) => expand(&r),

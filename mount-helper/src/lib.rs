@@ -17,6 +17,7 @@ pub mod load;
 pub mod lowerview;
 pub mod mount;
 pub mod oci;
+pub mod pause;
 pub mod progress;
 pub mod run;
 pub mod save;

@@ -275,3 +275,59 @@ pub fn kill(pid: i32, sig: libc::c_int) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// The device (major, minor) of the file `path` names, from the attributes the kernel
+/// already has (`AT_STATX_DONT_SYNC`): a FUSE file system is not asked, so a hung daemon
+/// of some other mount cannot block the caller. Used on /proc/PID/{cwd,root,fd/N}, whose
+/// magic links lead straight to the open file, whatever mount namespace holds it.
+pub fn dev_of_cached(path: &Path) -> io::Result<(u32, u32)> {
+    let p = cpath(path)?;
+    // SAFETY: statx is plain data; all-zero is a valid value for it to overwrite.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is a NUL-terminated path that outlives the call; `stx` is writable.
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE,
+            &mut stx,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((stx.stx_dev_major, stx.stx_dev_minor))
+}
+
+/// A descriptor that names process `pid` for good: signals sent through it can never
+/// reach a later process that reuses the number (pid_max may be as low as 32768).
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nobody else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
+}
+
+/// Sends `sig` to the process `fd` names (ESRCH once it has exited).
+pub fn pidfd_signal(fd: std::os::fd::BorrowedFd, sig: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
