@@ -26,7 +26,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::err;
-use layerfs::layers::writer::{LayerPath, LayerWriter, Meta};
 use crate::error::{Context, Result};
 use crate::extract;
 use crate::image::ImageConfig;
@@ -35,6 +34,7 @@ use crate::oci::{self, Descriptor, DockerEntry, Index, Manifest};
 use crate::progress;
 use crate::store::{parse_ref, Store};
 use crate::tarfile;
+use layerfs::layers::writer::{LayerPath, LayerWriter, Meta};
 use layerfs::sys;
 
 /// The most layerctl reads of one image record (oci-layout, index, manifest, config,
@@ -649,8 +649,7 @@ fn unpack_archive(
             }
         }
     }
-    w.finish()
-        .map_err(|e| err!("unpacking {shown}: {e}"))?;
+    w.finish().map_err(|e| err!("unpacking {shown}: {e}"))?;
     *budget = budget.saturating_sub(counted.count);
     Ok(links)
 }
