@@ -6,20 +6,15 @@
 
 pub mod acl;
 pub mod config;
-pub mod copy_up;
 pub mod daemon;
 pub mod error;
 pub mod fs;
-pub mod handles;
 pub mod idmap;
-pub mod inode;
 pub mod layer;
 pub mod layers;
 pub mod ops;
 pub mod overlay;
 pub mod passthrough;
-pub mod readahead;
-pub mod readdir;
 pub mod ring;
 pub mod stack;
 pub mod sys;

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use crate::acl;
 use crate::idmap::{self, IdMap};
+use crate::overlay::readdir::Listing;
 use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
 use crate::passthrough::{Mode, Passthrough};
-use crate::readdir::Listing;
 use crate::sys::{self, Stat};
 use crate::{Config, Error, Result};
 

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::inode::{compose_ino, LowerRef};
 use crate::layer::{is_dir, Layer};
 use crate::layers::redirect::{self, Invalid, Place, Probe, Redirect};
+use crate::overlay::nodes::{compose_ino, LowerRef};
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, Encoding, XattrNs};
 

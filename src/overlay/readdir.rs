@@ -22,7 +22,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::inode::LowerRef;
+use crate::overlay::nodes::LowerRef;
 use crate::stack::Stack;
 
 #[derive(Debug, Clone)]

@@ -7,6 +7,12 @@
 //! exclusive, so a copy-up and a rename can never interleave. Data reads and writes on open
 //! handles take no lock at all.
 
+pub mod copy_up;
+pub mod handles;
+pub mod nodes;
+pub mod readahead;
+pub mod readdir;
+
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -16,18 +22,18 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::acl;
-use crate::config::{Config, WhiteoutMode};
-use crate::copy_up::{self, WorkDir};
-use crate::error::{Context, Error, Result};
-use crate::handles::{Handles, OpenFile};
-use crate::inode::{
+use self::copy_up::WorkDir;
+use self::handles::{Handles, OpenFile};
+use self::nodes::{
     index_name, LowerRef, Node, Tree, ROOT, XATTRS_NONE, XATTRS_SOME, XATTRS_UNKNOWN,
 };
+use self::readahead::ReadAhead;
+use self::readdir::{DirEntry, Listing, Listings};
+use crate::acl;
+use crate::config::{Config, WhiteoutMode};
+use crate::error::{Context, Error, Result};
 use crate::layer::{split, Layer};
 use crate::layers::redirect::{self, Redirect};
-use crate::readahead::ReadAhead;
-use crate::readdir::{self, DirEntry, Listing, Listings};
 use crate::stack::{Found, Stack};
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, Encoding, XattrNs};
