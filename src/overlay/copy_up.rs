@@ -2,13 +2,21 @@
 //! change. The copy is prepared under workdir and renamed into place, so neither a reader
 //! nor a crash ever sees a half-copied file. Data (with its holes), mode, owner, times and
 //! xattrs are kept; the overlay's own xattrs are not copied.
+//!
+//! One place decides what a copy-up needs (the policy: which node, whether it goes through
+//! the workdir index because its lower inode has several links) and does it (the data).
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use super::dir::{remove_contents, remove_tree};
+use super::nodes::{index_name, LowerRef, Tree};
+use super::{errno, Overlay};
 use crate::acl;
 use crate::error::{Context, Error, Result};
+use crate::layer::split;
 use crate::sys::{self, Stat};
 use crate::whiteout;
 
@@ -330,66 +338,269 @@ pub fn copy_xattrs(sdir: BorrowedFd, sname: &OsStr, ddir: BorrowedFd, dname: &Os
     Ok(())
 }
 
-/// Removes everything inside the directory `dir` (not `dir` itself).
-///
-/// A loop, not a recursion, holding one directory handle at a time: it goes down into a
-/// subdirectory by name and back up through "..", so neither the stack nor the fd table
-/// grows with the depth of the tree (what is removed is a crashed copy in `work/work` or
-/// the whiteouts of an emptied directory, whose depth the layers decide). The names on the
-/// way down are kept to remove each directory once it is empty.
-pub fn remove_contents(dir: BorrowedFd) -> std::io::Result<()> {
-    let path_flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-    let mut cur = sys::openat(dir, OsStr::new("."), path_flags, 0)?;
-    let mut down: Vec<OsString> = Vec::new();
-    loop {
-        let listed = sys::openat(
-            cur.as_fd(),
-            OsStr::new("."),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )?;
-        let mut sub = None;
-        for (name, dtype, _) in sys::read_dir(listed.as_fd())? {
-            if dtype != libc::DT_DIR {
-                match sys::unlinkat(cur.as_fd(), &name, false) {
-                    Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
-                    r => {
-                        r?;
-                        continue;
-                    }
-                }
-            }
-            sub = Some(name);
-            break;
+/// A lower file's copy in the workdir, made without the namespace lock.
+pub(super) struct Prepared {
+    /// Its temporary name in the workdir.
+    tmp: OsString,
+    /// The lower file it copies: used only while the node still has that lower place.
+    from: LowerRef,
+}
+
+/// Removes a prepared copy its operation did not use (it failed, or someone else copied
+/// the node up first).
+pub struct PreparedCopy<'a> {
+    overlay: &'a Overlay,
+    id: Option<u64>,
+}
+
+impl Drop for PreparedCopy<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.id else { return };
+        let left = self.overlay.prepared.lock().remove(&id);
+        if let (Some(p), Some(work)) = (left, self.overlay.work.as_ref()) {
+            let _ = remove_tree(work.temp(), &p.tmp);
         }
-        if let Some(name) = sub {
-            cur = sys::openat(cur.as_fd(), &name, path_flags, 0)?;
-            down.push(name);
-            continue;
-        }
-        let Some(name) = down.pop() else {
-            return Ok(());
-        };
-        let parent = sys::openat(cur.as_fd(), OsStr::new(".."), path_flags, 0)?;
-        drop(cur);
-        sys::unlinkat(parent.as_fd(), &name, true)?;
-        cur = parent;
     }
 }
 
-/// Removes `name` in `dir`, recursively when it is a directory.
-pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> std::io::Result<()> {
-    match sys::unlinkat(dir, name, false) {
-        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-            let sub = sys::openat(
-                dir,
-                name,
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )?;
-            remove_contents(sub.as_fd())?;
-            sys::unlinkat(dir, name, true)
+impl Overlay {
+    /// A lower place's directory, its name there, and what it is.
+    pub(super) fn lower_entry<'p>(
+        &self,
+        lower: &'p LowerRef,
+    ) -> Result<(Arc<OwnedFd>, &'p OsStr, Stat)> {
+        let layer = &self.stack.lowers[lower.layer];
+        let (lparent, lname) = split(&lower.path);
+        let lname = lname.ok_or_else(|| errno(libc::EINVAL))?;
+        let ldir = layer.dir(lparent)?;
+        let st = sys::fstatat(ldir.as_fd(), lname).context(layer.describe(&lower.path))?;
+        Ok((ldir, lname, st))
+    }
+
+    /// Copies the lower entry `(dir, name, stat)` found at `lower` into `work/work`, as the
+    /// object reported with inode number `st_ino`; returns its temporary name.
+    pub(super) fn copy_to_work(
+        &self,
+        work: &WorkDir,
+        lower: &LowerRef,
+        (dir, name, stat): &(Arc<OwnedFd>, &OsStr, Stat),
+        st_ino: u64,
+    ) -> Result<OsString> {
+        let src = Source {
+            dir: dir.as_fd(),
+            name,
+            stat,
+        };
+        work.prepare(&src, Some((self.stack.xattr_ns.ino(), st_ino)))
+            .map_err(|e| {
+                let layer = &self.stack.lowers[lower.layer];
+                e.context(format!("copy-up of {}", layer.describe(&lower.path)))
+            })
+    }
+
+    /// Copies the data of `id`, a regular file still only in a lower layer, into the
+    /// workdir before the caller takes the namespace lock, so the copy (seconds for a large
+    /// file) holds up no other request; `copy_up` then only moves it into place. A file
+    /// with several lower links, or anything else, is left to `copy_up`. Failures here are
+    /// left to `copy_up` too, which tries again and reports them.
+    pub(super) fn prepare_copy_up(&self, id: u64) -> PreparedCopy<'_> {
+        let mut guard = PreparedCopy {
+            overlay: self,
+            id: None,
+        };
+        let (Ok(_), Some(work)) = (self.upper(), self.work.as_ref()) else {
+            return guard;
+        };
+        let (lower, st_ino) = {
+            let tree = self.tree.read();
+            let Some(node) = tree.get(id) else {
+                return guard;
+            };
+            if node.is_dir() || node.upper || node.indexed || node.kind != libc::S_IFREG {
+                return guard;
+            }
+            let Some(lower) = tree.lower_of(id) else {
+                return guard;
+            };
+            (lower, node.st_ino)
+        };
+        if self.prepared.lock().contains_key(&id) {
+            return guard;
         }
-        r => r,
+        let Ok(entry) = self.lower_entry(&lower) else {
+            return guard;
+        };
+        if entry.2.st_mode & libc::S_IFMT != libc::S_IFREG || entry.2.st_nlink > 1 {
+            return guard;
+        }
+        let Ok(tmp) = self.copy_to_work(work, &lower, &entry, st_ino) else {
+            return guard;
+        };
+        let mut prepared = self.prepared.lock();
+        if prepared.contains_key(&id) {
+            // Another request prepared one meanwhile; it will be used.
+            drop(prepared);
+            let _ = remove_tree(work.temp(), &tmp);
+            return guard;
+        }
+        prepared.insert(id, Prepared { tmp, from: lower });
+        guard.id = Some(id);
+        guard
+    }
+
+    /// Makes `id` exist in the upper layer, copying its parents first, outermost first.
+    /// A loop, not a recursion: the depth is the layers' (a lower file 3,000 directories
+    /// deep once overflowed a worker's stack and aborted the daemon).
+    pub(super) fn copy_up(&self, tree: &mut Tree, id: u64) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut cur = id;
+        loop {
+            let node = tree.get(cur).ok_or_else(|| errno(libc::ENOENT))?;
+            if node.upper && !node.indexed {
+                break;
+            }
+            missing.push(cur);
+            match node.aliases().first() {
+                Some(&(parent, _)) => cur = parent,
+                None => break,
+            }
+        }
+        for id in missing.into_iter().rev() {
+            self.copy_up_one(tree, id)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `id` itself up; its parent is already in the upper layer.
+    pub(super) fn copy_up_one(&self, tree: &mut Tree, id: u64) -> Result<()> {
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        if node.upper && !node.indexed {
+            return Ok(());
+        }
+        let named = !node.aliases().is_empty();
+        let upper = self.upper()?;
+        let work = self.work()?;
+        if let Some(idx) = self.ensure_index(tree, id)? {
+            // A hard-linked lower inode: its copy is the index entry, and every name of it
+            // the kernel knows becomes a link to that in upper, so each name's change is
+            // in the upper layer for tools that read it (layerctl commit).
+            let aliases = tree
+                .get(id)
+                .map(|n| n.aliases().to_vec())
+                .unwrap_or_default();
+            for (parent, name) in aliases {
+                let pdir = self.upper_dir(tree, parent)?;
+                let present = matches!(sys::fstatat(pdir.as_fd(), &name), Ok(st) if !whiteout::is_chardev_whiteout(&st));
+                if !present {
+                    sys::linkat(work.index.as_fd(), &idx, pdir.as_fd(), &name).context(format!(
+                        "linking {} from the workdir index",
+                        name.to_string_lossy()
+                    ))?;
+                }
+            }
+            if let Some(n) = tree.get_mut(id) {
+                n.upper = true;
+            }
+            self.copyups.fetch_add(1, Ordering::Release);
+            return Ok(());
+        }
+        if !named {
+            return Err(errno(libc::ENOENT));
+        }
+        let path = self.path(tree, id)?;
+        let (ppath, name) = split(&path);
+        let name = name.ok_or_else(|| errno(libc::EINVAL))?;
+        let updir = upper.dir(ppath)?;
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        let lower = tree.lower_of(id).ok_or_else(|| errno(libc::ENOENT))?;
+        let prepared = self.prepared.lock().remove(&id).filter(|p| p.from == lower);
+        let tmp = match prepared {
+            Some(p) => p.tmp,
+            None => {
+                let entry = self.lower_entry(&lower)?;
+                self.copy_to_work(work, &lower, &entry, node.st_ino)?
+            }
+        };
+        work.install(&tmp, updir.as_fd(), name)
+            .context(format!("copy-up to {}", upper.describe(&path)))?;
+        if let Some(n) = tree.get_mut(id) {
+            n.upper = true;
+        }
+        self.copyups.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// For a file whose lower inode has several names: makes sure its copy exists in the
+    /// workdir index (the one inode all its names share once copied up) and returns the
+    /// index entry's name; `None` for anything else.
+    pub(super) fn ensure_index(&self, tree: &mut Tree, id: u64) -> Result<Option<OsString>> {
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        if let Some(idx) = node.index() {
+            return Ok(Some(idx));
+        }
+        if node.single_lower_link {
+            return Ok(None);
+        }
+        let Some(lower) = tree.lower_of(id).filter(|_| !node.is_dir()) else {
+            return Ok(None);
+        };
+        let entry = self.lower_entry(&lower)?;
+        if entry.2.st_nlink <= 1 {
+            return Ok(None);
+        }
+        let work = self.work()?;
+        let tmp = self.copy_to_work(work, &lower, &entry, node.st_ino)?;
+        let nlink = (entry.2.st_nlink as u32).to_le_bytes();
+        sys::setxattr(
+            work.temp(),
+            &tmp,
+            OsStr::new(self.stack.xattr_ns.nlink()),
+            &nlink,
+            0,
+        )?;
+        let idx = index_name(node.st_ino);
+        sys::linkat(work.temp(), &tmp, work.index.as_fd(), &idx).context("workdir index")?;
+        sys::unlinkat(work.temp(), &tmp, false)?;
+        if let Some(n) = tree.get_mut(id) {
+            n.indexed = true;
+        }
+        Ok(Some(idx))
+    }
+
+    /// The merged link count of an indexed hard link, as recorded on its index entry.
+    pub(super) fn index_nlink(&self, idx: &OsStr) -> Option<u32> {
+        let v = sys::getxattr(
+            self.work.as_ref()?.index.as_fd(),
+            idx,
+            OsStr::new(self.stack.xattr_ns.nlink()),
+        )
+        .ok()?;
+        Some(u32::from_le_bytes(v.try_into().ok()?))
+    }
+
+    /// Adds `delta` to the recorded merged link count of node `id` if it is an indexed
+    /// hard link.
+    pub(super) fn adjust_index_nlink(&self, tree: &Tree, id: u64, delta: i32) -> Result<()> {
+        let Some(idx) = tree.get(id).and_then(|n| n.index()) else {
+            return Ok(());
+        };
+        let work = self.work()?;
+        let cur = self.index_nlink(&idx).unwrap_or(1);
+        let new = (cur as i64 + delta as i64).max(0) as u32;
+        sys::setxattr(
+            work.index.as_fd(),
+            &idx,
+            OsStr::new(self.stack.xattr_ns.nlink()),
+            &new.to_le_bytes(),
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// The upper directory handle of directory `id`, copying it up first.
+    pub(super) fn upper_dir(&self, tree: &mut Tree, id: u64) -> Result<Arc<OwnedFd>> {
+        self.copy_up(tree, id)?;
+        let path = self.path(tree, id)?;
+        self.upper()?.dir(&path)
     }
 }
