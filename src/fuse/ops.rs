@@ -11,10 +11,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::acl;
-use crate::idmap::{self, IdMap};
+use crate::fuse::idmap::{self, IdMap};
+use crate::fuse::passthrough::{Mode, Passthrough};
 use crate::overlay::readdir::Listing;
 use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
-use crate::passthrough::{Mode, Passthrough};
 use crate::sys::{self, Stat};
 use crate::{Config, Error, Result};
 

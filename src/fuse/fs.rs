@@ -14,10 +14,11 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::ops::{self, Answer, Ctx, DirPlusSink, DirSink, Ops, ReadSink, Xattr};
+use crate::fuse::ops::{self, Answer, Ctx, DirPlusSink, DirSink, Ops, ReadSink, Xattr};
+use crate::fuse::ring;
 use crate::overlay::SetAttr;
 use crate::sys::{self, Stat};
-use crate::{ring, Config, Result};
+use crate::{Config, Result};
 
 pub struct LayerFs {
     ops: Arc<Ops>,

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::ops::{self, Answer, Ctx, DirPlusSink, DirSink, Ops, ReadSink, Xattr};
+use crate::fuse::ops::{self, Answer, Ctx, DirPlusSink, DirSink, Ops, ReadSink, Xattr};
 use crate::overlay::SetAttr;
 use crate::sys::uring::{CmdRing, EntryBuffers};
 use crate::sys::{self, Stat};
