@@ -20,8 +20,8 @@ use fuser::{MountOption, SessionACL, SessionUnmounter};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::fuse::dispatch::Access;
 use crate::fuse::fs::LayerFs;
-use crate::fuse::ring::Access;
 use crate::sys::process::{self, SignalSet};
 
 /// Environment variable naming the readiness pipe of a re-executed background daemon.

@@ -1,4 +1,6 @@
 //! FUSE over io_uring: requests taken from per-CPU rings instead of `/dev/fuse` reads.
+//! This file owns the queues and their threads; what an entry holds and how it is answered
+//! is `wire`'s and `dispatch`'s.
 //!
 //! With `/dev/fuse`, every request costs the daemon a read and a write, and the request
 //! usually wakes a worker on another CPU. Over io_uring the kernel queues a request on the
@@ -16,28 +18,25 @@
 //! already awake.
 //!
 //! A request that may take long (a copy-up of a lower file's data, an fsync; see
-//! [`slow`]) is handed to a helper thread instead, which answers it into the same entry
-//! and has the queue thread commit it ([`Helpers`]): otherwise every other request made on
+//! [`Dispatch::slow`]) is handed to a helper thread instead, which answers it into the same entry
+//! and has the queue thread commit it (`start_helpers`): otherwise every other request made on
 //! that CPU would wait behind it.
 //!
 //! The kernel queues requests per possible CPU and uses the rings only once every queue
 //! has an entry registered; until then new requests wait. If a registration fails the
 //! kernel turns io_uring off for the connection and requests go through `/dev/fuse`.
 
-use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::fuse::ops::{self, Answer, Ctx, DirPlusSink, DirSink, Ops, ReadSink, Xattr};
-use crate::overlay::SetAttr;
+pub use crate::fuse::dispatch::Access;
+use crate::fuse::dispatch::Dispatch;
+use crate::fuse::ops::Ops;
+use crate::fuse::wire::MAX_PAYLOAD;
+use crate::sys;
 use crate::sys::uring::{CmdRing, EntryBuffers};
-use crate::sys::{self, Stat};
-
-/// The largest request or reply body: the kernel's default limit of 256 pages per request.
-pub const MAX_PAYLOAD: usize = 1 << 20;
 
 /// Entries registered per queue: requests the kernel can hand over while one is served.
 const DEPTH: usize = 8;
@@ -46,27 +45,6 @@ const DEPTH: usize = 8;
 /// the other one) during a burst; on larger machines more pollers would burn more CPUs
 /// for a scheduler choice they cannot pin down.
 const MAX_POLLERS: usize = 2;
-
-/// Who may use the mount besides what the kernel already checks (fuser's session applies
-/// the same rule to requests from `/dev/fuse`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    All,
-    RootAndOwner,
-    Owner,
-}
-
-impl Access {
-    pub fn of(config: &crate::Config) -> Access {
-        if config.allow_other {
-            Access::All
-        } else if config.allow_root {
-            Access::RootAndOwner
-        } else {
-            Access::Owner
-        }
-    }
-}
 
 /// Whether this process can run the rings: decided before INIT agrees to them, because
 /// once it has the kernel holds every request back until they are registered.
@@ -127,9 +105,11 @@ pub fn start(ops: Arc<Ops>, dev: BorrowedFd, access_rule: Access, poll: Duration
     };
     let (jobs, queued) = mpsc::channel();
     let server = Arc::new(Server {
-        ops,
-        access: access_rule,
-        owner: sys::process::geteuid(),
+        dispatch: Dispatch {
+            ops,
+            access: access_rule,
+            owner: sys::process::geteuid(),
+        },
         polling: Polling::new(poll),
         jobs,
     });
@@ -198,9 +178,7 @@ fn possible_cpus() -> std::io::Result<usize> {
 }
 
 struct Server {
-    ops: Arc<Ops>,
-    access: Access,
-    owner: u32,
+    dispatch: Dispatch,
     polling: Polling,
     /// Slow requests for the helper threads. They end when the last queue thread drops
     /// the server (the jobs in flight hold it too).
@@ -243,7 +221,7 @@ fn start_helpers(queues: usize, queued: mpsc::Receiver<Job>) {
                 loop {
                     let job = queued.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok(mut job) = job else { return };
-                    let commit_id = serve(&job.server, &mut job.slot, &mut scratch);
+                    let commit_id = job.server.dispatch.serve(&mut job.slot, &mut scratch);
                     job.back
                         .entries
                         .lock()
@@ -258,23 +236,6 @@ fn start_helpers(queues: usize, queued: mpsc::Receiver<Job>) {
             // Slow requests are then answered by the queue threads themselves.
             log::warn!("cannot start a helper thread for slow requests ({e})");
         }
-    }
-}
-
-/// Whether a request may take long enough to hold up the others on its queue: it may copy
-/// a lower file's data up, or waits for the disk. Everything else is answered in place.
-fn slow(server: &Server, header: &[u8]) -> bool {
-    let opcode = u32_at(header, IN_OUT + 4);
-    let node = u64_at(header, IN_OUT + 16);
-    match opcode {
-        FSYNC | FSYNCDIR | FALLOCATE | COPY_FILE_RANGE | RENAME | RENAME2 | LINK => true,
-        OPEN => {
-            let flags = u32_at(header, OP_IN) as i32;
-            let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-            writes && server.ops.would_copy_data_up(node)
-        }
-        SETATTR | SETXATTR | REMOVEXATTR => server.ops.would_copy_data_up(node),
-        _ => false,
     }
 }
 
@@ -420,7 +381,7 @@ fn run(
                     let Some(slot) = place.take() else {
                         continue;
                     };
-                    let slot = if slow(server, &slot.header[..]) {
+                    let slot = if server.dispatch.slow(&slot.header[..]) {
                         match hand_over(server, slot, tag, answered) {
                             Ok(()) => continue,
                             // No helper: answer it here after all.
@@ -429,7 +390,7 @@ fn run(
                     } else {
                         slot
                     };
-                    let commit_id = serve(server, place.insert(slot), &mut scratch);
+                    let commit_id = server.dispatch.serve(place.insert(slot), &mut scratch);
                     ring.commit_and_fetch(dev, qid, commit_id, tag)?;
                 }
                 // Unmounted (or the connection aborted): this queue is done.
@@ -463,525 +424,4 @@ fn hand_over(
         .jobs
         .send(job)
         .map_err(|mpsc::SendError(job)| job.slot)
-}
-
-// ----- the request and reply layout (include/uapi/linux/fuse.h) -----
-
-/// Offsets in the entry's header buffer.
-const IN_OUT: usize = 0;
-const OP_IN: usize = 128;
-const ENT_COMMIT_ID: usize = 256 + 8;
-const ENT_PAYLOAD_SZ: usize = 256 + 16;
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .map_or(0, |s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8).map_or(0, |s| {
-        u64::from_ne_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
-    })
-}
-
-/// The NUL-terminated names at the start of a request payload.
-struct Names<'a>(&'a [u8]);
-
-impl<'a> Names<'a> {
-    fn next(&mut self) -> Option<&'a OsStr> {
-        let end = self.0.iter().position(|&b| b == 0)?;
-        let name = &self.0[..end];
-        self.0 = &self.0[end + 1..];
-        Some(OsStr::from_bytes(name))
-    }
-
-    fn rest(&self) -> &'a [u8] {
-        self.0
-    }
-}
-
-/// Reply bodies, laid out as the kernel reads them.
-struct Out<'a>(&'a mut Vec<u8>);
-
-impl Out<'_> {
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_ne_bytes());
-    }
-
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_ne_bytes());
-    }
-
-    /// `struct fuse_attr` (88 bytes).
-    fn attr(&mut self, st: &Stat) {
-        self.u64(st.st_ino);
-        self.u64(st.st_size as u64);
-        self.u64(st.st_blocks as u64);
-        self.u64(st.st_atime as u64);
-        self.u64(st.st_mtime as u64);
-        self.u64(st.st_ctime as u64);
-        self.u32(st.st_atime_nsec as u32);
-        self.u32(st.st_mtime_nsec as u32);
-        self.u32(st.st_ctime_nsec as u32);
-        self.u32(st.st_mode);
-        self.u32(st.st_nlink as u32);
-        self.u32(st.st_uid);
-        self.u32(st.st_gid);
-        self.u32(st.st_rdev as u32);
-        self.u32(st.st_blksize as u32);
-        self.u32(0);
-    }
-
-    /// `struct fuse_entry_out` (128 bytes).
-    fn entry(&mut self, e: &ops::Entry, ttl: Duration) {
-        self.u64(e.id);
-        self.u64(e.generation);
-        self.u64(ttl.as_secs());
-        self.u64(ttl.as_secs());
-        self.u32(ttl.subsec_nanos());
-        self.u32(ttl.subsec_nanos());
-        self.attr(&e.st);
-    }
-
-    /// `struct fuse_open_out` (16 bytes).
-    fn open(&mut self, o: &ops::Opened) {
-        self.u64(o.fh);
-        self.u32(o.flags);
-        self.u32(o.backing.unwrap_or(0));
-    }
-
-    /// `struct fuse_dirent` and its name, padded to 8 bytes.
-    fn dirent(&mut self, ino: u64, cookie: u64, dtype: u32, name: &OsStr) {
-        self.u64(ino);
-        self.u64(cookie);
-        self.u32(name.len() as u32);
-        self.u32(dtype);
-        self.0.extend_from_slice(name.as_bytes());
-        let pad = (8 - name.len() % 8) % 8;
-        self.0.extend_from_slice(&[0u8; 8][..pad]);
-    }
-}
-
-fn dirent_size(name: &OsStr) -> usize {
-    (24 + name.len()).div_ceil(8) * 8
-}
-
-struct Dir<'a> {
-    out: Out<'a>,
-    limit: usize,
-}
-
-impl DirSink for Dir<'_> {
-    fn add(&mut self, ino: u64, cookie: u64, dtype: u8, name: &OsStr) -> bool {
-        if self.out.0.len() + dirent_size(name) > self.limit {
-            return true;
-        }
-        self.out.dirent(ino, cookie, dtype as u32, name);
-        false
-    }
-}
-
-impl DirPlusSink for Dir<'_> {
-    fn add(&mut self, e: &ops::Entry, ttl: Duration, cookie: u64, name: &OsStr) -> bool {
-        if self.out.0.len() + 128 + dirent_size(name) > self.limit {
-            return true;
-        }
-        self.out.entry(e, ttl);
-        let dtype = (e.st.st_mode & libc::S_IFMT) >> 12;
-        self.out.dirent(e.st.st_ino, cookie, dtype, name);
-        false
-    }
-}
-
-struct Payload<'a>(&'a mut [u8]);
-
-impl ReadSink for Payload<'_> {
-    fn buffer(&mut self, size: usize) -> &mut [u8] {
-        let n = size.min(self.0.len());
-        &mut self.0[..n]
-    }
-}
-
-// Opcodes (enum fuse_opcode).
-const LOOKUP: u32 = 1;
-const GETATTR: u32 = 3;
-const SETATTR: u32 = 4;
-const READLINK: u32 = 5;
-const SYMLINK: u32 = 6;
-const MKNOD: u32 = 8;
-const MKDIR: u32 = 9;
-const UNLINK: u32 = 10;
-const RMDIR: u32 = 11;
-const RENAME: u32 = 12;
-const LINK: u32 = 13;
-const OPEN: u32 = 14;
-const READ: u32 = 15;
-const WRITE: u32 = 16;
-const STATFS: u32 = 17;
-const RELEASE: u32 = 18;
-const FSYNC: u32 = 20;
-const SETXATTR: u32 = 21;
-const GETXATTR: u32 = 22;
-const LISTXATTR: u32 = 23;
-const REMOVEXATTR: u32 = 24;
-const FLUSH: u32 = 25;
-const OPENDIR: u32 = 27;
-const READDIR: u32 = 28;
-const RELEASEDIR: u32 = 29;
-const FSYNCDIR: u32 = 30;
-const ACCESS: u32 = 34;
-const CREATE: u32 = 35;
-const DESTROY: u32 = 38;
-const IOCTL: u32 = 39;
-const FALLOCATE: u32 = 43;
-const READDIRPLUS: u32 = 44;
-const RENAME2: u32 = 45;
-const LSEEK: u32 = 46;
-const COPY_FILE_RANGE: u32 = 47;
-
-// SETATTR's `valid` bits.
-const FATTR_MODE: u32 = 1 << 0;
-const FATTR_UID: u32 = 1 << 1;
-const FATTR_GID: u32 = 1 << 2;
-const FATTR_SIZE: u32 = 1 << 3;
-const FATTR_ATIME: u32 = 1 << 4;
-const FATTR_MTIME: u32 = 1 << 5;
-const FATTR_FH: u32 = 1 << 6;
-const FATTR_ATIME_NOW: u32 = 1 << 7;
-const FATTR_MTIME_NOW: u32 = 1 << 8;
-
-const FUSE_GETATTR_FH: u32 = 1;
-const FUSE_FSYNC_FDATASYNC: u32 = 1;
-
-/// The request's name, for the log line of a request that panicked.
-fn opcode_name(opcode: u32) -> &'static str {
-    match opcode {
-        LOOKUP => "LOOKUP",
-        GETATTR => "GETATTR",
-        SETATTR => "SETATTR",
-        READLINK => "READLINK",
-        SYMLINK => "SYMLINK",
-        MKNOD => "MKNOD",
-        MKDIR => "MKDIR",
-        UNLINK => "UNLINK",
-        RMDIR => "RMDIR",
-        RENAME | RENAME2 => "RENAME",
-        LINK => "LINK",
-        OPEN => "OPEN",
-        READ => "READ",
-        WRITE => "WRITE",
-        CREATE => "CREATE",
-        SETXATTR => "SETXATTR",
-        GETXATTR => "GETXATTR",
-        LISTXATTR => "LISTXATTR",
-        REMOVEXATTR => "REMOVEXATTR",
-        READDIR => "READDIR",
-        READDIRPLUS => "READDIRPLUS",
-        _ => "FUSE",
-    }
-}
-
-/// Requests the kernel may send on behalf of no particular user (writeback, release);
-/// fuser lets these through its allow_root check too.
-fn uid_free(opcode: u32) -> bool {
-    matches!(
-        opcode,
-        DESTROY | READ | READDIR | READDIRPLUS | WRITE | FSYNC | FSYNCDIR | RELEASE | RELEASEDIR
-    )
-}
-
-/// Answers the request in `slot` and leaves the reply in it; returns the commit id.
-fn serve(server: &Server, slot: &mut EntryBuffers, scratch: &mut Vec<u8>) -> u64 {
-    let header = &slot.header[..];
-    let opcode = u32_at(header, IN_OUT + 4);
-    let unique = u64_at(header, IN_OUT + 8);
-    let commit_id = u64_at(header, ENT_COMMIT_ID);
-    let payload_len = (u32_at(header, ENT_PAYLOAD_SZ) as usize).min(slot.payload.len());
-    scratch.clear();
-    let result = ops::guarded(opcode_name(opcode), || {
-        if opcode == READ {
-            read(server, header, &mut slot.payload)
-        } else {
-            let r = answer(
-                server,
-                header,
-                &slot.payload[..payload_len],
-                opcode,
-                &mut Out(scratch),
-            );
-            // Replies are bounded by what the request allowed (readdir and xattr sizes),
-            // which the kernel keeps within the payload buffer; anything larger is
-            // refused, not cut.
-            match (r, slot.payload.get_mut(..scratch.len())) {
-                (Ok(()), Some(body)) => {
-                    body.copy_from_slice(scratch);
-                    Ok(scratch.len())
-                }
-                (Ok(()), None) => Err(libc::ERANGE),
-                (Err(e), _) => Err(e),
-            }
-        }
-    })
-    .unwrap_or(Err(libc::EIO));
-    let (error, body) = match result {
-        Ok(n) => (0, n),
-        Err(e) => (-e, 0),
-    };
-    let h = &mut slot.header[..];
-    h[IN_OUT..IN_OUT + 4].copy_from_slice(&((16 + body) as u32).to_ne_bytes());
-    h[IN_OUT + 4..IN_OUT + 8].copy_from_slice(&error.to_ne_bytes());
-    h[IN_OUT + 8..IN_OUT + 16].copy_from_slice(&unique.to_ne_bytes());
-    h[ENT_PAYLOAD_SZ..ENT_PAYLOAD_SZ + 4].copy_from_slice(&(body as u32).to_ne_bytes());
-    commit_id
-}
-
-/// READ straight into the payload buffer the reply is taken from.
-fn read(server: &Server, header: &[u8], payload: &mut [u8]) -> Answer<usize> {
-    let op = &header[OP_IN..OP_IN + 128];
-    let (fh, offset, size) = (u64_at(op, 0), u64_at(op, 8), u32_at(op, 16));
-    server.ops.read(fh, offset, size, &mut Payload(payload))
-}
-
-fn answer(
-    server: &Server,
-    header: &[u8],
-    payload: &[u8],
-    opcode: u32,
-    out: &mut Out,
-) -> Answer<()> {
-    let ops = &server.ops;
-    let ttl = ops.ttl();
-    let node = u64_at(header, IN_OUT + 16);
-    let ctx = Ctx {
-        uid: u32_at(header, IN_OUT + 24),
-        gid: u32_at(header, IN_OUT + 28),
-    };
-    let allowed = match server.access {
-        Access::All => true,
-        Access::RootAndOwner => ctx.uid == 0 || ctx.uid == server.owner,
-        Access::Owner => ctx.uid == server.owner,
-    };
-    if !allowed && !uid_free(opcode) {
-        return Err(libc::EACCES);
-    }
-    let op = &header[OP_IN..OP_IN + 128];
-    let mut names = Names(payload);
-    fn name<'a>(names: &mut Names<'a>) -> Answer<&'a OsStr> {
-        names.next().ok_or(libc::EINVAL)
-    }
-    match opcode {
-        LOOKUP => out.entry(&ops.lookup(node, name(&mut names)?)?, ttl),
-        GETATTR => {
-            let fh = (u32_at(op, 0) & FUSE_GETATTR_FH != 0).then(|| u64_at(op, 8));
-            attr_out(out, ttl, &ops.getattr(node, fh)?)
-        }
-        SETATTR => attr_out(out, ttl, &ops.setattr(node, setattr(op))?),
-        READLINK => out.0.extend_from_slice(ops.readlink(node)?.as_bytes()),
-        SYMLINK => {
-            let link = name(&mut names)?;
-            let target = name(&mut names)?;
-            out.entry(&ops.symlink(ctx, node, link, target)?, ttl)
-        }
-        MKNOD => {
-            let (mode, rdev, umask) = (u32_at(op, 0), u32_at(op, 4), u32_at(op, 8));
-            out.entry(
-                &ops.mknod(ctx, node, name(&mut names)?, mode, umask, rdev)?,
-                ttl,
-            )
-        }
-        MKDIR => {
-            let (mode, umask) = (u32_at(op, 0), u32_at(op, 4));
-            out.entry(&ops.mkdir(ctx, node, name(&mut names)?, mode, umask)?, ttl)
-        }
-        UNLINK => ops.unlink(node, name(&mut names)?)?,
-        RMDIR => ops.rmdir(node, name(&mut names)?)?,
-        RENAME | RENAME2 => {
-            let newdir = u64_at(op, 0);
-            let flags = if opcode == RENAME2 { u32_at(op, 8) } else { 0 };
-            let (old, new) = (name(&mut names)?, name(&mut names)?);
-            ops.rename(node, old, newdir, new, flags)?
-        }
-        LINK => out.entry(&ops.link(u64_at(op, 0), node, name(&mut names)?)?, ttl),
-        OPEN => out.open(&ops.open(node, u32_at(op, 0) as i32)?),
-        WRITE => {
-            let (fh, offset, size) = (u64_at(op, 0), u64_at(op, 8), u32_at(op, 16) as usize);
-            let data = payload.get(..size).ok_or(libc::EINVAL)?;
-            out.u32(ops.write(fh, offset, data)?);
-            out.u32(0);
-        }
-        STATFS => {
-            let s = ops.statfs()?;
-            for v in [s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree] {
-                out.u64(v);
-            }
-            for v in [s.f_bsize as u32, s.f_namemax as u32, s.f_frsize as u32, 0] {
-                out.u32(v);
-            }
-            out.0.extend_from_slice(&[0u8; 24]);
-        }
-        RELEASE => ops.release(u64_at(op, 0))?,
-        FSYNC => ops.fsync(u64_at(op, 0), u32_at(op, 8) & FUSE_FSYNC_FDATASYNC != 0)?,
-        SETXATTR => {
-            // The 8-byte compat `fuse_setxattr_in` (FUSE_SETXATTR_EXT is not asked for).
-            let (size, flags) = (u32_at(op, 0) as usize, u32_at(op, 4) as i32);
-            let attr = name(&mut names)?;
-            let value = names.rest().get(..size).ok_or(libc::EINVAL)?;
-            ops.setxattr(node, attr, value, flags)?
-        }
-        GETXATTR => xattr_out(out, ops.getxattr(node, name(&mut names)?, u32_at(op, 0))?),
-        LISTXATTR => xattr_out(out, ops.listxattr(node, u32_at(op, 0))?),
-        REMOVEXATTR => ops.removexattr(node, name(&mut names)?)?,
-        FLUSH => ops.flush()?,
-        OPENDIR => out.open(&ops.opendir()?),
-        READDIR | READDIRPLUS => {
-            let (offset, size) = (u64_at(op, 8), u32_at(op, 16) as usize);
-            let mut dir = Dir {
-                out: Out(out.0),
-                limit: size.min(MAX_PAYLOAD),
-            };
-            if opcode == READDIR {
-                ops.readdir(node, offset, &mut dir)?
-            } else {
-                ops.readdirplus(node, offset, &mut dir)?
-            }
-        }
-        RELEASEDIR | DESTROY => {}
-        FSYNCDIR => ops.fsyncdir(node, u32_at(op, 8) & FUSE_FSYNC_FDATASYNC != 0)?,
-        ACCESS => ops.access(node)?,
-        CREATE => {
-            let (flags, mode, umask) = (u32_at(op, 0) as i32, u32_at(op, 4), u32_at(op, 8));
-            let (entry, opened) = ops.create(ctx, node, name(&mut names)?, mode, umask, flags)?;
-            out.entry(&entry, ttl);
-            out.open(&opened);
-        }
-        // As kernel overlayfs answers commands it does not know.
-        IOCTL => return Err(libc::ENOTTY),
-        FALLOCATE => {
-            let (fh, offset, length) = (u64_at(op, 0), u64_at(op, 8), u64_at(op, 16));
-            ops.fallocate(fh, offset, length, u32_at(op, 24) as i32)?
-        }
-        LSEEK => {
-            out.u64(ops.lseek(u64_at(op, 0), u64_at(op, 8) as i64, u32_at(op, 16) as i32)? as u64)
-        }
-        COPY_FILE_RANGE => {
-            let (fh_in, off_in) = (u64_at(op, 0), u64_at(op, 8));
-            let (fh_out, off_out, len) = (u64_at(op, 24), u64_at(op, 32), u64_at(op, 40));
-            let n = ops.copy_file_range(fh_in, off_in, fh_out, off_out, len)?;
-            out.u32(n.min(u32::MAX as u64) as u32);
-            out.u32(0);
-        }
-        // Locks (the kernel keeps POSIX locks itself), bmap, poll, tmpfile, statx, and
-        // anything newer: not served, as through /dev/fuse.
-        _ => return Err(libc::ENOSYS),
-    }
-    Ok(())
-}
-
-fn attr_out(out: &mut Out, ttl: Duration, st: &Stat) {
-    out.u64(ttl.as_secs());
-    out.u32(ttl.subsec_nanos());
-    out.u32(0);
-    out.attr(st);
-}
-
-fn xattr_out(out: &mut Out, x: Xattr) {
-    match x {
-        Xattr::Size(n) => {
-            out.u32(n);
-            out.u32(0);
-        }
-        Xattr::Data(v) => out.0.extend_from_slice(&v),
-    }
-}
-
-/// `struct fuse_setattr_in`, as the overlay takes it.
-fn setattr(op: &[u8]) -> SetAttr {
-    let valid = u32_at(op, 0);
-    let has = |bit: u32| valid & bit != 0;
-    let time = |now: u32, sec: usize, nsec: usize| {
-        if has(now) {
-            sys::Timespec {
-                tv_sec: 0,
-                tv_nsec: sys::UTIME_NOW,
-            }
-        } else {
-            sys::Timespec {
-                tv_sec: u64_at(op, sec) as i64,
-                tv_nsec: u32_at(op, nsec) as i64,
-            }
-        }
-    };
-    SetAttr {
-        mode: has(FATTR_MODE).then(|| u32_at(op, 68)),
-        uid: has(FATTR_UID).then(|| u32_at(op, 76)),
-        gid: has(FATTR_GID).then(|| u32_at(op, 80)),
-        size: has(FATTR_SIZE).then(|| u64_at(op, 16)),
-        atime: has(FATTR_ATIME).then(|| time(FATTR_ATIME_NOW, 32, 56)),
-        mtime: has(FATTR_MTIME).then(|| time(FATTR_MTIME_NOW, 40, 60)),
-        fh: has(FATTR_FH).then(|| u64_at(op, 8)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dirents_are_padded_to_eight_bytes() {
-        let mut buf = Vec::new();
-        Out(&mut buf).dirent(7, 9, 4, OsStr::new("abc"));
-        assert_eq!(buf.len(), 32);
-        assert_eq!(buf.len(), dirent_size(OsStr::new("abc")));
-        assert_eq!(u64_at(&buf, 0), 7);
-        assert_eq!(u64_at(&buf, 8), 9);
-        assert_eq!(u32_at(&buf, 16), 3);
-        assert_eq!(&buf[24..27], b"abc");
-        assert_eq!(dirent_size(OsStr::new("12345678")), 32);
-        assert_eq!(dirent_size(OsStr::new("123456789")), 40);
-    }
-
-    #[test]
-    fn entry_and_attr_have_the_kernel_sizes() {
-        let mut buf = Vec::new();
-        let mut st = sys::zeroed_stat();
-        st.st_ino = 42;
-        st.st_mode = libc::S_IFREG | 0o644;
-        let e = ops::Entry {
-            id: 42,
-            generation: 3,
-            st,
-        };
-        Out(&mut buf).entry(&e, Duration::from_millis(1500));
-        assert_eq!(buf.len(), 128);
-        assert_eq!(u64_at(&buf, 0), 42);
-        assert_eq!(u64_at(&buf, 16), 1);
-        assert_eq!(u32_at(&buf, 32), 500_000_000);
-        // attr.mode sits after ino, size, blocks, three times and three nanoseconds.
-        assert_eq!(u32_at(&buf, 40 + 60), libc::S_IFREG | 0o644);
-    }
-
-    #[test]
-    fn setattr_reads_only_the_valid_fields() {
-        let mut op = [0u8; 128];
-        let valid = FATTR_MODE | FATTR_SIZE | FATTR_MTIME | FATTR_MTIME_NOW;
-        op[0..4].copy_from_slice(&valid.to_ne_bytes());
-        op[16..24].copy_from_slice(&77u64.to_ne_bytes());
-        op[68..72].copy_from_slice(&0o600u32.to_ne_bytes());
-        op[76..80].copy_from_slice(&1000u32.to_ne_bytes());
-        let a = setattr(&op);
-        assert_eq!(a.mode, Some(0o600));
-        assert_eq!(a.size, Some(77));
-        assert_eq!(a.uid, None);
-        assert_eq!(a.atime.map(|t| t.tv_nsec), None);
-        assert_eq!(a.mtime.map(|t| t.tv_nsec), Some(sys::UTIME_NOW));
-    }
-
-    #[test]
-    fn names_split_at_nul() {
-        let mut n = Names(b"old\0new\0rest");
-        assert_eq!(n.next(), Some(OsStr::new("old")));
-        assert_eq!(n.next(), Some(OsStr::new("new")));
-        assert_eq!(n.rest(), b"rest");
-        assert_eq!(n.next(), None);
-    }
 }
