@@ -443,22 +443,6 @@ fn holds(
         .is_some_and(|n| n.has_alias(parent, name))
 }
 
-/// Inode numbers reported through the mount: the layer's slot in the top 16 bits and the
-/// layer's own inode number below, so two layers never collide. Slot 0 is the upper
-/// layer, slot `i + 1` lower `i`. An inode number too wide for 48 bits is folded by
-/// hashing, which keeps it stable but could in theory collide; ext4, tmpfs and xfs without
-/// inode64 stay far below.
-pub fn compose_ino(slot: usize, real: u64) -> u64 {
-    const LOW: u64 = (1 << 48) - 1;
-    let low = if real <= LOW {
-        real
-    } else {
-        // Fold the high bits into the low ones (fxhash-style multiply), never 0.
-        (real.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16).max(1) & LOW
-    };
-    ((slot as u64 & 0xFFFF) << 48) | low
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,12 +501,5 @@ mod tests {
         let g = t.insert(ROOT, OsStr::new("g"), Node::new(libc::S_IFREG, 7), 1, true);
         assert_eq!(t.child(ROOT, OsStr::new("d")), None);
         assert_eq!(t.path(g), Some(PathBuf::from("g")));
-    }
-
-    #[test]
-    fn inode_numbers_keep_layers_apart() {
-        assert_ne!(compose_ino(0, 5), compose_ino(1, 5));
-        assert_eq!(compose_ino(2, 5), compose_ino(2, 5));
-        assert_eq!(compose_ino(3, u64::MAX) >> 48, 3);
     }
 }
