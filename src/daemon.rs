@@ -199,7 +199,7 @@ fn mount(
         Ok(limit) => {
             // Each io_uring queue (one per possible CPU) holds its ring and an eventfd.
             let rings = 4 * crate::fuse::ring::queue_count() as u64;
-            let per_layer = crate::layer::size_dir_caches(limit, layers, rings);
+            let per_layer = crate::layers::layer::size_dir_caches(limit, layers, rings);
             log::debug!("open file limit {limit}; {per_layer} directory handles per layer");
         }
         Err(e) => log::warn!("cannot raise the open file limit ({e})"),

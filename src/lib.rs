@@ -4,17 +4,16 @@
 //! `fs` adapts FUSE requests onto [`overlay::Overlay`]; the modules below it (layers,
 //! whiteouts, lookup, copy-up, listings) are unit-testable without a mount.
 
-pub mod acl;
 pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod fuse;
-pub mod layer;
 pub mod layers;
 pub mod overlay;
-pub mod stack;
 pub mod sys;
-pub mod whiteout;
+
+/// layerctl and the confined writer name the markers by their old path.
+pub use layers::whiteout;
 
 pub use config::Config;
 pub use error::{Error, Result};

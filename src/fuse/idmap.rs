@@ -24,8 +24,8 @@
 
 use std::borrow::Cow;
 
-use crate::acl::{self, MapError};
 use crate::config::{Config, IdRange};
+use crate::layers::acl::{self, MapError};
 
 /// What the kernel reports for an id that has no mapping (`/proc/sys/kernel/overflowuid`).
 pub const OVERFLOW_ID: u32 = 65534;

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::acl;
 use crate::fuse::idmap::{self, IdMap};
 use crate::fuse::passthrough::{Mode, Passthrough};
+use crate::layers::acl;
 use crate::overlay::readdir::Listing;
 use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
 use crate::sys::{self, Stat};

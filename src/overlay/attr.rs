@@ -7,8 +7,8 @@ use std::os::fd::AsFd;
 use super::nodes::{Node, Tree};
 use super::{errno, Loc, Overlay, SetAttr};
 use crate::error::Result;
+use crate::layers::whiteout;
 use crate::sys::{self, Stat};
-use crate::whiteout;
 
 impl Overlay {
     /// The attributes the mount reports for node `id` once its layer's override_stat

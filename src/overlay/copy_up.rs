@@ -14,11 +14,11 @@ use std::sync::Arc;
 use super::dir::{remove_contents, remove_tree};
 use super::nodes::{index_name, LowerRef, Tree};
 use super::{errno, Overlay};
-use crate::acl;
 use crate::error::{Context, Error, Result};
-use crate::layer::split;
+use crate::layers::acl;
+use crate::layers::layer::split;
+use crate::layers::whiteout;
 use crate::sys::{self, Stat};
-use crate::whiteout;
 
 /// The object to copy: its lower directory handle and name there, and its stat.
 pub struct Source<'a> {

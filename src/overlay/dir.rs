@@ -9,12 +9,12 @@ use std::sync::Arc;
 use super::copy_up::WorkDir;
 use super::nodes::{Node, Tree, ROOT};
 use super::{errno, Caller, NewKind, Overlay};
-use crate::acl;
 use crate::error::{Context, Error, Result};
-use crate::layer::split;
+use crate::layers::acl;
+use crate::layers::layer::split;
 use crate::layers::redirect::{self, Redirect};
+use crate::layers::whiteout::{self, Encoding};
 use crate::sys::{self, Stat};
-use crate::whiteout::{self, Encoding};
 
 impl Overlay {
     /// Creates `name` in `parent`; for files also returns the open fd.

@@ -40,8 +40,8 @@ use self::nodes::{Tree, ROOT};
 use self::readahead::ReadAhead;
 use self::readdir::Listings;
 use crate::error::{Error, Result};
-use crate::layer::{split, Layer};
-use crate::stack::Stack;
+use crate::layers::layer::{split, Layer};
+use crate::layers::stack::Stack;
 use crate::sys::{self, Stat};
 
 /// Who asks: the caller's ids and umask, for objects it creates.

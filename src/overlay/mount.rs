@@ -16,10 +16,10 @@ use super::readdir::Listings;
 use super::Overlay;
 use crate::config::{Config, WhiteoutMode};
 use crate::error::{Error, Result};
-use crate::layer::Layer;
-use crate::stack::Stack;
+use crate::layers::layer::Layer;
+use crate::layers::stack::Stack;
+use crate::layers::whiteout::{self, Encoding, XattrNs};
 use crate::sys;
-use crate::whiteout::{self, Encoding, XattrNs};
 
 impl Overlay {
     pub fn new(config: &Config) -> Result<Overlay> {

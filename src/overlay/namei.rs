@@ -10,7 +10,7 @@ use super::nodes::{index_name, Node, Tree};
 use super::readdir;
 use super::{errno, Overlay, TRIM_AFTER_FORGETTING};
 use crate::error::Result;
-use crate::stack::Found;
+use crate::layers::stack::Found;
 use crate::sys::{self, Stat};
 
 impl Overlay {

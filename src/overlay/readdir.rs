@@ -24,8 +24,8 @@ use parking_lot::Mutex;
 
 use super::{errno, Overlay};
 use crate::error::{Error, Result};
+use crate::layers::stack::Stack;
 use crate::overlay::nodes::LowerRef;
-use crate::stack::Stack;
 use crate::sys;
 
 #[derive(Debug, Clone)]

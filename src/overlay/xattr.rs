@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use super::nodes::{XATTRS_NONE, XATTRS_SOME, XATTRS_UNKNOWN};
 use super::{errno, Loc, Overlay};
 use crate::error::Result;
+use crate::layers::whiteout;
 use crate::sys;
-use crate::whiteout;
 
 impl Overlay {
     pub fn getxattr(&self, id: u64, attr: &OsStr) -> Result<Vec<u8>> {

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::layer::{is_dir, Layer};
+use crate::layers::layer::{is_dir, Layer};
 use crate::layers::redirect::{self, Invalid, Place, Probe, Redirect};
+use crate::layers::whiteout::{self, Encoding, XattrNs};
 use crate::sys::{self, Stat};
-use crate::whiteout::{self, Encoding, XattrNs};
 
 /// How many places with an invalid redirect are remembered as already logged.
 const REFUSED_MAX: usize = 1024;

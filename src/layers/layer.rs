@@ -13,8 +13,8 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Context, Error, Result};
+use crate::layers::whiteout;
 use crate::sys::{self, Stat};
-use crate::whiteout;
 
 /// How many directory handles one layer keeps open at most by default; past that the cache
 /// starts over, so open fds stay bounded whatever the size of the tree. The daemon lowers
