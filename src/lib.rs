@@ -1,8 +1,10 @@
 //! layerfs: a userspace union filesystem for container image layers.
 //!
-//! The daemon merges read-only lower directories with one writable upper directory.
-//! `fs` adapts FUSE requests onto [`overlay::Overlay`]; the modules below it (layers,
-//! whiteouts, lookup, copy-up, listings) are unit-testable without a mount.
+//! The daemon merges read-only lower directories with one writable upper directory. Three
+//! layers of folders, calls going down only: `fuse` (the transports and `ops`) calls
+//! `overlay` (the merged tree's semantics), which calls `layers` (the on-disk format,
+//! shared with layerctl); all of them use `sys` (every raw syscall). docs/ARCHITECTURE.md
+//! has the map.
 
 pub mod config;
 pub mod daemon;

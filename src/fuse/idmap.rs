@@ -20,7 +20,7 @@
 //! ACL entries are stricter (`acl_in`): an entry naming an unmapped id is refused.
 //!
 //! The ids inside POSIX ACL entries (`system.posix_acl_*`) go through the same ranges
-//! ([`IdMap::acl_out`], [`IdMap::acl_in`]) but are never squashed; `acl.rs` says why.
+//! ([`IdMap::acl_out`], [`IdMap::acl_in`]) but are never squashed; `layers/acl.rs` says why.
 
 use std::borrow::Cow;
 

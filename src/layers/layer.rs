@@ -347,7 +347,7 @@ impl Layer {
     }
 
     /// Brings what listing the directory `rel` through the mount will read into the caches
-    /// ahead of it (see readahead.rs): its blocks, the inode of every entry, the listing
+    /// ahead of it (see overlay/readahead.rs): its blocks, the inode of every entry, the listing
     /// an immutable layer keeps of it and of each of its subdirectories.
     pub fn read_ahead(&self, rel: &Path) -> Result<()> {
         let fd = self
