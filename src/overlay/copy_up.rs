@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::dir::{remove_contents, remove_tree};
+use super::dir::{is_present, remove_contents, remove_tree};
 use super::nodes::{index_name, LowerRef, Tree};
 use super::{errno, Overlay};
 use crate::error::{Context, Error, Result};
@@ -490,7 +490,7 @@ impl Overlay {
                 .unwrap_or_default();
             for (parent, name) in aliases {
                 let pdir = self.upper_dir(tree, parent)?;
-                let present = matches!(sys::fstatat(pdir.as_fd(), &name), Ok(st) if !whiteout::is_chardev_whiteout(&st));
+                let present = is_present(pdir.as_fd(), &name);
                 if !present {
                     sys::linkat(work.index.as_fd(), &idx, pdir.as_fd(), &name).context(format!(
                         "linking {} from the workdir index",

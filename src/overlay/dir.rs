@@ -302,18 +302,10 @@ impl Overlay {
         known_present: Option<bool>,
     ) -> Result<()> {
         let work = self.work()?;
-        let present = known_present.unwrap_or_else(
-            || matches!(sys::fstatat(pdir, name), Ok(st) if !whiteout::is_chardev_whiteout(&st)),
-        );
+        let present = known_present.unwrap_or_else(|| is_present(pdir, name));
         if present && is_dir {
-            let sub = sys::openat(
-                pdir,
-                name,
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )?;
             // Only whiteouts and markers are left in a directory that lists as empty.
-            remove_contents(sub.as_fd())?;
+            remove_contents_of(pdir, name)?;
         }
         match (present, need_whiteout, self.stack.whiteout) {
             (true, true, Encoding::CharDev) => {
@@ -474,15 +466,9 @@ impl Overlay {
             self.pin_if_last_name(&mut tree, dst)?;
         }
         // Clear the target: an empty merged directory may still hold whiteouts in upper.
-        let dst_present = matches!(sys::fstatat(ddir.as_fd(), newname), Ok(st) if !whiteout::is_chardev_whiteout(&st));
+        let dst_present = is_present(ddir.as_fd(), newname);
         if dst_present && src_dir {
-            let sub = sys::openat(
-                ddir.as_fd(),
-                newname,
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )?;
-            remove_contents(sub.as_fd())?;
+            remove_contents_of(ddir.as_fd(), newname)?;
         }
         let dst_whiteout = !dst_present && has_whiteout(ddir.as_fd(), newname);
         if dst_whiteout && src_dir && self.stack.whiteout == Encoding::CharDev {
@@ -768,17 +754,27 @@ pub fn remove_contents(dir: BorrowedFd) -> std::io::Result<()> {
     }
 }
 
+/// Whether `name` in `dir` is a real entry: there, and not a char-device whiteout.
+pub(super) fn is_present(dir: BorrowedFd, name: &OsStr) -> bool {
+    matches!(sys::fstatat(dir, name), Ok(st) if !whiteout::is_chardev_whiteout(&st))
+}
+
+/// Removes everything inside the directory `name` in `dir` (not the directory itself).
+pub fn remove_contents_of(dir: BorrowedFd, name: &OsStr) -> std::io::Result<()> {
+    let sub = sys::openat(
+        dir,
+        name,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    remove_contents(sub.as_fd())
+}
+
 /// Removes `name` in `dir`, recursively when it is a directory.
 pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> std::io::Result<()> {
     match sys::unlinkat(dir, name, false) {
         Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-            let sub = sys::openat(
-                dir,
-                name,
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )?;
-            remove_contents(sub.as_fd())?;
+            remove_contents_of(dir, name)?;
             sys::unlinkat(dir, name, true)
         }
         r => r,
