@@ -373,11 +373,8 @@ const OPTIONS: &[Opt] = &[
         Ok(())
     }),
     value("timeout", |p, k, v| {
-        let v = text(k, v)?;
-        match v.parse::<f64>() {
-            Ok(t) if t.is_finite() && t >= 0.0 => p.config.timeout = t,
-            _ => return Err(bad_value(k, v, "a number of seconds such as 1 or 0.5")),
-        }
+        let ok = |t: &f64| t.is_finite() && *t >= 0.0;
+        p.config.timeout = number(k, v, ok, "a number of seconds such as 1 or 0.5")?;
         Ok(())
     }),
     value("threads", set_threads),
@@ -391,11 +388,8 @@ const OPTIONS: &[Opt] = &[
         Ok(())
     }),
     value("io_uring_poll", |p, k, v| {
-        let v = text(k, v)?;
-        match v.parse::<u64>() {
-            Ok(us) if us <= 10_000 => p.config.io_uring_poll = Duration::from_micros(us),
-            _ => return Err(bad_value(k, v, "microseconds from 0 to 10000")),
-        }
+        let us = number(k, v, |us| *us <= 10_000, "microseconds from 0 to 10000")?;
+        p.config.io_uring_poll = Duration::from_micros(us);
         Ok(())
     }),
     value("readahead", |p, k, v| {
@@ -403,11 +397,8 @@ const OPTIONS: &[Opt] = &[
         Ok(())
     }),
     value("xattr_permissions", |p, k, v| {
-        let v = text(k, v)?;
-        match v.parse::<u8>() {
-            Ok(n) if n <= 2 => p.config.xattr_permissions = n,
-            _ => return Err(bad_value(k, v, "0, 1 (security.*) or 2 (user.*)")),
-        }
+        let expected = "0, 1 (security.*) or 2 (user.*)";
+        p.config.xattr_permissions = number(k, v, |n| *n <= 2, expected)?;
         Ok(())
     }),
     value("uidmapping", |p, k, v| {
@@ -437,12 +428,23 @@ const OPTIONS: &[Opt] = &[
 ];
 
 fn set_threads(p: &mut OptionParser, k: &str, v: &[u8]) -> Result<()> {
-    let v = text(k, v)?;
-    match v.parse::<usize>() {
-        Ok(n) if (1..=1024).contains(&n) => p.config.threads = n,
-        _ => return Err(bad_value(k, v, "a whole number from 1 to 1024")),
-    }
+    let ok = |n: &usize| (1..=1024).contains(n);
+    p.config.threads = number(k, v, ok, "a whole number from 1 to 1024")?;
     Ok(())
+}
+
+/// A numeric option's value, refused (naming `expected`) unless it parses and is `ok`.
+fn number<T: std::str::FromStr>(
+    key: &str,
+    value: &[u8],
+    ok: impl Fn(&T) -> bool,
+    expected: &str,
+) -> Result<T> {
+    let v = text(key, value)?;
+    match v.parse::<T>() {
+        Ok(n) if ok(&n) => Ok(n),
+        _ => Err(bad_value(key, v, expected)),
+    }
 }
 
 fn declared(key: &str) -> Option<&'static Opt> {
