@@ -240,14 +240,7 @@ impl Overlay {
             .child(&mut tree, parent, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
-        match (dir, node.is_dir()) {
-            (false, true) => return Err(errno(libc::EISDIR)),
-            (true, false) => return Err(errno(libc::ENOTDIR)),
-            (true, true) if !self.merged_dir_is_empty(&tree, id)? => {
-                return Err(errno(libc::ENOTEMPTY));
-            }
-            _ => {}
-        }
+        self.check_removable(&tree, id, node.is_dir(), dir)?;
         // An object found in a lower layer alone is there by definition; one in the upper
         // layer may hide a lower one of the same name.
         let need_whiteout = !node.upper || self.lower_has(&tree, parent, name)?;
@@ -362,6 +355,18 @@ impl Overlay {
         Ok(())
     }
 
+    /// Whether the object `id` (a directory if `is_dir`) may go where a directory (if
+    /// `dir`) or a non-directory is removed or renamed over: the errno rmdir, unlink and
+    /// rename give otherwise.
+    fn check_removable(&self, tree: &Tree, id: u64, is_dir: bool, dir: bool) -> Result<()> {
+        match (dir, is_dir) {
+            (false, true) => Err(errno(libc::EISDIR)),
+            (true, false) => Err(errno(libc::ENOTDIR)),
+            (true, true) if !self.merged_dir_is_empty(tree, id)? => Err(errno(libc::ENOTEMPTY)),
+            _ => Ok(()),
+        }
+    }
+
     pub fn rename(
         &self,
         parent: u64,
@@ -395,14 +400,7 @@ impl Overlay {
             }
             let dnode = tree.get(dst).ok_or_else(|| errno(libc::ENOENT))?;
             if !exchange {
-                match (src_dir, dnode.is_dir()) {
-                    (true, false) => return Err(errno(libc::ENOTDIR)),
-                    (false, true) => return Err(errno(libc::EISDIR)),
-                    (true, true) if !self.merged_dir_is_empty(&tree, dst)? => {
-                        return Err(errno(libc::ENOTEMPTY));
-                    }
-                    _ => {}
-                }
+                self.check_removable(&tree, dst, dnode.is_dir(), src_dir)?;
             }
         } else if exchange {
             return Err(errno(libc::ENOENT));
