@@ -12,13 +12,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::dir::{is_present, remove_contents, remove_tree};
-use super::nodes::{index_name, LowerRef, Tree};
+use super::nodes::{LowerRef, Tree};
 use super::{errno, Overlay};
 use crate::error::{Context, Error, Result};
 use crate::layers::acl;
 use crate::layers::layer::split;
 use crate::layers::whiteout;
 use crate::sys::{self, Stat};
+
+/// The index entry of a hard-linked lower inode is named by the inode number the mount
+/// reports for it, which every name of it carries (recorded on the upper copy too).
+pub fn index_name(st_ino: u64) -> std::ffi::OsString {
+    std::ffi::OsString::from(format!("{st_ino:016x}"))
+}
 
 /// The object to copy: its lower directory handle and name there, and its stat.
 pub struct Source<'a> {

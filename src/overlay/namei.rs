@@ -6,7 +6,8 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-use super::nodes::{index_name, Node, Tree};
+use super::copy_up::index_name;
+use super::nodes::{Node, Tree};
 use super::readdir;
 use super::{errno, Overlay, TRIM_AFTER_FORGETTING};
 use crate::error::Result;

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use hashbrown::hash_table::{Entry, HashTable};
 use smallvec::SmallVec;
 
+use super::copy_up::index_name;
+
 pub const ROOT: u64 = 1;
 
 /// A name in the merged tree. Shared between a node's aliases and its directory's
@@ -106,12 +108,6 @@ impl Node {
             .iter()
             .any(|(p, n)| *p == parent && **n == *name)
     }
-}
-
-/// The index entry of a hard-linked lower inode is named by the inode number the mount
-/// reports for it, which every name of it carries (recorded on the upper copy too).
-pub fn index_name(st_ino: u64) -> std::ffi::OsString {
-    std::ffi::OsString::from(format!("{st_ino:016x}"))
 }
 
 /// Nodes and their names. A node's id is the inode number reported for it (fuser answers
