@@ -1,12 +1,11 @@
 //! Directory operations (the kernel's dir.c): create, link, unlink, rmdir and rename, and
 //! the whiteouts, opaque markers and redirects they leave in the upper layer.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::copy_up::WorkDir;
 use super::nodes::{Node, Tree, ROOT};
 use super::{errno, Caller, NewKind, Overlay};
 use crate::error::{Context, Error, Result};
@@ -14,6 +13,7 @@ use crate::layers::acl;
 use crate::layers::layer::split;
 use crate::layers::redirect::{self, Redirect};
 use crate::layers::whiteout::{self, Encoding};
+use crate::layers::workdir::{remove_contents_of, remove_tree, WorkDir};
 use crate::sys::{self, Stat};
 
 impl Overlay {
@@ -705,76 +705,7 @@ pub(super) fn make_object(
     Ok(None)
 }
 
-/// Removes everything inside the directory `dir` (not `dir` itself).
-///
-/// A loop, not a recursion, holding one directory handle at a time: it goes down into a
-/// subdirectory by name and back up through "..", so neither the stack nor the fd table
-/// grows with the depth of the tree (what is removed is a crashed copy in `work/work` or
-/// the whiteouts of an emptied directory, whose depth the layers decide). The names on the
-/// way down are kept to remove each directory once it is empty.
-pub fn remove_contents(dir: BorrowedFd) -> std::io::Result<()> {
-    let path_flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-    let mut cur = sys::openat(dir, OsStr::new("."), path_flags, 0)?;
-    let mut down: Vec<OsString> = Vec::new();
-    loop {
-        let listed = sys::openat(
-            cur.as_fd(),
-            OsStr::new("."),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )?;
-        let mut sub = None;
-        for (name, dtype, _) in sys::read_dir(listed.as_fd())? {
-            if dtype != libc::DT_DIR {
-                match sys::unlinkat(cur.as_fd(), &name, false) {
-                    Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
-                    r => {
-                        r?;
-                        continue;
-                    }
-                }
-            }
-            sub = Some(name);
-            break;
-        }
-        if let Some(name) = sub {
-            cur = sys::openat(cur.as_fd(), &name, path_flags, 0)?;
-            down.push(name);
-            continue;
-        }
-        let Some(name) = down.pop() else {
-            return Ok(());
-        };
-        let parent = sys::openat(cur.as_fd(), OsStr::new(".."), path_flags, 0)?;
-        drop(cur);
-        sys::unlinkat(parent.as_fd(), &name, true)?;
-        cur = parent;
-    }
-}
-
 /// Whether `name` in `dir` is a real entry: there, and not a char-device whiteout.
 pub(super) fn is_present(dir: BorrowedFd, name: &OsStr) -> bool {
     matches!(sys::fstatat(dir, name), Ok(st) if !whiteout::is_chardev_whiteout(&st))
-}
-
-/// Removes everything inside the directory `name` in `dir` (not the directory itself).
-pub fn remove_contents_of(dir: BorrowedFd, name: &OsStr) -> std::io::Result<()> {
-    let sub = sys::openat(
-        dir,
-        name,
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )?;
-    remove_contents(sub.as_fd())
-}
-
-/// Removes `name` in `dir`, recursively when it is a directory.
-pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> std::io::Result<()> {
-    match sys::unlinkat(dir, name, false) {
-        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-            remove_contents_of(dir, name)?;
-            sys::unlinkat(dir, name, true)
-        }
-        r => r,
-    }
 }

@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use self::copy_up::{Prepared, WorkDir};
+use self::copy_up::Prepared;
 use self::handles::Handles;
 use self::nodes::{Tree, ROOT};
 use self::readahead::ReadAhead;
@@ -42,6 +42,7 @@ use self::readdir::Listings;
 use crate::error::{Error, Result};
 use crate::layers::layer::{split, Layer};
 use crate::layers::stack::Stack;
+use crate::layers::workdir::WorkDir;
 use crate::sys::{self, Stat};
 
 /// Who asks: the caller's ids and umask, for objects it creates.

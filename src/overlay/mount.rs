@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::copy_up::WorkDir;
 use super::handles::Handles;
 use super::nodes::{Node, Tree, ROOT};
 use super::readahead::ReadAhead;
@@ -19,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::layers::layer::Layer;
 use crate::layers::stack::Stack;
 use crate::layers::whiteout::{self, Encoding, XattrNs};
+use crate::layers::workdir::WorkDir;
 use crate::sys;
 
 impl Overlay {
