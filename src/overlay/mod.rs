@@ -45,7 +45,8 @@ use crate::layers::stack::Stack;
 use crate::layers::workdir::WorkDir;
 use crate::sys::{self, Stat};
 
-/// Who asks: the caller's ids and umask, for objects it creates.
+/// Who asks: the caller's ids, the owner of the objects it creates (its umask comes with
+/// each `create`).
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     pub uid: u32,
