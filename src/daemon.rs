@@ -20,8 +20,8 @@ use fuser::{MountOption, SessionACL, SessionUnmounter};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::fs::LayerFs;
-use crate::ring::Access;
+use crate::fuse::dispatch::Access;
+use crate::fuse::fs::LayerFs;
 use crate::sys::process::{self, SignalSet};
 
 /// Environment variable naming the readiness pipe of a re-executed background daemon.
@@ -176,7 +176,7 @@ pub fn serve(config: Config, ready: Option<ReadyPipe>) -> Result<()> {
 fn mount(
     config: &Config,
     background: bool,
-) -> Result<(fuser::Session<LayerFs>, Option<crate::ring::Rings>)> {
+) -> Result<(fuser::Session<LayerFs>, Option<crate::fuse::ring::Rings>)> {
     // Before any thread exists, so that every thread inherits the mask and the signals
     // reach only the waiting thread below.
     let signals = SignalSet::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
@@ -190,7 +190,7 @@ fn mount(
             log::warn!("cannot change directory to / ({e})");
         }
     }
-    crate::ops::install_panic_hook();
+    crate::fuse::ops::install_panic_hook();
     // The layers' directory-handle caches take their share of whatever limit is left:
     // under a low hard limit (LimitNOFILE=1024 services, containers) a walk must not fill
     // the fd table and leave every later open with EMFILE.
@@ -198,8 +198,8 @@ fn mount(
     match process::raise_nofile_limit() {
         Ok(limit) => {
             // Each io_uring queue (one per possible CPU) holds its ring and an eventfd.
-            let rings = 4 * crate::ring::queue_count() as u64;
-            let per_layer = crate::layer::size_dir_caches(limit, layers, rings);
+            let rings = 4 * crate::fuse::ring::queue_count() as u64;
+            let per_layer = crate::layers::layer::size_dir_caches(limit, layers, rings);
             log::debug!("open file limit {limit}; {per_layer} directory handles per layer");
         }
         Err(e) => log::warn!("cannot raise the open file limit ({e})"),
@@ -230,7 +230,7 @@ fn mount(
     let device = Arc::new(device);
     ops.set_device(device.clone());
     let rings = ops.ring_agreed().then(|| {
-        crate::ring::start(
+        crate::fuse::ring::start(
             ops.clone(),
             device.as_fd(),
             Access::of(config),

@@ -1,6 +1,6 @@
 //! The one error type of the daemon: an errno plus the context that explains it
 //! (which layer, which path). The errno a FUSE reply carries is taken here and only
-//! here (`Error::errno`, through `ops.rs`).
+//! here (`Error::errno`, through `fuse/ops.rs`).
 
 use std::fmt;
 use std::io;

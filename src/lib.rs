@@ -1,29 +1,21 @@
 //! layerfs: a userspace union filesystem for container image layers.
 //!
-//! The daemon merges read-only lower directories with one writable upper directory.
-//! `fs` adapts FUSE requests onto [`overlay::Overlay`]; the modules below it (layers,
-//! whiteouts, lookup, copy-up, listings) are unit-testable without a mount.
+//! The daemon merges read-only lower directories with one writable upper directory. Three
+//! layers of folders, calls going down only: `fuse` (the transports and `ops`) calls
+//! `overlay` (the merged tree's semantics), which calls `layers` (the on-disk format,
+//! shared with layerctl); all of them use `sys` (every raw syscall). docs/ARCHITECTURE.md
+//! has the map.
 
-pub mod acl;
 pub mod config;
-pub mod copy_up;
 pub mod daemon;
 pub mod error;
-pub mod fs;
-pub mod handles;
-pub mod idmap;
-pub mod inode;
-pub mod layer;
+pub mod fuse;
 pub mod layers;
-pub mod ops;
 pub mod overlay;
-pub mod passthrough;
-pub mod readahead;
-pub mod readdir;
-pub mod ring;
-pub mod stack;
 pub mod sys;
-pub mod whiteout;
+
+/// layerctl and the confined writer name the markers by their old path.
+pub use layers::whiteout;
 
 pub use config::Config;
 pub use error::{Error, Result};

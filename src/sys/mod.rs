@@ -43,7 +43,7 @@ const RESOLVE_INSIDE: u64 =
     libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
 
 /// What frees descriptors when an open fails for want of them (the layers' cached
-/// directory handles, `layer.rs`).
+/// directory handles, `layers/layer.rs`).
 static FD_RELIEF: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
 /// Sets what to call when an open fails with EMFILE or ENFILE; the open is then retried
@@ -836,7 +836,7 @@ pub fn backing_close(dev: BorrowedFd, id: u32) -> io::Result<()> {
 }
 
 /// Replies to an OPEN through fuser with a backing id registered by [`backing_open`],
-/// which stays registered (passthrough.rs closes it with the node's last handle).
+/// which stays registered (fuse/passthrough.rs closes it with the node's last handle).
 pub fn reply_opened_passthrough(
     reply: fuser::ReplyOpen,
     fh: fuser::FileHandle,

@@ -167,21 +167,28 @@ fn mount_device_in(table: &[u8], path: &[u8]) -> Option<String> {
     })
 }
 
-/// mountinfo writes space, tab, newline and backslash in paths as `\ooo` octal escapes.
-fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
+/// Whether the mount table (mountinfo format) lists `mountpoint`.
+pub fn mountinfo_has(table: &[u8], mountpoint: &[u8]) -> bool {
+    table
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .any(|field| unescape_mountinfo(field) == mountpoint)
+}
+
+/// Mount tables write space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
-    while i < field.len() {
-        let octal = field
-            .get(i + 1..i + 4)
-            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+    while i < s.len() {
+        let digits = s.get(i + 1..i + 4);
+        match digits {
+            Some(d) if s[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) => {
+                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                out.push(v as u8);
                 i += 4;
             }
-            None => {
-                out.push(field[i]);
+            _ => {
+                out.push(s[i]);
                 i += 1;
             }
         }
@@ -284,6 +291,15 @@ mod tests {
         assert_eq!(mount_device_in(table, b"/").as_deref(), Some("8:1"));
         assert_eq!(mount_device_in(table, b"/tmp"), None);
         assert_eq!(unescape_mountinfo(b"x\\134y\\01"), b"x\\y\\01");
+    }
+
+    #[test]
+    fn mountinfo_parsing_unescapes() {
+        let table =
+            b"36 35 98:0 / /mnt/my\\040dir rw - ext3 /dev/root rw\n22 1 0:5 / / rw - ext4 x rw\n";
+        assert!(mountinfo_has(table, b"/mnt/my dir"));
+        assert!(mountinfo_has(table, b"/"));
+        assert!(!mountinfo_has(table, b"/mnt"));
     }
 
     #[test]

@@ -14,11 +14,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::inode::{compose_ino, LowerRef};
-use crate::layer::{is_dir, Layer};
+use crate::layers::layer::{is_dir, Layer};
 use crate::layers::redirect::{self, Invalid, Place, Probe, Redirect};
+use crate::layers::whiteout::{self, Encoding, XattrNs};
 use crate::sys::{self, Stat};
-use crate::whiteout::{self, Encoding, XattrNs};
 
 /// How many places with an invalid redirect are remembered as already logged.
 const REFUSED_MAX: usize = 1024;
@@ -46,8 +45,8 @@ pub struct Found {
     pub upper: bool,
     /// Top-most lower occurrence, for a file not present in upper; for a directory the
     /// first lower directory merged.
-    pub lower: Option<LowerRef>,
-    pub lower_dirs: Vec<LowerRef>,
+    pub lower: Option<Place>,
+    pub lower_dirs: Vec<Place>,
     /// The inode number to report.
     pub st_ino: u64,
 }
@@ -91,7 +90,7 @@ impl Stack {
     pub fn resolve(
         &self,
         parent_upper: Option<&Path>,
-        parent_lowers: &[LowerRef],
+        parent_lowers: &[Place],
         name: &OsStr,
     ) -> Result<Option<Found>> {
         if whiteout::is_marker_name(name) {
@@ -189,9 +188,9 @@ impl Stack {
     }
 
     /// The root of the merged tree: upper root merged with every lower root.
-    pub fn root_lowers(&self) -> Vec<LowerRef> {
+    pub fn root_lowers(&self) -> Vec<Place> {
         (0..self.lowers.len())
-            .map(|layer| LowerRef {
+            .map(|layer| Place {
                 layer,
                 path: PathBuf::new(),
             })
@@ -288,5 +287,33 @@ impl redirect::LowerLayers for Stack {
             Some(layer) => self.refused(layer, Some(place.layer), &place.path, why),
             None => Error::new(libc::EIO, why.to_string()),
         }
+    }
+}
+
+/// Inode numbers reported through the mount: the layer's slot in the top 16 bits and the
+/// layer's own inode number below, so two layers never collide. Slot 0 is the upper
+/// layer, slot `i + 1` lower `i`. An inode number too wide for 48 bits is folded by
+/// hashing, which keeps it stable but could in theory collide; ext4, tmpfs and xfs without
+/// inode64 stay far below.
+pub fn compose_ino(slot: usize, real: u64) -> u64 {
+    const LOW: u64 = (1 << 48) - 1;
+    let low = if real <= LOW {
+        real
+    } else {
+        // Fold the high bits into the low ones (fxhash-style multiply), never 0.
+        (real.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16).max(1) & LOW
+    };
+    ((slot as u64 & 0xFFFF) << 48) | low
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inode_numbers_keep_layers_apart() {
+        assert_ne!(compose_ino(0, 5), compose_ino(1, 5));
+        assert_eq!(compose_ino(2, 5), compose_ino(2, 5));
+        assert_eq!(compose_ino(3, u64::MAX) >> 48, 3);
     }
 }

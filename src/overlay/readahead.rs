@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::inode::LowerRef;
-use crate::layer::Layer;
+use crate::layers::layer::Layer;
+use crate::overlay::nodes::LowerRef;
 
 /// Directories waiting to be read at most; past that the ones queued longest ago (the
 /// least likely to be next) are dropped.

@@ -13,8 +13,8 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Context, Error, Result};
+use crate::layers::whiteout;
 use crate::sys::{self, Stat};
-use crate::whiteout;
 
 /// How many directory handles one layer keeps open at most by default; past that the cache
 /// starts over, so open fds stay bounded whatever the size of the tree. The daemon lowers
@@ -85,7 +85,7 @@ const LISTING_CACHE_MAX_NAMES: usize = 200_000;
 /// have, and whiteouts next to names, are answered without a syscall, and merged listings
 /// take its entries from here instead of reading the directory again.
 #[derive(Debug, Default)]
-pub struct Listing {
+pub struct CachedDir {
     /// Names (whiteouts and the opaque marker excluded).
     pub entries: NameSet,
     /// Per name of `entries`, in its order: the type and inode number the layer listed.
@@ -99,7 +99,7 @@ pub struct Listing {
     pub redirect: Option<Box<[u8]>>,
 }
 
-impl Listing {
+impl CachedDir {
     /// Every entry as (name, `DT_*` type, inode number).
     pub fn iter(&self) -> impl Iterator<Item = (&OsStr, u8, u64)> {
         (0..self.entries.len()).map(|i| {
@@ -186,9 +186,9 @@ pub struct DirContents {
 }
 
 #[derive(Default)]
-struct Listings {
+struct CachedDirs {
     /// Keyed by the path's bytes, as [`DirCache`].
-    dirs: HashMap<OsString, Arc<Listing>>,
+    dirs: HashMap<OsString, Arc<CachedDir>>,
     names: usize,
 }
 
@@ -202,7 +202,7 @@ pub struct Layer {
     /// whoever renames or removes a directory in this layer calls `forget_dirs_under`.
     dirs: Arc<DirCache>,
     /// Directory listings, kept for immutable (lower) layers only.
-    listings: Option<RwLock<Listings>>,
+    listings: Option<RwLock<CachedDirs>>,
     /// The override_stat xattr this layer keeps owners and modes in
     /// (`whiteout::OVERRIDE_STAT_XATTRS`), as fuse-overlayfs decides for a layer: the
     /// first of them its root carries; `xattr_permissions=` picks the upper layer's.
@@ -241,12 +241,12 @@ impl Layer {
     /// are cached.
     pub fn open_immutable(path: &Path) -> Result<Layer> {
         let mut layer = Layer::open(path)?;
-        layer.listings = Some(RwLock::new(Listings::default()));
+        layer.listings = Some(RwLock::new(CachedDirs::default()));
         Ok(layer)
     }
 
     /// The listing of directory `rel`; `None` for a layer that may change.
-    pub fn listing(&self, rel: &Path) -> Result<Option<Arc<Listing>>> {
+    pub fn listing(&self, rel: &Path) -> Result<Option<Arc<CachedDir>>> {
         let Some(cache) = &self.listings else {
             return Ok(None);
         };
@@ -262,7 +262,7 @@ impl Layer {
     }
 
     /// The listing of directory `rel` if it is cached, without reading it.
-    pub fn cached_listing(&self, rel: &Path) -> Option<Arc<Listing>> {
+    pub fn cached_listing(&self, rel: &Path) -> Option<Arc<CachedDir>> {
         self.listings
             .as_ref()?
             .read()
@@ -271,7 +271,7 @@ impl Layer {
             .cloned()
     }
 
-    fn keep_listing(&self, rel: &Path, listing: Arc<Listing>) {
+    fn keep_listing(&self, rel: &Path, listing: Arc<CachedDir>) {
         let Some(cache) = &self.listings else {
             return;
         };
@@ -287,7 +287,7 @@ impl Layer {
     }
 
     /// Reads the directory `fd` (opened as `rel`, for messages).
-    fn read_listing(&self, fd: BorrowedFd, rel: &Path) -> Result<Listing> {
+    fn read_listing(&self, fd: BorrowedFd, rel: &Path) -> Result<CachedDir> {
         let (xattr_opaque, redirect) = overlay_xattrs(fd);
         let DirContents {
             mut entries,
@@ -299,7 +299,7 @@ impl Layer {
         let kinds = entries.iter().map(|e| e.1).collect();
         let inos = entries.iter().map(|e| e.2).collect();
         let names = entries.into_iter().map(|e| e.0).collect();
-        Ok(Listing {
+        Ok(CachedDir {
             entries: NameSet::from_names(names),
             kinds,
             inos,
@@ -347,7 +347,7 @@ impl Layer {
     }
 
     /// Brings what listing the directory `rel` through the mount will read into the caches
-    /// ahead of it (see readahead.rs): its blocks, the inode of every entry, the listing
+    /// ahead of it (see overlay/readahead.rs): its blocks, the inode of every entry, the listing
     /// an immutable layer keeps of it and of each of its subdirectories.
     pub fn read_ahead(&self, rel: &Path) -> Result<()> {
         let fd = self

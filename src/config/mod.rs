@@ -1,18 +1,18 @@
 //! Mount options (fuse-overlayfs compatible) turned into a validated [`Config`].
 //!
-//! Parsing and validation live here so that `main.rs` only hands a `Config` to the library.
+//! Parsing lives here and checking against the system in `validate`, so that `main.rs`
+//! only hands a `Config` to the library.
 //! The command line is `layerfs [-f] [-d] [-o OPTIONS]... MOUNTPOINT`; every problem is
 //! reported as one line that names the option and says how to fix it.
 
 use std::ffi::{OsStr, OsString};
-use std::fs;
-use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+
+mod validate;
 
 /// How deletions are recorded in the upper layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,9 +226,9 @@ where
             b"--" => only_positional = true,
             b"-h" | b"--help" => return Ok(Invocation::Help),
             b"-V" | b"--version" => return Ok(Invocation::Version),
-            b"-f" => parser.foreground = true,
-            b"-d" | b"--debug" => parser.debug = true,
-            b"-s" => parser.threads = Some(1),
+            b"-f" => parser.config.foreground = true,
+            b"-d" | b"--debug" => parser.config.debug = true,
+            b"-s" => parser.config.threads = 1,
             b"-o" => match args.next() {
                 Some(opts) => parser.parse(opts.as_ref().as_bytes())?,
                 None => {
@@ -267,196 +267,188 @@ impl Config {
         config.validate()?;
         Ok(config)
     }
-
-    /// Checks every path against the file system and replaces them by their canonical form
-    /// (symlinks resolved), so that the daemon never depends on the caller's directory.
-    pub fn validate(&mut self) -> Result<()> {
-        self.validate_paths()?;
-        let lowers = std::mem::take(&mut self.lowers);
-        for lower in lowers {
-            self.lowers.push(existing_dir("lowerdir", &lower)?);
-        }
-        if let (Some(upper), Some(work)) = (&self.upper, &self.work) {
-            let upper = existing_dir("upperdir", upper)?;
-            let work = existing_dir("workdir", work)?;
-            let (udev, wdev) = (dev_of(&upper)?, dev_of(&work)?);
-            if udev != wdev {
-                return Err(Error::usage(format!(
-                    "workdir {} is not on the same filesystem as upperdir {}; choose a workdir next to the upperdir",
-                    work.display(),
-                    upper.display()
-                )));
-            }
-            if overlaps(&upper, &work) {
-                return Err(Error::usage(format!(
-                    "workdir {} and upperdir {} overlap; use two separate sibling directories",
-                    work.display(),
-                    upper.display()
-                )));
-            }
-            for (kind, dir) in [("upperdir", &upper), ("workdir", &work)] {
-                for lower in &self.lowers {
-                    if overlaps(dir, lower) {
-                        return Err(Error::usage(format!(
-                            "{kind} {} overlaps lowerdir {}; writable directories must lie outside every lower layer",
-                            dir.display(),
-                            lower.display()
-                        )));
-                    }
-                }
-            }
-            self.upper = Some(upper);
-            self.work = Some(work);
-        }
-        self.mountpoint = self.check_mountpoint()?;
-        Ok(())
-    }
-
-    /// Checks that need no file system access.
-    fn validate_paths(&self) -> Result<()> {
-        if self.lowers.is_empty() {
-            return Err(Error::usage(
-                "missing lowerdir; pass -o lowerdir=DIR (several layers separated by colons, top-most first)",
-            ));
-        }
-        match (&self.upper, &self.work) {
-            (Some(_), None) => Err(Error::usage(
-                "upperdir given without workdir; add -o workdir=DIR on the same filesystem as upperdir",
-            )),
-            (None, Some(_)) => Err(Error::usage(
-                "workdir given without upperdir; add -o upperdir=DIR, or drop workdir for a read-only mount",
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    fn check_mountpoint(&self) -> Result<PathBuf> {
-        let raw = &self.mountpoint;
-        let shown = raw.display();
-        let meta = match fs::metadata(raw) {
-            Ok(meta) => meta,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                return Err(Error::usage(format!(
-                    "mount point {shown} is a stale FUSE mount whose daemon is gone; run `fusermount3 -u {shown}` and retry"
-                )))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::usage(format!(
-                    "mount point {shown} does not exist; create it with `mkdir -p {shown}`"
-                )))
-            }
-            Err(e) => {
-                // A live mount whose daemon refuses the stat is still busy; say so rather
-                // than blame permissions.
-                if is_mount_point(&absolute(raw)).unwrap_or(false) {
-                    return Err(busy(raw));
-                }
-                return Err(Error::usage(format!(
-                    "mount point {shown} cannot be used ({e}); check its permissions"
-                )));
-            }
-        };
-        if !meta.is_dir() {
-            return Err(Error::usage(format!(
-                "mount point {shown} is not a directory; mount on a directory"
-            )));
-        }
-        let mountpoint = fs::canonicalize(raw).map_err(|e| {
-            Error::usage(format!(
-                "mount point {shown} cannot be resolved ({e}); check its permissions"
-            ))
-        })?;
-        let shown = mountpoint.display();
-        // The mount point may be a lower itself, as with kernel overlayfs: the layers are
-        // opened before the mount covers them. Anything else nested would loop through the
-        // mount or hide a layer behind it.
-        let writable = self.upper.iter().map(|p| ("upperdir", p));
-        let work = self.work.iter().map(|p| ("workdir", p));
-        for (kind, layer) in self
-            .lowers
-            .iter()
-            .map(|p| ("lowerdir", p))
-            .chain(writable)
-            .chain(work)
-        {
-            let same = layer == &mountpoint;
-            if same && kind == "lowerdir" {
-                continue;
-            }
-            if same || mountpoint.starts_with(layer) {
-                return Err(Error::usage(format!(
-                    "mount point {shown} is inside {kind} {}; choose a mount point outside every layer",
-                    layer.display()
-                )));
-            }
-            if layer.starts_with(&mountpoint) {
-                return Err(Error::usage(format!(
-                    "{kind} {} is inside mount point {shown}, which would hide it; choose a mount point outside every layer",
-                    layer.display()
-                )));
-            }
-        }
-        if is_mount_point(&mountpoint)? {
-            return Err(busy(&mountpoint));
-        }
-        Ok(mountpoint)
-    }
 }
 
-fn busy(mountpoint: &Path) -> Error {
-    let shown = mountpoint.display();
-    Error::usage(format!(
-        "mount point {shown} is already a mount point; unmount it first (`umount {shown}`) or choose another directory"
-    ))
-}
-
-/// `path` made absolute without touching it (it may not answer a stat), with `.` and `..`
-/// removed lexically.
-fn absolute(path: &Path) -> PathBuf {
-    let joined = match std::env::current_dir() {
-        Ok(cwd) if path.is_relative() => cwd.join(path),
-        _ => path.to_path_buf(),
-    };
-    let mut out = PathBuf::new();
-    for part in joined.components() {
-        match part {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// Accumulates `-o` options; later options override earlier ones, as with mount(8).
-#[derive(Default)]
+/// Accumulates `-o` options straight into a [`Config`] that starts from its defaults;
+/// later options override earlier ones, as with mount(8).
 struct OptionParser {
-    lowers: Option<Vec<PathBuf>>,
-    upper: Option<PathBuf>,
-    work: Option<PathBuf>,
-    foreground: bool,
-    debug: bool,
+    config: Config,
     ro: bool,
-    redirect_dir: Option<bool>,
-    whiteout: Option<WhiteoutMode>,
-    volatile: bool,
-    allow_other: bool,
-    allow_root: bool,
     kernel_flags: Vec<&'static str>,
-    uid_mapping: Vec<IdRange>,
-    gid_mapping: Vec<IdRange>,
-    squash_to_root: bool,
-    squash_to_uid: Option<u32>,
-    squash_to_gid: Option<u32>,
-    timeout: Option<f64>,
-    threads: Option<usize>,
-    io_uring: Option<bool>,
-    io_uring_poll: Option<Duration>,
-    readahead: Option<bool>,
-    xattr_permissions: Option<u8>,
-    fsname: Option<String>,
+}
+
+impl Default for OptionParser {
+    fn default() -> OptionParser {
+        OptionParser {
+            config: Config::new(Vec::new(), PathBuf::new()),
+            ro: false,
+            kernel_flags: Vec::new(),
+        }
+    }
+}
+
+/// What an option does with what it is given: a flag alone (`ro`), or a `KEY=VALUE`
+/// whose value is parsed (the key comes along for the error message).
+enum Takes {
+    Nothing(fn(&mut OptionParser)),
+    Value(fn(&mut OptionParser, &str, &[u8]) -> Result<()>),
+}
+
+/// One `-o` option the daemon acts on. `listed`: named in `USAGE` (a test checks), and
+/// told "needs a value" / "takes no value" when given in the wrong form; an unlisted one
+/// (a libfuse alias) is then just unknown.
+struct Opt {
+    name: &'static str,
+    listed: bool,
+    takes: Takes,
+}
+
+const fn flag(name: &'static str, set: fn(&mut OptionParser)) -> Opt {
+    Opt {
+        name,
+        listed: true,
+        takes: Takes::Nothing(set),
+    }
+}
+
+const fn value(name: &'static str, set: fn(&mut OptionParser, &str, &[u8]) -> Result<()>) -> Opt {
+    Opt {
+        name,
+        listed: true,
+        takes: Takes::Value(set),
+    }
+}
+
+/// Every option the daemon acts on, declared once: parsing and both wrong-form errors come
+/// from here, the defaults from [`Config::new`]. Kernel flags and ignored options are the
+/// tables below.
+const OPTIONS: &[Opt] = &[
+    flag("ro", |p| p.ro = true),
+    flag("rw", |p| p.ro = false),
+    flag("debug", |p| p.config.debug = true),
+    flag("volatile", |p| p.config.volatile = true),
+    flag("allow_other", |p| p.config.allow_other = true),
+    flag("allow_root", |p| p.config.allow_root = true),
+    // The kernel always checks permissions on a layerfs mount: the daemon acts with its
+    // own credentials on the layers, so it must not be the one deciding access.
+    flag("default_permissions", |_| {}),
+    flag("squash_to_root", |p| p.config.squash_to_root = true),
+    value("lowerdir", |p, _, v| {
+        p.config.lowers = parse_lowerdir(v)?;
+        Ok(())
+    }),
+    value("upperdir", |p, k, v| {
+        p.config.upper = Some(parse_dir(k, v)?);
+        Ok(())
+    }),
+    value("workdir", |p, k, v| {
+        p.config.work = Some(parse_dir(k, v)?);
+        Ok(())
+    }),
+    value("redirect_dir", |p, k, v| {
+        p.config.redirect_dir = match text(k, v)? {
+            "on" => true,
+            // follow/nofollow never create redirects, so renames of lower directories
+            // fail with EXDEV, as with off.
+            "off" | "follow" | "nofollow" => false,
+            v => return Err(bad_value(k, v, "on, follow, nofollow or off")),
+        };
+        Ok(())
+    }),
+    value("whiteout", |p, k, v| {
+        p.config.whiteout = match text(k, v)? {
+            "auto" => WhiteoutMode::Auto,
+            "chardev" => WhiteoutMode::CharDev,
+            "file" => WhiteoutMode::File,
+            v => return Err(bad_value(k, v, "auto, chardev or file")),
+        };
+        Ok(())
+    }),
+    value("fsync", |p, k, v| {
+        p.config.volatile = match text(k, v)? {
+            "0" => true,
+            "1" => false,
+            v => return Err(bad_value(k, v, "0 or 1")),
+        };
+        Ok(())
+    }),
+    value("timeout", |p, k, v| {
+        let ok = |t: &f64| t.is_finite() && *t >= 0.0;
+        p.config.timeout = number(k, v, ok, "a number of seconds such as 1 or 0.5")?;
+        Ok(())
+    }),
+    value("threads", set_threads),
+    Opt {
+        name: "max_threads",
+        listed: false,
+        takes: Takes::Value(set_threads),
+    },
+    value("io_uring", |p, k, v| {
+        p.config.io_uring = on_off(k, v)?;
+        Ok(())
+    }),
+    value("io_uring_poll", |p, k, v| {
+        let us = number(k, v, |us| *us <= 10_000, "microseconds from 0 to 10000")?;
+        p.config.io_uring_poll = Duration::from_micros(us);
+        Ok(())
+    }),
+    value("readahead", |p, k, v| {
+        p.config.readahead = on_off(k, v)?;
+        Ok(())
+    }),
+    value("xattr_permissions", |p, k, v| {
+        let expected = "0, 1 (security.*) or 2 (user.*)";
+        p.config.xattr_permissions = number(k, v, |n| *n <= 2, expected)?;
+        Ok(())
+    }),
+    value("uidmapping", |p, k, v| {
+        p.config.uid_mapping = parse_mapping(k, v)?;
+        Ok(())
+    }),
+    value("gidmapping", |p, k, v| {
+        p.config.gid_mapping = parse_mapping(k, v)?;
+        Ok(())
+    }),
+    value("squash_to_uid", |p, k, v| {
+        p.config.squash_to_uid = Some(parse_id(k, v)?);
+        Ok(())
+    }),
+    value("squash_to_gid", |p, k, v| {
+        p.config.squash_to_gid = Some(parse_id(k, v)?);
+        Ok(())
+    }),
+    value("fsname", |p, k, v| {
+        let v = text(k, v)?;
+        if v.is_empty() || v.contains(',') {
+            return Err(bad_value(k, v, "a name without commas"));
+        }
+        p.config.fsname = v.to_string();
+        Ok(())
+    }),
+];
+
+fn set_threads(p: &mut OptionParser, k: &str, v: &[u8]) -> Result<()> {
+    let ok = |n: &usize| (1..=1024).contains(n);
+    p.config.threads = number(k, v, ok, "a whole number from 1 to 1024")?;
+    Ok(())
+}
+
+/// A numeric option's value, refused (naming `expected`) unless it parses and is `ok`.
+fn number<T: std::str::FromStr>(
+    key: &str,
+    value: &[u8],
+    ok: impl Fn(&T) -> bool,
+    expected: &str,
+) -> Result<T> {
+    let v = text(key, value)?;
+    match v.parse::<T>() {
+        Ok(n) if ok(&n) => Ok(n),
+        _ => Err(bad_value(key, v, expected)),
+    }
+}
+
+fn declared(key: &str) -> Option<&'static Opt> {
+    OPTIONS.iter().find(|o| o.name == key)
 }
 
 /// Kernel mount flags the daemon passes on, each with the flag it cancels.
@@ -574,107 +566,25 @@ impl OptionParser {
             log::debug!("ignoring option {key}");
             return Ok(());
         }
-        match key {
-            "lowerdir" => self.lowers = Some(parse_lowerdir(value)?),
-            "upperdir" => self.upper = Some(parse_dir("upperdir", value)?),
-            "workdir" => self.work = Some(parse_dir("workdir", value)?),
-            "redirect_dir" => {
-                self.redirect_dir = Some(match text(key, value)? {
-                    "on" => true,
-                    // follow/nofollow never create redirects, so renames of lower
-                    // directories fail with EXDEV, as with off.
-                    "off" | "follow" | "nofollow" => false,
-                    v => return Err(bad_value(key, v, "on, follow, nofollow or off")),
-                })
-            }
-            "whiteout" => {
-                self.whiteout = Some(match text(key, value)? {
-                    "auto" => WhiteoutMode::Auto,
-                    "chardev" => WhiteoutMode::CharDev,
-                    "file" => WhiteoutMode::File,
-                    v => return Err(bad_value(key, v, "auto, chardev or file")),
-                })
-            }
-            "fsync" => {
-                self.volatile = match text(key, value)? {
-                    "0" => true,
-                    "1" => false,
-                    v => return Err(bad_value(key, v, "0 or 1")),
-                }
-            }
-            "timeout" => {
-                let v = text(key, value)?;
-                match v.parse::<f64>() {
-                    Ok(t) if t.is_finite() && t >= 0.0 => self.timeout = Some(t),
-                    _ => return Err(bad_value(key, v, "a number of seconds such as 1 or 0.5")),
-                }
-            }
-            "threads" | "max_threads" => {
-                let v = text(key, value)?;
-                match v.parse::<usize>() {
-                    Ok(n) if (1..=1024).contains(&n) => self.threads = Some(n),
-                    _ => return Err(bad_value(key, v, "a whole number from 1 to 1024")),
-                }
-            }
-            "io_uring" => self.io_uring = Some(on_off(key, value)?),
-            "io_uring_poll" => {
-                let v = text(key, value)?;
-                match v.parse::<u64>() {
-                    Ok(us) if us <= 10_000 => self.io_uring_poll = Some(Duration::from_micros(us)),
-                    _ => return Err(bad_value(key, v, "microseconds from 0 to 10000")),
-                }
-            }
-            "readahead" => self.readahead = Some(on_off(key, value)?),
-            "xattr_permissions" => {
-                let v = text(key, value)?;
-                match v.parse::<u8>() {
-                    Ok(n) if n <= 2 => self.xattr_permissions = Some(n),
-                    _ => return Err(bad_value(key, v, "0, 1 (security.*) or 2 (user.*)")),
-                }
-            }
-            "uidmapping" => self.uid_mapping = parse_mapping(key, value)?,
-            "gidmapping" => self.gid_mapping = parse_mapping(key, value)?,
-            "squash_to_uid" => self.squash_to_uid = Some(parse_id(key, value)?),
-            "squash_to_gid" => self.squash_to_gid = Some(parse_id(key, value)?),
-            "fsname" => {
-                let v = text(key, value)?;
-                if v.is_empty() || v.contains(',') {
-                    return Err(bad_value(key, v, "a name without commas"));
-                }
-                self.fsname = Some(v.to_string());
-            }
-            "debug"
-            | "ro"
-            | "rw"
-            | "volatile"
-            | "squash_to_root"
-            | "allow_other"
-            | "allow_root"
-            | "default_permissions" => {
-                return Err(Error::usage(format!(
-                    "option {key} takes no value; write {key} alone"
-                )))
-            }
-            _ => return Err(unknown(key)),
+        match declared(key) {
+            Some(Opt {
+                takes: Takes::Value(set),
+                ..
+            }) => set(self, key, value),
+            Some(Opt { listed: true, .. }) => Err(Error::usage(format!(
+                "option {key} takes no value; write {key} alone"
+            ))),
+            _ => Err(unknown(key)),
         }
-        Ok(())
     }
 
     fn parse_flag(&mut self, key: &str) -> Result<()> {
-        match key {
-            "ro" => self.ro = true,
-            "rw" => self.ro = false,
-            "debug" => self.debug = true,
-            "volatile" => self.volatile = true,
-            "allow_other" => self.allow_other = true,
-            "allow_root" => self.allow_root = true,
-            // The kernel always checks permissions on a layerfs mount: the daemon acts with
-            // its own credentials on the layers, so it must not be the one deciding access.
-            "default_permissions" => {}
-            "squash_to_root" => self.squash_to_root = true,
-            "lowerdir" | "upperdir" | "workdir" | "redirect_dir" | "whiteout" | "fsync"
-            | "timeout" | "threads" | "io_uring" | "io_uring_poll" | "readahead" | "uidmapping"
-            | "gidmapping" | "xattr_permissions" | "squash_to_uid" | "squash_to_gid" | "fsname" => {
+        match declared(key) {
+            Some(Opt {
+                takes: Takes::Nothing(set),
+                ..
+            }) => set(self),
+            Some(Opt { listed: true, .. }) => {
                 return Err(Error::usage(format!(
                     "option {key} needs a value; write {key}=VALUE"
                 )))
@@ -693,8 +603,11 @@ impl OptionParser {
         Ok(())
     }
 
+    /// What only the whole set of options decides: the kernel flags fuse-overlayfs
+    /// defaults to, read-only without an upper layer, root's defaults.
     fn finish(mut self, mountpoint: PathBuf, as_root: bool) -> Result<Config> {
-        let mut config = Config::new(self.lowers.take().unwrap_or_default(), mountpoint);
+        let mut config = self.config;
+        config.mountpoint = mountpoint;
         // fuse-overlayfs mounts with noatime always, and as root with allow_other and suid
         // so that a container's setuid programs work; explicit options win.
         let has = |flags: &[&str], f: &str| flags.contains(&f);
@@ -704,47 +617,13 @@ impl OptionParser {
         if as_root && !has(&self.kernel_flags, "suid") && !has(&self.kernel_flags, "nosuid") {
             self.kernel_flags.push("suid");
         }
-        config.read_only = self.ro || self.upper.is_none();
-        config.upper = self.upper;
-        config.work = self.work;
-        config.foreground = self.foreground || self.debug;
-        config.debug = self.debug;
-        if let Some(r) = self.redirect_dir {
-            config.redirect_dir = r;
-        }
-        if let Some(w) = self.whiteout {
-            config.whiteout = w;
-        }
-        config.volatile = self.volatile;
-        config.allow_other = self.allow_other || as_root;
+        config.read_only = self.ro || config.upper.is_none();
+        config.foreground = config.foreground || config.debug;
+        config.allow_other = config.allow_other || as_root;
         // allow_other already admits root; keeping both would only confuse the ACL.
-        config.allow_root = self.allow_root && !config.allow_other;
+        config.allow_root = config.allow_root && !config.allow_other;
         config.default_permissions = true;
         config.kernel_flags = self.kernel_flags.iter().map(|f| f.to_string()).collect();
-        config.uid_mapping = self.uid_mapping;
-        config.xattr_permissions = self.xattr_permissions.unwrap_or(0);
-        config.gid_mapping = self.gid_mapping;
-        config.squash_to_root = self.squash_to_root;
-        config.squash_to_uid = self.squash_to_uid;
-        config.squash_to_gid = self.squash_to_gid;
-        if let Some(t) = self.timeout {
-            config.timeout = t;
-        }
-        if let Some(n) = self.threads {
-            config.threads = n;
-        }
-        if let Some(r) = self.io_uring {
-            config.io_uring = r;
-        }
-        if let Some(p) = self.io_uring_poll {
-            config.io_uring_poll = p;
-        }
-        if let Some(r) = self.readahead {
-            config.readahead = r;
-        }
-        if let Some(name) = self.fsname {
-            config.fsname = name;
-        }
         Ok(config)
     }
 }
@@ -888,87 +767,11 @@ fn unescape(s: &[u8]) -> Vec<u8> {
     out
 }
 
-fn existing_dir(kind: &str, path: &Path) -> Result<PathBuf> {
-    let shown = path.display();
-    let resolved = fs::canonicalize(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::usage(format!(
-            "{kind} {shown} does not exist; check the path or create the directory"
-        )),
-        _ => Error::usage(format!(
-            "{kind} {shown} cannot be opened ({e}); check its permissions"
-        )),
-    })?;
-    let meta = fs::metadata(&resolved).map_err(|e| {
-        Error::usage(format!(
-            "{kind} {shown} cannot be opened ({e}); check its permissions"
-        ))
-    })?;
-    if !meta.is_dir() {
-        return Err(Error::usage(format!(
-            "{kind} {shown} is not a directory; every layer must be a directory"
-        )));
-    }
-    Ok(resolved)
-}
-
-fn dev_of(path: &Path) -> Result<u64> {
-    fs::metadata(path).map(|m| m.dev()).map_err(|e| {
-        Error::usage(format!(
-            "{} cannot be opened ({e}); check its permissions",
-            path.display()
-        ))
-    })
-}
-
-/// Two canonical paths overlap when one is the other or lies beneath it.
-fn overlaps(a: &Path, b: &Path) -> bool {
-    a.starts_with(b) || b.starts_with(a)
-}
-
-/// Whether something is mounted at `path` (a canonical path), from /proc/self/mountinfo.
-fn is_mount_point(path: &Path) -> Result<bool> {
-    match fs::read("/proc/self/mountinfo") {
-        Ok(table) => Ok(mountinfo_has(&table, path.as_os_str().as_bytes())),
-        // Without /proc, a mount point is a directory on another device than its parent;
-        // this misses bind mounts within one file system, which is the best we can do.
-        Err(_) => {
-            let parent = path.parent().unwrap_or(Path::new("/"));
-            Ok(path == Path::new("/") || dev_of(path)? != dev_of(parent)?)
-        }
-    }
-}
-
-/// Whether the mount table (mountinfo format) lists `mountpoint`.
-pub fn mountinfo_has(table: &[u8], mountpoint: &[u8]) -> bool {
-    table
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .any(|field| unescape_octal(field) == mountpoint)
-}
-
-/// Mount tables write space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let digits = s.get(i + 1..i + 4);
-        match digits {
-            Some(d) if s[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) => {
-                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                out.push(v as u8);
-                i += 4;
-            }
-            _ => {
-                out.push(s[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
+    use super::validate::dev_of;
     use super::*;
     use std::os::unix::fs::symlink;
     use tempfile::TempDir;
@@ -1436,13 +1239,16 @@ mod tests {
         );
     }
 
+    /// The help names every option the table declares as listed, so the two cannot drift.
     #[test]
-    fn mountinfo_parsing_unescapes() {
-        let table =
-            b"36 35 98:0 / /mnt/my\\040dir rw - ext3 /dev/root rw\n22 1 0:5 / / rw - ext4 x rw\n";
-        assert!(mountinfo_has(table, b"/mnt/my dir"));
-        assert!(mountinfo_has(table, b"/"));
-        assert!(!mountinfo_has(table, b"/mnt"));
+    fn usage_names_every_listed_option() {
+        for opt in OPTIONS.iter().filter(|o| o.listed) {
+            assert!(
+                USAGE.contains(opt.name),
+                "USAGE does not mention {}",
+                opt.name
+            );
+        }
     }
 
     #[test]

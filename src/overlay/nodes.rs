@@ -12,6 +12,8 @@ use std::sync::Arc;
 use hashbrown::hash_table::{Entry, HashTable};
 use smallvec::SmallVec;
 
+use super::copy_up::index_name;
+
 pub const ROOT: u64 = 1;
 
 /// A name in the merged tree. Shared between a node's aliases and its directory's
@@ -106,12 +108,6 @@ impl Node {
             .iter()
             .any(|(p, n)| *p == parent && **n == *name)
     }
-}
-
-/// The index entry of a hard-linked lower inode is named by the inode number the mount
-/// reports for it, which every name of it carries (recorded on the upper copy too).
-pub fn index_name(st_ino: u64) -> std::ffi::OsString {
-    std::ffi::OsString::from(format!("{st_ino:016x}"))
 }
 
 /// Nodes and their names. A node's id is the inode number reported for it (fuser answers
@@ -443,22 +439,6 @@ fn holds(
         .is_some_and(|n| n.has_alias(parent, name))
 }
 
-/// Inode numbers reported through the mount: the layer's slot in the top 16 bits and the
-/// layer's own inode number below, so two layers never collide. Slot 0 is the upper
-/// layer, slot `i + 1` lower `i`. An inode number too wide for 48 bits is folded by
-/// hashing, which keeps it stable but could in theory collide; ext4, tmpfs and xfs without
-/// inode64 stay far below.
-pub fn compose_ino(slot: usize, real: u64) -> u64 {
-    const LOW: u64 = (1 << 48) - 1;
-    let low = if real <= LOW {
-        real
-    } else {
-        // Fold the high bits into the low ones (fxhash-style multiply), never 0.
-        (real.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16).max(1) & LOW
-    };
-    ((slot as u64 & 0xFFFF) << 48) | low
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,12 +497,5 @@ mod tests {
         let g = t.insert(ROOT, OsStr::new("g"), Node::new(libc::S_IFREG, 7), 1, true);
         assert_eq!(t.child(ROOT, OsStr::new("d")), None);
         assert_eq!(t.path(g), Some(PathBuf::from("g")));
-    }
-
-    #[test]
-    fn inode_numbers_keep_layers_apart() {
-        assert_ne!(compose_ino(0, 5), compose_ino(1, 5));
-        assert_eq!(compose_ino(2, 5), compose_ino(2, 5));
-        assert_eq!(compose_ino(3, u64::MAX) >> 48, 3);
     }
 }

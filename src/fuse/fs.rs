@@ -14,10 +14,11 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::ops::{self, Answer, Ctx, DirPlusSink, DirSink, Ops, ReadSink, Xattr};
+use crate::fuse::ops::{self, Answer, Ctx, DirPlusSink, DirSink, Ops, ReadSink, Xattr};
+use crate::fuse::{ring, wire};
 use crate::overlay::SetAttr;
 use crate::sys::{self, Stat};
-use crate::{ring, Config, Result};
+use crate::{Config, Result};
 
 pub struct LayerFs {
     ops: Arc<Ops>,
@@ -252,7 +253,7 @@ impl Filesystem for LayerFs {
             } else {
                 // The rings' buffers are sized for the largest request; 1 MiB is what the
                 // kernel sends at most anyway (256 pages).
-                let _ = config.set_max_write(ring::MAX_PAYLOAD as u32);
+                let _ = config.set_max_write(wire::MAX_PAYLOAD as u32);
                 ring = config
                     .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
                     .is_ok();

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::acl;
-use crate::idmap::{self, IdMap};
+use crate::fuse::idmap::{self, IdMap};
+use crate::fuse::passthrough::{Mode, Passthrough};
+use crate::layers::acl;
+use crate::overlay::readdir::Listing;
 use crate::overlay::{Caller, NewKind, Overlay, SetAttr};
-use crate::passthrough::{Mode, Passthrough};
-use crate::readdir::Listing;
 use crate::sys::{self, Stat};
 use crate::{Config, Error, Result};
 
@@ -183,7 +183,7 @@ impl Ops {
     }
 
     /// Attributes as callers see them: owners translated by the id options.
-    fn seen(&self, mut st: Stat) -> Stat {
+    fn owners_out(&self, mut st: Stat) -> Stat {
         st.st_uid = self.ids.uid_out(st.st_uid);
         st.st_gid = self.ids.gid_out(st.st_gid);
         st
@@ -193,7 +193,7 @@ impl Ops {
         Entry {
             id,
             generation: self.overlay.generation(id),
-            st: self.seen(st),
+            st: self.owners_out(st),
         }
     }
 
@@ -236,7 +236,7 @@ impl Ops {
     }
 
     pub fn getattr(&self, id: u64, fh: Option<u64>) -> Answer<Stat> {
-        result(self.overlay.getattr(id, fh)).map(|st| self.seen(st))
+        result(self.overlay.getattr(id, fh)).map(|st| self.owners_out(st))
     }
 
     /// `attr` carries owners as the kernel sent them.
@@ -244,7 +244,7 @@ impl Ops {
         let (uid, gid) = self.owner_in(attr.uid, attr.gid)?;
         attr.uid = uid;
         attr.gid = gid;
-        result(self.overlay.setattr(id, &attr)).map(|st| self.seen(st))
+        result(self.overlay.setattr(id, &attr)).map(|st| self.owners_out(st))
     }
 
     pub fn readlink(&self, id: u64) -> Answer<std::ffi::OsString> {
@@ -511,7 +511,7 @@ impl Ops {
                     Some(st) => Entry {
                         id,
                         generation: 0,
-                        st: self.seen(st),
+                        st: self.owners_out(st),
                     },
                     None => {
                         let mut st = sys::zeroed_stat();

@@ -17,13 +17,16 @@ use std::ffi::{OsStr, OsString};
 use std::hash::BuildHasher;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::{errno, Overlay};
 use crate::error::{Error, Result};
-use crate::inode::LowerRef;
-use crate::stack::Stack;
+use crate::layers::stack::Stack;
+use crate::overlay::nodes::LowerRef;
+use crate::sys;
 
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -217,4 +220,71 @@ impl Merge {
 /// Whether the merged directory has any entry at all (rmdir's ENOTEMPTY).
 pub fn is_empty(stack: &Stack, upper: Option<&Path>, lowers: &[LowerRef]) -> Result<bool> {
     Ok(list(stack, upper, lowers)?.is_empty())
+}
+
+impl Overlay {
+    /// Makes the directory's upper part durable (its lower parts never change); nothing to
+    /// do for a directory only in lower layers, or when the mount is volatile.
+    pub fn fsyncdir(&self, id: u64, datasync: bool) -> Result<()> {
+        if self.volatile {
+            return Ok(());
+        }
+        let tree = self.tree.read();
+        let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+        if !node.upper || self.read_only {
+            return Ok(());
+        }
+        let path = self.path(&tree, id)?;
+        let upper = self.upper()?;
+        let fd = upper.open_beneath(&path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Ok(sys::fsync(fd.as_fd(), datasync)?)
+    }
+
+    /// The listing of directory `id` to answer a READDIR at `offset` from (see readdir.rs
+    /// for why any kept listing may continue a read).
+    pub fn listing(&self, id: u64, offset: u64) -> Result<Arc<Listing>> {
+        let tree = self.tree.read();
+        // Stable while the shared lock is held: changes take the exclusive one.
+        let changes = self.changes.load(Ordering::Acquire);
+        self.listings.get(id, offset, changes, || {
+            let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
+            if !node.is_dir() {
+                return Err(errno(libc::ENOTDIR));
+            }
+            let upath = if node.upper {
+                Some(self.path(&tree, id)?)
+            } else {
+                None
+            };
+            let parent_ino = node
+                .aliases()
+                .first()
+                .and_then(|(p, _)| tree.get(*p))
+                .map(|p| p.st_ino)
+                .unwrap_or(node.st_ino);
+            let dot = |name: &str, ino| DirEntry {
+                name: name.into(),
+                dtype: libc::DT_DIR,
+                ino,
+                cookie: 0,
+            };
+            let mut list = vec![dot(".", node.st_ino), dot("..", parent_ino)];
+            list.extend(self::list(&self.stack, upath.as_deref(), &node.lower_dirs)?);
+            Ok(list)
+        })
+    }
+
+    /// Directory `id`, listed as `listing`, was read from the start; `from_disk` if
+    /// serving that had to wait for the disk: its lower subdirectories may be read ahead
+    /// (readahead.rs).
+    pub fn listed(&self, id: u64, listing: &Listing, from_disk: bool) {
+        let tree = self.tree.read();
+        let Some(node) = tree.get(id) else { return };
+        let subdirs = listing
+            .after(DOTDOT_COOKIE)
+            .iter()
+            .filter(|e| e.dtype == libc::DT_DIR)
+            .map(|e| e.name.as_os_str());
+        self.readahead.listed(&node.lower_dirs, subdirs, from_disk);
+    }
 }

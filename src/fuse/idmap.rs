@@ -20,12 +20,12 @@
 //! ACL entries are stricter (`acl_in`): an entry naming an unmapped id is refused.
 //!
 //! The ids inside POSIX ACL entries (`system.posix_acl_*`) go through the same ranges
-//! ([`IdMap::acl_out`], [`IdMap::acl_in`]) but are never squashed; `acl.rs` says why.
+//! ([`IdMap::acl_out`], [`IdMap::acl_in`]) but are never squashed; `layers/acl.rs` says why.
 
 use std::borrow::Cow;
 
-use crate::acl::{self, MapError};
 use crate::config::{Config, IdRange};
+use crate::layers::acl::{self, MapError};
 
 /// What the kernel reports for an id that has no mapping (`/proc/sys/kernel/overflowuid`).
 pub const OVERFLOW_ID: u32 = 65534;
