@@ -54,6 +54,15 @@ enum Task {
     Materialize { from: LayerPath, out: LayerPath },
 }
 
+/// A hard-linked lower file copied into the new layer by a renamed directory's expansion.
+struct Materialized {
+    path: LayerPath,
+    /// The lower file's (dev, ino).
+    source: (u64, u64),
+    /// The copy's inode in the new layer.
+    copy_ino: u64,
+}
+
 /// The raw redirect recorded on the open directory `dir`, if any.
 fn redirect_of(dir: &OwnedFd) -> Option<Vec<u8>> {
     whiteout::redirect(dir.as_fd(), OsStr::new(""))
@@ -105,10 +114,11 @@ impl<'a> Builder<'a> {
             lower: Some(LayerPath::root()),
             mode: Mode::Diff,
         }];
+        let mut linked = Vec::new();
         while let Some(task) = tasks.pop() {
             match task {
                 Task::Materialize { from, out } => {
-                    self.materialize(&mut c, &from, &out, &mut tasks)?
+                    self.materialize(&mut c, &from, &out, &mut tasks, &mut linked)?
                 }
                 Task::Apply {
                     parent,
@@ -128,9 +138,7 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        if let Some(index) = index {
-            self.link_lower_names(&mut c, index, out)?;
-        }
+        self.link_lower_names(&mut c, index, out, &linked)?;
         c.finish()
     }
 
@@ -139,29 +147,46 @@ impl<'a> Builder<'a> {
     /// name, those never touched included (they are still lower-only in the upper). Every
     /// such name that the committed view would still show from a lower layer is written as
     /// a hard link to the new content; a name the container deleted stays deleted.
-    fn link_lower_names(&self, c: &mut Copier, index: &Path, out: &Path) -> Result<()> {
-        let dir = match File::open(index) {
-            Ok(f) => OwnedFd::from(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(err!("opening the workdir index {}: {e}", index.display())),
+    ///
+    /// A renamed directory's lower content is copied into the new layer (`linked`: each
+    /// hard-linked file so copied, with its lower (dev, ino) and the copy's inode). The
+    /// container shows such a name as the same inode as the set's other names, so those
+    /// join the copy too (a layer cannot link to a file of a layer below it); and a copy of
+    /// a set whose new content is in the index takes the index's content, as the container
+    /// shows it.
+    fn link_lower_names(
+        &self,
+        c: &mut Copier,
+        index: Option<&Path>,
+        out: &Path,
+        linked: &[Materialized],
+    ) -> Result<()> {
+        let shown = index.unwrap_or(Path::new("")).display();
+        let dir = match index.map(File::open) {
+            None => None,
+            Some(Ok(f)) => Some(OwnedFd::from(f)),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Some(Err(e)) => return Err(err!("opening the workdir index {shown}: {e}")),
         };
         let mut by_ino: HashMap<u64, (OsString, sys::Stat)> = HashMap::new();
-        for (name, _, _) in
-            sys::read_dir(dir.as_fd()).ctx(|| format!("reading {}", index.display()))?
-        {
-            let Some(ino) = std::str::from_utf8(name.as_bytes())
-                .ok()
-                .and_then(|h| u64::from_str_radix(h, 16).ok())
-            else {
-                continue;
-            };
-            let st = sys::fstatat(dir.as_fd(), &name)
-                .ctx(|| format!("stat {} in {}", name.to_string_lossy(), index.display()))?;
-            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-                by_ino.insert(ino, (name, st));
+        if let Some(dir) = &dir {
+            for (name, _, _) in sys::read_dir(dir.as_fd()).ctx(|| format!("reading {shown}"))? {
+                let Some(ino) = std::str::from_utf8(name.as_bytes())
+                    .ok()
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                else {
+                    continue;
+                };
+                let st = sys::fstatat(dir.as_fd(), &name)
+                    .ctx(|| format!("stat {} in {shown}", name.to_string_lossy()))?;
+                if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                    by_ino.insert(ino, (name, st));
+                }
             }
         }
-        if by_ino.is_empty() {
+        let copied: std::collections::HashSet<(u64, u64)> =
+            linked.iter().map(|m| m.source).collect();
+        if by_ino.is_empty() && copied.is_empty() {
             return Ok(());
         }
         // Every name of those inodes in the lower view, then the ones the committed view
@@ -179,7 +204,8 @@ impl<'a> Builder<'a> {
                     stack.push(p);
                 } else if e.stat.st_mode & libc::S_IFMT == libc::S_IFREG
                     && e.stat.st_nlink > 1
-                    && by_ino.contains_key(&e.stat.st_ino)
+                    && (by_ino.contains_key(&e.stat.st_ino)
+                        || copied.contains(&(e.stat.st_dev, e.stat.st_ino)))
                 {
                     names.push((p, e.stat.st_ino));
                 }
@@ -193,10 +219,10 @@ impl<'a> Builder<'a> {
             let still_lower = committed
                 .lookup(&p)
                 .ctx(|| format!("looking up {shown} in the new layer"))?
-                .is_some_and(|e| e.layer > 0 && e.stat.st_ino == ino);
-            if !still_lower {
+                .filter(|e| e.layer > 0 && e.stat.st_ino == ino);
+            let Some(lower) = still_lower else {
                 continue;
-            }
+            };
             // Its parents exist in the new layer with the lower directories' metadata
             // (they merge with them), then the name joins the changed inode.
             for depth in 1..p.depth() {
@@ -217,8 +243,28 @@ impl<'a> Builder<'a> {
                     .ctx(|| format!("opening lower directory {}", a.parent().display()))?;
                 c.copy_entry(pd.as_fd(), a.name(), &e.stat, &a)?;
             }
-            let (name, st) = &by_ino[&ino];
-            c.copy_shared(dir.as_fd(), name, st, &p)?;
+            if let (Some((name, st)), Some(dir)) = (by_ino.get(&ino), &dir) {
+                c.copy_shared(dir.as_fd(), name, st, &p)?;
+            } else {
+                // The copier links it to the copy already made of the same lower inode.
+                let pd = self
+                    .lowers
+                    .open_dir(lower.layer - 1, &p.parent())
+                    .ctx(|| format!("opening lower directory {}", p.parent().display()))?;
+                c.copy_entry(pd.as_fd(), p.name(), &lower.stat, &p)?;
+            }
+        }
+        if let Some(dir) = &dir {
+            for m in linked {
+                let Some((name, st)) = by_ino.get(&m.source.1) else {
+                    continue;
+                };
+                // Only while the path still holds the lower content copied there (the
+                // upper may have replaced it since).
+                if c.w.ino_of(&m.path) == Some(m.copy_ino) {
+                    c.copy_shared(dir.as_fd(), name, st, &m.path)?;
+                }
+            }
         }
         Ok(())
     }
@@ -230,6 +276,7 @@ impl<'a> Builder<'a> {
         from: &LayerPath,
         out: &LayerPath,
         tasks: &mut Vec<Task>,
+        linked: &mut Vec<Materialized>,
     ) -> Result<()> {
         let listing = self
             .lowers
@@ -248,6 +295,15 @@ impl<'a> Builder<'a> {
             let dir = &dirs[&e.layer];
             let dst = out.join(&name);
             c.copy_entry(dir.as_fd(), &name, &e.stat, &dst)?;
+            if e.stat.st_mode & libc::S_IFMT == libc::S_IFREG && e.stat.st_nlink > 1 {
+                if let Some(copy_ino) = c.w.ino_of(&dst) {
+                    linked.push(Materialized {
+                        path: dst.clone(),
+                        source: (e.stat.st_dev, e.stat.st_ino),
+                        copy_ino,
+                    });
+                }
+            }
             if e.is_dir() {
                 tasks.push(Task::Materialize {
                     from: from.join(&name),
