@@ -698,17 +698,21 @@ fn layer_dirs(env: &Env, image: &str) -> Result<Vec<PathBuf>, String> {
     let ids = v["image"]["config"]["rootfs"]["diff_ids"]
         .as_array()
         .ok_or("inspect has no diff_ids")?;
-    // Top first, as lowerdir= lists them.
-    Ok(ids
-        .iter()
-        .rev()
-        .map(|d| {
-            env.root
-                .join("layers")
-                .join(d.as_str().unwrap().trim_start_matches("sha256:"))
-                .join("diff")
-        })
-        .collect())
+    // Top first, as lowerdir= lists them; a layer repeated lower down changes nothing (the
+    // upper occurrence decides every path it names) and kernel overlayfs refuses a
+    // directory listed twice.
+    let mut out: Vec<PathBuf> = Vec::new();
+    for d in ids.iter().rev() {
+        let p = env
+            .root
+            .join("layers")
+            .join(d.as_str().unwrap_or_default().trim_start_matches("sha256:"))
+            .join("diff");
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 fn lowerdir(dirs: &[PathBuf]) -> String {
@@ -1182,4 +1186,11 @@ fn renamed_dir_copy_of_a_changed_hard_link_set_takes_the_new_content() {
         Step::Rename(s("d3"), s("n1")),
         Step::Append(s("d1/hl"), b"more".to_vec()),
     ]);
+}
+
+/// Two commits without a change give the same empty layer twice in the chain; a mount of
+/// the image must still work (kernel overlayfs refuses a lowerdir listed twice).
+#[test]
+fn the_same_layer_twice_in_a_chain_mounts() {
+    regression(&[Step::Commit, Step::Commit, Step::Commit]);
 }
