@@ -1194,3 +1194,32 @@ fn renamed_dir_copy_of_a_changed_hard_link_set_takes_the_new_content() {
 fn the_same_layer_twice_in_a_chain_mounts() {
     regression(&[Step::Commit, Step::Commit, Step::Commit]);
 }
+
+/// A hard-linked file copied by a renamed directory's expansion and then replaced by the
+/// container (here by a symlink to the canary, deep in a renamed tree): the replacement
+/// often gets the freed inode number, which must not make it "the copy" that the set's
+/// other names are linked to or that takes the index's content.
+#[test]
+fn replaced_copy_of_a_hard_link_is_not_linked_again() {
+    regression(&[
+        Step::Rename(s("d2/sub/inner"), s("d3/a/b/sub2")),
+        Step::Rename(s("d1/sub/deep"), s("d1/sub/x")),
+        Step::Rename(s("d2"), s("d1/sub/sub2")),
+        Step::Rename(s("d3"), s("etc/sub2")),
+        Step::Rename(s("etc/sub2"), s("d1/sub/f")),
+        Step::Rename(s("d1/sub/sub2"), s("d1/sub/x/more/deep")),
+        Step::Rename(s("d1/sub/x/more/deep/hl"), s("d1/sub/f/a/b/sub2/x")),
+        Step::Symlink(s("@up4"), s("d1/sub/x/more/deep/hl")),
+    ]);
+}
+
+/// The same with a new file in place of the copy: the set's names outside the renamed
+/// directory stay one inode of their own, not links to the new file.
+#[test]
+fn new_file_in_place_of_a_copied_hard_link_stays_apart() {
+    regression(&[
+        Step::Rename(s("d3"), s("n1")),
+        Step::RmRf(s("n1/a/hl")),
+        Step::Write(s("n1/a/hl"), b"new".to_vec()),
+    ]);
+}
