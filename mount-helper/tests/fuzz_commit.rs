@@ -23,7 +23,7 @@
 //! layerfs, one with kernel overlayfs (`LAYERCTL_MOUNT_PROGRAM=kernel`), so commit reads
 //! the kernel's redirects too.
 //!
-//! Environment: `LAYERCTL_FUZZ_COMMIT_SEEDS` (default 4 per variant),
+//! Environment: `LAYERCTL_FUZZ_COMMIT_SEEDS` (default 10 per variant),
 //! `LAYERCTL_FUZZ_COMMIT_SEED_START` (default 0), `LAYERCTL_FUZZ_COMMIT_OPS` (ops per seed,
 //! default 40, spread over about three commits), `LAYERCTL_FUZZ_COMMIT_SHRINK_SECS`
 //! (default 600), `LAYERCTL_FUZZ_COMMIT_VARIANT` (`layerfs`, `kernel`; default both).
@@ -1110,7 +1110,7 @@ fn fuzz(variant: Variant) {
         canary: &canary,
         variant,
     };
-    let seeds = env_num("LAYERCTL_FUZZ_COMMIT_SEEDS", 4);
+    let seeds = env_num("LAYERCTL_FUZZ_COMMIT_SEEDS", 10);
     let start = env_num("LAYERCTL_FUZZ_COMMIT_SEED_START", 0);
     let ops = env_num("LAYERCTL_FUZZ_COMMIT_OPS", 40) as usize;
     let (mut total_ops, mut commits) = (0, 0);
