@@ -685,6 +685,24 @@ fn generate(r: &mut Rng, mnt: &Path) -> Vec<Step> {
     out
 }
 
+/// `layerctl umount NAME`, again while the mount is busy: a child that another test
+/// thread forks inherits, until it execs, the descriptors this thread has open on the
+/// mount, which keeps it busy for that moment.
+fn umount(env: &Env, name: &str) -> Result<(), String> {
+    for _ in 0..100 {
+        let o = env.run(&["umount", name]);
+        if o.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if !err.contains("busy") {
+            return Err(err);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("container {name} stays busy"))
+}
+
 fn layer_dirs(env: &Env, image: &str) -> Result<Vec<PathBuf>, String> {
     let o = env.run(&["inspect", image]);
     if !o.status.success() {
@@ -757,6 +775,20 @@ fn stacked_view(lowers: &[PathBuf], mnt: &Path, kernel: bool) -> Result<View, St
     }
     let guard = MountGuard(vec![mnt.to_path_buf()]);
     let v = view(mnt);
+    let mut tries = 0;
+    while !Command::new("umount")
+        .arg(mnt)
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        tries += 1;
+        if tries == 100 {
+            return Err(format!("{} stays busy", mnt.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(guard);
     Ok(v)
 }
@@ -930,7 +962,7 @@ fn run_case(
             ));
         }
         let committed = view(&ro);
-        env.ok(&["umount", &ro_name]);
+        umount(&env, &ro_name).map_err(|e| fail("umount", e, i))?;
         env.ok(&["rm", &ro_name]);
         let d = differences(&live, &committed);
         if !d.is_empty() {
@@ -939,7 +971,7 @@ fn run_case(
         canary_ok("the committed image's mount")?;
         // Oracle 2: the upper over the image's layers; the container is unmounted first
         // (kernel overlayfs refuses an upper in use as a lower elsewhere).
-        env.ok(&["umount", &name]);
+        umount(&env, &name).map_err(|e| fail("umount", e, i))?;
         let mut lowers = vec![env.root.join("containers").join(&name).join("upper")];
         lowers.extend(layer_dirs(&env, &image).map_err(|e| fail("inspect", e, i))?);
         for kernel in [false, true] {
