@@ -9,7 +9,7 @@
 //! [`LowerView`]'s confined handles; everything is written through the confined writer.
 //! Nothing recurses: the walk is a stack of tasks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -52,6 +52,48 @@ enum Task {
     },
     /// Copy the merged lower content of directory `from` into `out`.
     Materialize { from: LayerPath, out: LayerPath },
+}
+
+/// The mount's workdir index: the new content of lower hard-link sets changed through one
+/// of their names, by the lower inode number (the entries' names, in hex).
+struct Index {
+    dir: Option<OwnedFd>,
+    by_ino: HashMap<u64, (OsString, sys::Stat)>,
+}
+
+impl Index {
+    fn read(index: Option<&Path>) -> Result<Index> {
+        let mut by_ino = HashMap::new();
+        let Some(index) = index else {
+            return Ok(Index { dir: None, by_ino });
+        };
+        let dir = match File::open(index) {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Index { dir: None, by_ino })
+            }
+            Err(e) => return Err(err!("opening the workdir index {}: {e}", index.display())),
+        };
+        for (name, _, _) in
+            sys::read_dir(dir.as_fd()).ctx(|| format!("reading {}", index.display()))?
+        {
+            let Some(ino) = std::str::from_utf8(name.as_bytes())
+                .ok()
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+            else {
+                continue;
+            };
+            let st = sys::fstatat(dir.as_fd(), &name)
+                .ctx(|| format!("stat {} in {}", name.to_string_lossy(), index.display()))?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                by_ino.insert(ino, (name, st));
+            }
+        }
+        Ok(Index {
+            dir: Some(dir),
+            by_ino,
+        })
+    }
 }
 
 /// The raw redirect recorded on the open directory `dir`, if any.
@@ -105,10 +147,12 @@ impl<'a> Builder<'a> {
             lower: Some(LayerPath::root()),
             mode: Mode::Diff,
         }];
+        let index = Index::read(index)?;
+        let mut copied = HashSet::new();
         while let Some(task) = tasks.pop() {
             match task {
                 Task::Materialize { from, out } => {
-                    self.materialize(&mut c, &from, &out, &mut tasks)?
+                    self.materialize(&mut c, &from, &out, &mut tasks, &index, &mut copied)?
                 }
                 Task::Apply {
                     parent,
@@ -128,9 +172,7 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        if let Some(index) = index {
-            self.link_lower_names(&mut c, index, out)?;
-        }
+        self.link_lower_names(&mut c, &index, out, &copied)?;
         c.finish()
     }
 
@@ -139,29 +181,20 @@ impl<'a> Builder<'a> {
     /// name, those never touched included (they are still lower-only in the upper). Every
     /// such name that the committed view would still show from a lower layer is written as
     /// a hard link to the new content; a name the container deleted stays deleted.
-    fn link_lower_names(&self, c: &mut Copier, index: &Path, out: &Path) -> Result<()> {
-        let dir = match File::open(index) {
-            Ok(f) => OwnedFd::from(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(err!("opening the workdir index {}: {e}", index.display())),
-        };
-        let mut by_ino: HashMap<u64, (OsString, sys::Stat)> = HashMap::new();
-        for (name, _, _) in
-            sys::read_dir(dir.as_fd()).ctx(|| format!("reading {}", index.display()))?
-        {
-            let Some(ino) = std::str::from_utf8(name.as_bytes())
-                .ok()
-                .and_then(|h| u64::from_str_radix(h, 16).ok())
-            else {
-                continue;
-            };
-            let st = sys::fstatat(dir.as_fd(), &name)
-                .ctx(|| format!("stat {} in {}", name.to_string_lossy(), index.display()))?;
-            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-                by_ino.insert(ino, (name, st));
-            }
-        }
-        if by_ino.is_empty() {
+    ///
+    /// A renamed directory's lower content is copied into the new layer (`copied`: the
+    /// lower (dev, ino) of each hard-linked file so copied). The container shows such a
+    /// name as the same inode as the set's other names, so those join the copy too (a
+    /// layer cannot link to a file of a layer below it).
+    fn link_lower_names(
+        &self,
+        c: &mut Copier,
+        index: &Index,
+        out: &Path,
+        copied: &HashSet<(u64, u64)>,
+    ) -> Result<()> {
+        let by_ino = &index.by_ino;
+        if by_ino.is_empty() && copied.is_empty() {
             return Ok(());
         }
         // Every name of those inodes in the lower view, then the ones the committed view
@@ -179,7 +212,8 @@ impl<'a> Builder<'a> {
                     stack.push(p);
                 } else if e.stat.st_mode & libc::S_IFMT == libc::S_IFREG
                     && e.stat.st_nlink > 1
-                    && by_ino.contains_key(&e.stat.st_ino)
+                    && (by_ino.contains_key(&e.stat.st_ino)
+                        || copied.contains(&(e.stat.st_dev, e.stat.st_ino)))
                 {
                     names.push((p, e.stat.st_ino));
                 }
@@ -193,10 +227,10 @@ impl<'a> Builder<'a> {
             let still_lower = committed
                 .lookup(&p)
                 .ctx(|| format!("looking up {shown} in the new layer"))?
-                .is_some_and(|e| e.layer > 0 && e.stat.st_ino == ino);
-            if !still_lower {
+                .filter(|e| e.layer > 0 && e.stat.st_ino == ino);
+            let Some(lower) = still_lower else {
                 continue;
-            }
+            };
             // Its parents exist in the new layer with the lower directories' metadata
             // (they merge with them), then the name joins the changed inode.
             for depth in 1..p.depth() {
@@ -217,8 +251,16 @@ impl<'a> Builder<'a> {
                     .ctx(|| format!("opening lower directory {}", a.parent().display()))?;
                 c.copy_entry(pd.as_fd(), a.name(), &e.stat, &a)?;
             }
-            let (name, st) = &by_ino[&ino];
-            c.copy_shared(dir.as_fd(), name, st, &p)?;
+            if let (Some((name, st)), Some(dir)) = (by_ino.get(&ino), &index.dir) {
+                c.copy_shared(dir.as_fd(), name, st, &p)?;
+            } else {
+                // The copier links it to the copy already made of the same lower inode.
+                let pd = self
+                    .lowers
+                    .open_dir(lower.layer - 1, &p.parent())
+                    .ctx(|| format!("opening lower directory {}", p.parent().display()))?;
+                c.copy_entry(pd.as_fd(), p.name(), &lower.stat, &p)?;
+            }
         }
         Ok(())
     }
@@ -230,6 +272,8 @@ impl<'a> Builder<'a> {
         from: &LayerPath,
         out: &LayerPath,
         tasks: &mut Vec<Task>,
+        index: &Index,
+        copied: &mut HashSet<(u64, u64)>,
     ) -> Result<()> {
         let listing = self
             .lowers
@@ -247,7 +291,18 @@ impl<'a> Builder<'a> {
             }
             let dir = &dirs[&e.layer];
             let dst = out.join(&name);
-            c.copy_entry(dir.as_fd(), &name, &e.stat, &dst)?;
+            let linked = e.stat.st_mode & libc::S_IFMT == libc::S_IFREG && e.stat.st_nlink > 1;
+            match (linked, index.by_ino.get(&e.stat.st_ino), &index.dir) {
+                // A hard-linked file changed through another name: the container shows
+                // its new content, the index's, here too.
+                (true, Some((iname, ist)), Some(idir)) => {
+                    c.copy_shared(idir.as_fd(), iname, ist, &dst)?
+                }
+                _ => c.copy_entry(dir.as_fd(), &name, &e.stat, &dst)?,
+            }
+            if linked {
+                copied.insert((e.stat.st_dev, e.stat.st_ino));
+            }
             if e.is_dir() {
                 tasks.push(Task::Materialize {
                     from: from.join(&name),
@@ -280,11 +335,13 @@ impl<'a> Builder<'a> {
                         return Err(err!("{}: malformed whiteout", shown()));
                     }
                     let path = out.join(&target);
-                    let done = match mode {
-                        Mode::Diff => c.w.whiteout(&path),
-                        Mode::Overlay => c.w.remove(&path),
-                    };
-                    done.map_err(|e| err!("upper directory: {e}"))?;
+                    match mode {
+                        Mode::Diff => {
+                            c.w.whiteout(&path)
+                                .map_err(|e| err!("upper directory: {e}"))?
+                        }
+                        Mode::Overlay => c.remove(&path)?,
+                    }
                     continue;
                 }
                 Entry::Plain => {}
@@ -309,7 +366,7 @@ impl<'a> Builder<'a> {
             if let Some(value) = redirect {
                 let base = lower.clone().unwrap_or_else(|| out.clone());
                 let from = redirect_target(&value, &base).ctx(|| shown().to_string())?;
-                c.w.remove(&dst).map_err(|e| err!("upper directory: {e}"))?;
+                c.remove(&dst)?;
                 c.copy_entry(dir.as_fd(), &name, &st, &dst)?;
                 if mode == Mode::Diff {
                     c.w.opaque(&dst).map_err(|e| err!("upper directory: {e}"))?;
@@ -319,7 +376,7 @@ impl<'a> Builder<'a> {
                     tasks.push(Task::Materialize { from, out: dst });
                 }
             } else if opaque {
-                c.w.remove(&dst).map_err(|e| err!("upper directory: {e}"))?;
+                c.remove(&dst)?;
                 c.copy_entry(dir.as_fd(), &name, &st, &dst)?;
                 if mode == Mode::Diff {
                     c.w.opaque(&dst).map_err(|e| err!("upper directory: {e}"))?;

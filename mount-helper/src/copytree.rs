@@ -4,7 +4,7 @@
 //! everything is written through the confined writer. No recursion: a tree's depth is the
 //! source's to choose.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
@@ -25,6 +25,10 @@ pub struct Copier {
     /// inode, so that further names of the same inode become hard links in the copy too
     /// (and only while that copy is still what the path holds).
     links: HashMap<(u64, u64), (LayerPath, u64)>,
+    /// The same, by the copy's path: replacing or removing a path forgets the copies at
+    /// and below it. Comparing inode numbers is not enough, since the file system soon
+    /// gives a freed number to the next new inode, often the replacing entry itself.
+    link_paths: BTreeMap<LayerPath, (u64, u64)>,
     /// Count of entries copied, for progress reporting.
     pub copied: u64,
 }
@@ -67,6 +71,7 @@ impl Copier {
         Copier {
             w,
             links: HashMap::new(),
+            link_paths: BTreeMap::new(),
             copied: 0,
         }
     }
@@ -94,13 +99,21 @@ impl Copier {
             return Ok(());
         }
         let key = (st.st_dev, st.st_ino);
+        if kind == libc::S_IFDIR {
+            // A directory over a directory keeps its content (the writer's dir over dir);
+            // over anything else it replaces that one entry.
+            self.forget_exactly(dst);
+        } else {
+            self.forget(dst);
+        }
         if kind != libc::S_IFDIR && st.st_nlink > 1 {
             if let Some((first, ino)) = self.links.get(&key).cloned() {
                 if self.w.ino_of(&first) == Some(ino) {
-                    return self
-                        .w
+                    self.w
                         .hardlink(dst, &first)
-                        .map_err(|e| err!("{}: {e}", shown()));
+                        .map_err(|e| err!("{}: {e}", shown()))?;
+                    self.link_paths.insert(dst.clone(), key);
+                    return Ok(());
                 }
             }
         }
@@ -137,9 +150,54 @@ impl Copier {
         if kind != libc::S_IFDIR && st.st_nlink > 1 {
             if let Some(ino) = self.w.ino_of(dst) {
                 self.links.insert(key, (dst.clone(), ino));
+                self.link_paths.insert(dst.clone(), key);
             }
         }
         Ok(())
+    }
+
+    /// Removes whatever `path` holds (the writer's [`LayerWriter::remove`]), forgetting
+    /// the copies there.
+    pub fn remove(&mut self, path: &LayerPath) -> Result<()> {
+        self.forget(path);
+        self.w
+            .remove(path)
+            .map_err(|e| err!("upper directory: {e}"))
+    }
+
+    /// Forgets the copy at `path`; another name of the same copy, if any, takes its place.
+    fn forget_exactly(&mut self, path: &LayerPath) {
+        let Some(key) = self.link_paths.remove(path) else {
+            return;
+        };
+        let Some((first, ino)) = self.links.get(&key).cloned() else {
+            return;
+        };
+        if first != *path {
+            return;
+        }
+        let other = self
+            .link_paths
+            .iter()
+            .find(|(_, k)| **k == key)
+            .map(|(p, _)| p.clone());
+        match other {
+            Some(p) => self.links.insert(key, (p, ino)),
+            None => self.links.remove(&key),
+        };
+    }
+
+    /// Forgets the copies at and below `path`, which is about to be replaced.
+    fn forget(&mut self, path: &LayerPath) {
+        let gone: Vec<LayerPath> = self
+            .link_paths
+            .range(path.clone()..)
+            .take_while(|(p, _)| p.starts_with(path))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in gone {
+            self.forget_exactly(&p);
+        }
     }
 
     /// [`Copier::copy_entry`] for a file whose further copies must all be one inode, even

@@ -397,6 +397,13 @@ pub fn lower_dirs(store: &Store, cfg: &ImageConfig) -> Result<Vec<std::path::Pat
             return Err(err!("layer {d} is missing from the store: run `layerctl fsck`, then re-import the image"));
         }
         let dir = store.layer_dir(d)?;
+        // The same layer twice in one chain (two commits without a change give the same
+        // empty layer): kernel overlayfs refuses a lowerdir list naming a directory twice
+        // (ELOOP, "overlapping layers"). The lower occurrence changes nothing under the
+        // upper one, which decides every path the layer names, so it is left out.
+        if out.contains(&dir) {
+            continue;
+        }
         let opaque_root = fs::File::open(&dir)
             .map(|f| layerfs::whiteout::is_opaque(std::os::fd::AsFd::as_fd(&f), "".as_ref()))
             .unwrap_or(false);
