@@ -20,6 +20,7 @@ pub mod oci;
 pub mod pause;
 pub mod progress;
 pub mod run;
+pub mod runtime;
 pub mod save;
 pub mod store;
 pub mod sys;
