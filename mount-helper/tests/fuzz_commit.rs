@@ -996,7 +996,14 @@ fn run_case(
         canary_ok("the stacked upper's mounts")?;
         // Oracle 3: save + umoci unpack.
         let lay = env.path(&format!("oci{round}"));
-        let o = env.run(&["save", &new, "-o", lay.to_str().unwrap()]);
+        let o = env.run(&[
+            "save",
+            &new,
+            "--format",
+            "oci-dir",
+            "-o",
+            lay.to_str().unwrap(),
+        ]);
         if !o.status.success() {
             return Err(fail(
                 "save",
