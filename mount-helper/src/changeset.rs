@@ -404,7 +404,49 @@ pub struct Change {
 
 /// Changes of an upper directory against the lower view, like `docker diff`: A(dded),
 /// C(hanged), D(eleted), sorted by path.
-pub fn diff(upper: &Path, lowers: &LowerView) -> Result<Vec<Change>> {
+pub fn diff(upper: &Path, index: Option<&Path>, lowers: &LowerView) -> Result<Vec<Change>> {
+    let mut out = diff_upper(upper, lowers)?;
+    // Hard links: a lower file with several names changed through one of them is changed
+    // under every name the container still takes from a lower layer, as commit writes it.
+    let index = Index::read(index)?;
+    if !index.by_ino.is_empty() {
+        let mut layers = vec![upper.to_path_buf()];
+        layers.extend((0..lowers.len()).map(|i| lowers.layer_path(i).to_path_buf()));
+        let merged = LowerView::new(layers).ctx(|| format!("opening {}", upper.display()))?;
+        let mut stack = vec![LayerPath::root()];
+        while let Some(d) = stack.pop() {
+            for (n, e) in lowers.list(&d).map_err(io(&d))? {
+                let p = d.join(&n);
+                if e.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let ino = e.stat.st_ino;
+                if e.stat.st_mode & libc::S_IFMT != libc::S_IFREG
+                    || e.stat.st_nlink < 2
+                    || !index.by_ino.contains_key(&ino)
+                {
+                    continue;
+                }
+                let shown_lower = merged
+                    .lookup(&p)
+                    .map_err(io(&p))?
+                    .is_some_and(|m| m.layer > 0 && m.stat.st_ino == ino);
+                if shown_lower {
+                    out.push(Change {
+                        path: p.display(),
+                        kind: 'C',
+                    });
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+    }
+    Ok(out)
+}
+
+fn diff_upper(upper: &Path, lowers: &LowerView) -> Result<Vec<Change>> {
     let mut out = Vec::new();
     let root = OwnedFd::from(
         File::open(upper).ctx(|| format!("opening upper directory {}", upper.display()))?,

@@ -256,7 +256,11 @@ pub fn state(c: &ContainerRecord) -> String {
 pub fn diff(store: &Store, name: &str) -> Result<Vec<Change>> {
     let c = store.read_container(name)?;
     let lowers = lower_view(store, &c.image_config)?;
-    changeset::diff(&upper_dir(store, name), &lowers)
+    changeset::diff(
+        &upper_dir(store, name),
+        Some(&store.container_dir(name).join("work/index")),
+        &lowers,
+    )
 }
 
 pub struct CommitOptions<'a> {
