@@ -44,24 +44,6 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
-}
-
 /// One step of a script. Paths are relative to the container's root; an op whose path
 /// does not exist (any more), or leads through a symlink, does nothing, so that a shrunk
 /// script still runs.
@@ -184,35 +166,6 @@ struct Item {
     mode: u32,
     owner: (u32, u32),
     xattrs: Vec<(String, Vec<u8>)>,
-}
-
-fn user_xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let mut buf = vec![0u8; 8192];
-    // SAFETY: valid C string and buffer of the given length.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n <= 0 {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for name in buf[..n as usize]
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-    {
-        if !name.starts_with(b"user.") {
-            continue;
-        }
-        let cn = CString::new(name).unwrap();
-        let mut v = vec![0u8; 4096];
-        // SAFETY: valid C strings and buffer.
-        let m = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-        if m >= 0 {
-            v.truncate(m as usize);
-            out.push((String::from_utf8_lossy(name).into_owned(), v));
-        }
-    }
-    out.sort();
-    out
 }
 
 /// A tree as the comparisons see it, plus its hard-link groups.

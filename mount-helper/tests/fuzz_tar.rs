@@ -31,24 +31,6 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
-}
-
 #[derive(Clone, Debug)]
 enum Kind {
     Dir,
@@ -336,35 +318,6 @@ struct Item {
     mtime: i64,
     xattrs: Vec<(String, Vec<u8>)>,
     ino: (u64, u64),
-}
-
-fn user_xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C string and buffer of the given length.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n <= 0 {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for name in buf[..n as usize]
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-    {
-        if !name.starts_with(b"user.") {
-            continue;
-        }
-        let cn = CString::new(name).unwrap();
-        let mut v = vec![0u8; 4096];
-        // SAFETY: valid C strings and buffer.
-        let m = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-        if m >= 0 {
-            v.truncate(m as usize);
-            out.push((String::from_utf8_lossy(name).into_owned(), v));
-        }
-    }
-    out.sort();
-    out
 }
 
 fn tree(root: &Path) -> BTreeMap<String, Item> {
