@@ -11,6 +11,7 @@ use crate::error::{Context, Result};
 use crate::extract;
 use crate::image::{now_rfc3339, ImageConfig};
 use crate::lowerview::LowerView;
+use crate::output::human;
 use crate::progress;
 use crate::store::{hex_of, parse_ref, Store};
 use crate::tarfile;
@@ -370,21 +371,6 @@ fn remove_leftovers(left: &[(std::path::PathBuf, u64)]) {
         if p.exists() {
             crate::interrupt::remove_unmounting(p);
         }
-    }
-}
-
-pub fn human(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < units.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.1}{}", units[i])
     }
 }
 

@@ -6,6 +6,7 @@ pub mod error;
 
 pub mod changeset;
 pub mod cli;
+pub mod cmd;
 pub mod container;
 pub mod copytree;
 pub mod encoding;
@@ -17,6 +18,7 @@ pub mod load;
 pub mod lowerview;
 pub mod mount;
 pub mod oci;
+pub mod output;
 pub mod pause;
 pub mod progress;
 pub mod run;
