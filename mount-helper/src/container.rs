@@ -346,6 +346,9 @@ pub fn commit_paused(
         ..History::default()
     });
     let id = store.write_image(&cfg)?;
+    if id != c.image_id {
+        store.set_parent(&id, &c.image_id)?;
+    }
     let full = images::tag(store, new_ref, &id)?;
     Ok((full, id, diff_id, fresh))
 }

@@ -116,9 +116,9 @@ pub fn rmi(store: &Store, reference: &str, force: bool) -> Result<Vec<String>> {
         .filter(|r| refs.contains_key(r))
         .or_else(|| parse_ref(reference).ok().map(|(n, t)| format!("{n}:{t}")))
         .filter(|r| refs.get(r) == Some(&id));
-    match by_name {
+    match &by_name {
         Some(r) => {
-            refs.remove(&r);
+            refs.remove(r);
             out.push(format!("Untagged: {r}"));
         }
         None => {
@@ -143,8 +143,22 @@ pub fn rmi(store: &Store, reference: &str, force: bool) -> Result<Vec<String>> {
             }
         }
     }
+    // As docker: an image other images were made from stays, unnamed, while they exist
+    // (their history rows and the build cache point at it); gc removes it after them.
+    let mut children = Vec::new();
+    for other in store.image_ids()? {
+        if other != id && store.parent(&other)?.as_deref() == Some(id.as_str()) {
+            children.push(other);
+        }
+    }
+    if by_name.is_none() && !children.is_empty() && !force {
+        return Err(err!(
+            "image {reference} has dependent child images ({}): remove them first, or use --force to untag it",
+            children.iter().map(|c| crate::output::short(c)).collect::<Vec<_>>().join(", ")
+        ));
+    }
     store.write_refs(&refs)?;
-    if !refs.values().any(|v| *v == id) && store.image_ids()?.contains(&id) {
+    if !refs.values().any(|v| *v == id) && children.is_empty() && store.image_ids()?.contains(&id) {
         // Containers keep a copy of their image's config, so deleting the record
         // (with --force) does not break their commit.
         store.remove_image(&id)?;
@@ -171,6 +185,11 @@ pub fn gc(store: &Store) -> Result<Vec<String>> {
             .map_err(|e| err!("{e}; gc refuses to run until that is fixed"))?;
         keep_images.insert(c.image_id.clone());
         keep_layers.extend(c.image_config.rootfs.diff_ids.iter().cloned());
+    }
+    // An image kept keeps the images it was built on (docker's parent chain): a build's
+    // cached steps live as long as an image made from them.
+    for id in keep_images.clone() {
+        keep_images.extend(store.ancestry(&id)?);
     }
     for id in store.image_ids()? {
         if !keep_images.contains(&id) {

@@ -7,6 +7,9 @@
 //! ROOT/layers/HEX/diff/          the layer directory (a lower dir as it is)
 //! ROOT/layers/HEX/layer.json     {diff_id, size, created}
 //! ROOT/images/HEX.json           image config; HEX = sha256 of these bytes (the image id)
+//! ROOT/images/HEX.parent         the id of the image this one was built on (commit, build
+//!                                steps), as docker's parent chain: it keeps intermediate
+//!                                images alive while a child is kept and names history rows
 //! ROOT/refs.json                 {"name:tag": "sha256:..."}
 //! ROOT/containers/NAME/          container.json, upper/, work/
 //! ```
@@ -621,12 +624,66 @@ impl Store {
     }
 
     pub fn remove_image(&self, id: &str) -> Result<()> {
+        let dir = self.root.join("images");
+        let p = dir.join(format!("{}.json", hex_of(id)?));
+        fs::remove_file(&p).ctx(|| format!("removing {}", p.display()))?;
+        let parent = dir.join(format!("{}.parent", hex_of(id)?));
+        match fs::remove_file(&parent) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err!("removing {}: {e}", parent.display()))
+            }
+            _ => {}
+        }
+        fsync_dir(&dir)
+    }
+
+    /// Records that `child` was made from `parent` (an image id each). Written after the
+    /// child's record, so a crash leaves at worst a child without a parent link.
+    pub fn set_parent(&self, child: &str, parent: &str) -> Result<()> {
+        hex_of(parent)?;
         let p = self
             .root
             .join("images")
-            .join(format!("{}.json", hex_of(id)?));
-        fs::remove_file(&p).ctx(|| format!("removing {}", p.display()))?;
-        fsync_dir(&self.root.join("images"))
+            .join(format!("{}.parent", hex_of(child)?));
+        atomic_write(&p, parent.as_bytes())
+    }
+
+    /// The image `id` was made from, if it was recorded and is still stored.
+    pub fn parent(&self, id: &str) -> Result<Option<String>> {
+        let p = self
+            .root
+            .join("images")
+            .join(format!("{}.parent", hex_of(id)?));
+        let text = match fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err!("reading {}: {e}", p.display())),
+        };
+        let parent = text.trim().to_string();
+        if hex_of(&parent).is_err() || !self.has_image(&parent) {
+            return Ok(None);
+        }
+        Ok(Some(parent))
+    }
+
+    /// `id` and the images it was made from, child first. Bounded by the number of stored
+    /// images, so a damaged cycle of parent links cannot loop.
+    pub fn ancestry(&self, id: &str) -> Result<Vec<String>> {
+        let limit = self.image_ids()?.len() + 1;
+        let mut chain = vec![id.to_string()];
+        while chain.len() < limit {
+            match self.parent(&chain[chain.len() - 1])? {
+                Some(p) if !chain.contains(&p) => chain.push(p),
+                _ => break,
+            }
+        }
+        Ok(chain)
+    }
+
+    pub fn has_image(&self, id: &str) -> bool {
+        hex_of(id)
+            .map(|h| self.root.join("images").join(format!("{h}.json")).exists())
+            .unwrap_or(false)
     }
 
     // ----- refs -----

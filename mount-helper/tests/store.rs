@@ -395,3 +395,40 @@ fn kill_during_import_leaves_clean_store() {
     // The temp area is cleared by the next writer.
     assert_eq!(fs::read_dir(env.root.join("tmp")).unwrap().count(), 0);
 }
+
+/// A committed image keeps the image it was made from (docker's parent chain): gc removes
+/// the base only once nothing made from it is kept.
+#[test]
+fn gc_keeps_the_parents_of_kept_images() {
+    let env = Env::new();
+    let a = env.path("a");
+    make_rootfs(&a);
+    env.ok(&["import", a.to_str().unwrap(), "base"]);
+    let base = env.ok(&["inspect", "base"]);
+    let base_id = serde_json::from_str::<serde_json::Value>(&base).unwrap()["image"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    {
+        let (m, _g) = env.mount_new("base", "m", "c");
+        write(&m.join("new-file"), "child");
+    }
+    env.ok(&["commit", "c", "child"]);
+    env.ok(&["rm", "c"]);
+    env.ok(&["rmi", "base"]);
+    env.ok(&["gc"]);
+    // The unnamed base is still there: the child was made from it.
+    let ids: Vec<String> = fs::read_dir(env.root.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        ids.contains(&format!("{}.json", &base_id[7..])),
+        "gc removed the parent of a kept image: {ids:?}"
+    );
+    env.ok(&["rmi", "child"]);
+    let out = env.ok(&["gc"]);
+    assert!(out.contains(&format!("deleted image {base_id}")), "{out}");
+    assert_eq!(fs::read_dir(env.root.join("images")).unwrap().count(), 0);
+    env.ok(&["fsck"]);
+}
