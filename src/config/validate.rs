@@ -4,13 +4,12 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::Config;
 use crate::error::{Error, Result};
-use crate::sys::process::mountinfo_has;
+use crate::sys::mountinfo;
 
 impl Config {
     /// Checks every path against the file system and replaces them by their canonical form
@@ -214,8 +213,8 @@ pub(super) fn overlaps(a: &Path, b: &Path) -> bool {
 
 /// Whether something is mounted at `path` (a canonical path), from /proc/self/mountinfo.
 pub(super) fn is_mount_point(path: &Path) -> Result<bool> {
-    match fs::read("/proc/self/mountinfo") {
-        Ok(table) => Ok(mountinfo_has(&table, path.as_os_str().as_bytes())),
+    match mountinfo::own() {
+        Ok(mounts) => Ok(mounts.iter().any(|m| m.point == path)),
         // Without /proc, a mount point is a directory on another device than its parent;
         // this misses bind mounts within one file system, which is the best we can do.
         Err(_) => {
