@@ -173,9 +173,20 @@ fn raw_listxattr(p: &XattrPath, buf: &mut [u8]) -> libc::ssize_t {
 /// Value of xattr `attr` of `name` in `dir` (`name` empty: of `dir` itself).
 pub fn getxattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr) -> io::Result<Vec<u8>> {
     let a = cstr(attr)?;
-    let mut buf = vec![0u8; 256];
+    sized(dir, name, 256, |p, buf| raw_getxattr(p, &a, buf))
+}
+
+/// What `call` writes into a buffer, grown until it fits: a value or list can grow
+/// between the size query and the read, which then answers ERANGE again.
+fn sized(
+    dir: BorrowedFd,
+    name: &OsStr,
+    first: usize,
+    mut call: impl FnMut(&XattrPath, &mut [u8]) -> libc::ssize_t,
+) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; first];
     loop {
-        let n = with_xattr_path(dir, name, |p| raw_getxattr(p, &a, &mut buf))?;
+        let n = with_xattr_path(dir, name, |p| call(p, &mut buf))?;
         if n >= 0 {
             buf.truncate(n as usize);
             return Ok(buf);
@@ -184,9 +195,7 @@ pub fn getxattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr) -> io::Result<Vec<u
         if err.raw_os_error() != Some(libc::ERANGE) {
             return Err(err);
         }
-        let need = check_size(with_xattr_path(dir, name, |p| {
-            raw_getxattr(p, &a, &mut [])
-        })?)?;
+        let need = check_size(with_xattr_path(dir, name, |p| call(p, &mut []))?)?;
         buf.resize(need.max(buf.len() * 2), 0);
     }
 }
@@ -268,20 +277,8 @@ pub fn removexattr(dir: BorrowedFd, name: &OsStr, attr: &OsStr) -> io::Result<()
 
 /// Names of all xattrs of `name` in `dir`.
 pub fn listxattr(dir: BorrowedFd, name: &OsStr) -> io::Result<Vec<OsString>> {
-    let mut buf = vec![0u8; 1024];
-    let n = loop {
-        let n = with_xattr_path(dir, name, |p| raw_listxattr(p, &mut buf))?;
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ERANGE) {
-            return Err(err);
-        }
-        let need = check_size(with_xattr_path(dir, name, |p| raw_listxattr(p, &mut []))?)?;
-        buf.resize(need.max(buf.len() * 2), 0);
-    };
-    Ok(buf[..n]
+    let buf = sized(dir, name, 1024, raw_listxattr)?;
+    Ok(buf
         .split(|b| *b == 0)
         .filter(|s| !s.is_empty())
         .map(|s| OsStr::from_bytes(s).to_os_string())
