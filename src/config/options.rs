@@ -336,6 +336,7 @@ pub(super) const OPTIONS: &[Opt] = &[
         set_threads,
     )
     .default("2"),
+    // libfuse's name for the same setting; accepted, not advertised.
     value(Fuse, "max_threads", "N", "", set_threads).unlisted(),
     value(
         Fuse,
