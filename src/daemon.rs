@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fuse::dispatch::Access;
 use crate::fuse::fs::LayerFs;
+use crate::sys::mountinfo;
 use crate::sys::process::{self, SignalSet};
 
 /// Environment variable naming the readiness pipe of a re-executed background daemon.
@@ -238,7 +239,7 @@ fn mount(
         )
     });
     let unmounter = session.unmount_callable();
-    let device = match process::mount_device(&mountpoint) {
+    let device = match mountinfo::mount_device(&mountpoint) {
         Ok(device) => device,
         Err(e) => {
             log::warn!("cannot read the mount table ({e})");
@@ -268,7 +269,7 @@ fn unmount_on_signal(
         }
     };
     if let Some(device) = device {
-        if let Ok(false) = process::is_mounted_at(mountpoint, &device) {
+        if let Ok(false) = mountinfo::is_mounted_at(mountpoint, &device) {
             // Already unmounted here, yet the kernel keeps the connection up: a mount
             // namespace created meanwhile (`unshare -m`, a container) holds a copy of the
             // mount. There is nothing to unmount (and whatever is mounted at the mount

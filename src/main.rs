@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     let config = match config::parse_args(std::env::args_os().skip(1)) {
         Ok(Invocation::Mount(config)) => config,
         Ok(Invocation::Help) => {
-            print!("{}", config::USAGE);
+            print!("{}", config::usage());
             return ExitCode::SUCCESS;
         }
         Ok(Invocation::Version) => {

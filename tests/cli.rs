@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -120,23 +121,12 @@ fn run(args: &[&str]) -> Output {
 
 /// The (fstype, source, mount options) of the mount at `path`, from mountinfo.
 fn mount_entry(path: &str) -> Option<(String, String, String)> {
-    let canonical = fs::canonicalize(path)
-        .ok()
-        .map(|p| p.to_str().unwrap().to_string());
-    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    table.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let point = fields.get(4)?.replace("\\040", " ");
-        if point != path && Some(&point) != canonical.as_ref() {
-            return None;
-        }
-        let dash = fields.iter().position(|f| *f == "-")?;
-        Some((
-            fields.get(dash + 1)?.to_string(),
-            fields.get(dash + 2)?.to_string(),
-            fields.get(5)?.to_string(),
-        ))
-    })
+    let canonical = fs::canonicalize(path).ok();
+    let mounts = layerfs::sys::mountinfo::own().unwrap();
+    let m = mounts
+        .into_iter()
+        .find(|m| m.point == Path::new(path) || Some(&m.point) == canonical.as_ref())?;
+    Some((m.fstype, m.source, m.options))
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {

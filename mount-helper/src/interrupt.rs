@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::sys;
+use layerfs::sys::mountinfo;
 
 enum What {
     /// A file or directory.
@@ -136,26 +137,18 @@ fn expand(r: &[(u64, What)]) -> Vec<PathBuf> {
 
 /// Mount points at or below `p` (from /proc/self/mountinfo), deepest first.
 pub fn mounts_below(p: &Path) -> Vec<PathBuf> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mounts) = mountinfo::own() else {
         return Vec::new();
     };
-    let mut out: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape(m)))
+    let mut out: Vec<PathBuf> = mounts
+        .into_iter()
+        .map(|m| m.point)
         .filter(|m| m.starts_with(p))
         .collect();
     out.sort();
     out.dedup();
     out.reverse();
     out
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// Unmounts what is mounted inside `p`, then removes `p` unless a mount is still there.

@@ -16,6 +16,7 @@ use std::process::Command;
 use crate::err;
 use crate::error::{Context, Result};
 use crate::sys;
+use layerfs::sys::mountinfo;
 
 pub enum Program {
     Fuse(PathBuf),
@@ -159,46 +160,10 @@ pub fn mount_with(
     Ok(())
 }
 
-/// Unescapes the octal escapes (`\040`) of /proc/self/mountinfo fields.
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 /// The filesystem type mounted exactly at `target` (the top-most mount), if any.
 pub fn mount_fstype(target: &Path) -> Result<Option<String>> {
-    let info = fs::read_to_string("/proc/self/mountinfo")
-        .ctx(|| "reading /proc/self/mountinfo".to_string())?;
-    let want = target.as_os_str().as_bytes();
-    let mut found = None;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        if fields.len() < 5 || sep + 1 >= fields.len() {
-            continue;
-        }
-        if unescape(fields[4]) == want {
-            found = Some(fields[sep + 1].to_string());
-        }
-    }
-    Ok(found)
+    let mounts = mountinfo::own().ctx(|| "reading /proc/self/mountinfo".to_string())?;
+    Ok(mountinfo::top_at(&mounts, target).map(|m| m.fstype.clone()))
 }
 
 /// The errors of a FUSE mount whose daemon is gone: ENOTCONN, or while the kernel tears

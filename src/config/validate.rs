@@ -4,13 +4,12 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::Config;
 use crate::error::{Error, Result};
-use crate::sys::process::mountinfo_has;
+use crate::sys::mountinfo;
 
 impl Config {
     /// Checks every path against the file system and replaces them by their canonical form
@@ -175,7 +174,7 @@ fn absolute(path: &Path) -> PathBuf {
     out
 }
 
-pub(super) fn existing_dir(kind: &str, path: &Path) -> Result<PathBuf> {
+fn existing_dir(kind: &str, path: &Path) -> Result<PathBuf> {
     let shown = path.display();
     let resolved = fs::canonicalize(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => Error::usage(format!(
@@ -198,7 +197,7 @@ pub(super) fn existing_dir(kind: &str, path: &Path) -> Result<PathBuf> {
     Ok(resolved)
 }
 
-pub(super) fn dev_of(path: &Path) -> Result<u64> {
+fn dev_of(path: &Path) -> Result<u64> {
     fs::metadata(path).map(|m| m.dev()).map_err(|e| {
         Error::usage(format!(
             "{} cannot be opened ({e}); check its permissions",
@@ -208,19 +207,240 @@ pub(super) fn dev_of(path: &Path) -> Result<u64> {
 }
 
 /// Two canonical paths overlap when one is the other or lies beneath it.
-pub(super) fn overlaps(a: &Path, b: &Path) -> bool {
+fn overlaps(a: &Path, b: &Path) -> bool {
     a.starts_with(b) || b.starts_with(a)
 }
 
 /// Whether something is mounted at `path` (a canonical path), from /proc/self/mountinfo.
-pub(super) fn is_mount_point(path: &Path) -> Result<bool> {
-    match fs::read("/proc/self/mountinfo") {
-        Ok(table) => Ok(mountinfo_has(&table, path.as_os_str().as_bytes())),
+fn is_mount_point(path: &Path) -> Result<bool> {
+    match mountinfo::own() {
+        Ok(mounts) => Ok(mounts.iter().any(|m| m.point == path)),
         // Without /proc, a mount point is a directory on another device than its parent;
         // this misses bind mounts within one file system, which is the best we can do.
         Err(_) => {
             let parent = path.parent().unwrap_or(Path::new("/"));
             Ok(path == Path::new("/") || dev_of(path)? != dev_of(parent)?)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::config::{parse_args_unchecked, Invocation};
+
+    fn parse(args: &[&str]) -> Result<Config> {
+        match parse_args_unchecked(args, false)? {
+            Invocation::Mount(config) => Ok(*config),
+            other => panic!("expected a mount, got {other:?}"),
+        }
+    }
+
+    /// A stack of fresh directories: l1, l2, u, w, m.
+    struct Stack {
+        dir: TempDir,
+    }
+
+    impl Stack {
+        fn new() -> Stack {
+            let dir = TempDir::new().unwrap();
+            for d in ["l1", "l2", "u", "w", "m"] {
+                fs::create_dir(dir.path().join(d)).unwrap();
+            }
+            Stack { dir }
+        }
+
+        fn p(&self, name: &str) -> String {
+            self.dir.path().join(name).to_str().unwrap().to_string()
+        }
+
+        fn validate(&self, opts: &str, mountpoint: &str) -> Result<Config> {
+            let mut config = parse(&["-o", opts, mountpoint])?;
+            config.validate()?;
+            Ok(config)
+        }
+
+        fn validate_err(&self, opts: &str, mountpoint: &str) -> String {
+            let message = self.validate(opts, mountpoint).unwrap_err().to_string();
+            assert!(!message.contains('\n'), "not one line: {message}");
+            message
+        }
+
+        fn rw(&self) -> String {
+            format!(
+                "lowerdir={}:{},upperdir={},workdir={}",
+                self.p("l1"),
+                self.p("l2"),
+                self.p("u"),
+                self.p("w")
+            )
+        }
+    }
+
+    #[test]
+    fn valid_stack_is_canonicalized() {
+        let s = Stack::new();
+        let link = s.p("link");
+        symlink(s.p("l2"), &link).unwrap();
+        let opts = format!(
+            "lowerdir={}:{link},upperdir={},workdir={}",
+            s.p("l1"),
+            s.p("u"),
+            s.p("w")
+        );
+        let c = s.validate(&opts, &s.p("m")).unwrap();
+        let real = |n: &str| fs::canonicalize(s.p(n)).unwrap();
+        assert_eq!(c.lowers, [real("l1"), real("l2")]);
+        assert_eq!(c.upper, Some(real("u")));
+        assert_eq!(c.mountpoint, real("m"));
+    }
+
+    #[test]
+    fn missing_lowerdir() {
+        let s = Stack::new();
+        let e = s.validate_err(
+            &format!("upperdir={},workdir={}", s.p("u"), s.p("w")),
+            &s.p("m"),
+        );
+        assert!(e.starts_with("missing lowerdir"), "{e}");
+    }
+
+    #[test]
+    fn layer_missing_or_not_a_directory() {
+        let s = Stack::new();
+        let e = s.validate_err(
+            &format!("lowerdir={}:{}", s.p("l1"), s.p("nope")),
+            &s.p("m"),
+        );
+        assert!(
+            e.contains("lowerdir") && e.contains("does not exist"),
+            "{e}"
+        );
+        fs::write(s.p("file"), b"").unwrap();
+        let e = s.validate_err(&format!("lowerdir={}", s.p("file")), &s.p("m"));
+        assert!(
+            e.contains("lowerdir") && e.contains("not a directory"),
+            "{e}"
+        );
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            s.p("l1"),
+            s.p("nope"),
+            s.p("w")
+        );
+        let e = s.validate_err(&opts, &s.p("m"));
+        assert!(
+            e.contains("upperdir") && e.contains("does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn upper_and_work_come_together() {
+        let s = Stack::new();
+        let e = s.validate_err(
+            &format!("lowerdir={},upperdir={}", s.p("l1"), s.p("u")),
+            &s.p("m"),
+        );
+        assert!(
+            e.contains("without workdir") && e.contains("workdir=DIR"),
+            "{e}"
+        );
+        let e = s.validate_err(
+            &format!("lowerdir={},workdir={}", s.p("l1"), s.p("w")),
+            &s.p("m"),
+        );
+        assert!(e.contains("without upperdir"), "{e}");
+    }
+
+    #[test]
+    fn workdir_on_another_filesystem() {
+        let s = Stack::new();
+        let other = TempDir::new_in("/dev/shm").unwrap();
+        assert_ne!(dev_of(other.path()).unwrap(), dev_of(s.dir.path()).unwrap());
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            s.p("l1"),
+            s.p("u"),
+            other.path().display()
+        );
+        let e = s.validate_err(&opts, &s.p("m"));
+        assert!(e.contains("not on the same filesystem as upperdir"), "{e}");
+    }
+
+    #[test]
+    fn writable_layers_must_not_overlap_lowers_or_each_other() {
+        let s = Stack::new();
+        fs::create_dir(s.p("l1/u")).unwrap();
+        fs::create_dir(s.p("u/l")).unwrap();
+        fs::create_dir(s.p("u/w")).unwrap();
+        let cases = [
+            (s.p("l1"), s.p("l1/u"), s.p("w"), "upperdir"),
+            (s.p("u/l"), s.p("u"), s.p("w"), "upperdir"),
+            (s.p("l1"), s.p("u"), s.p("l1"), "workdir"),
+            (s.p("l1"), s.p("u"), s.p("u/w"), "overlap"),
+            (s.p("l1"), s.p("u"), s.p("u"), "overlap"),
+        ];
+        for (lower, upper, work, expect) in cases {
+            let opts = format!("lowerdir={lower},upperdir={upper},workdir={work}");
+            let e = s.validate_err(&opts, &s.p("m"));
+            assert!(
+                e.contains(expect) && e.contains("overlap"),
+                "{opts} gave {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn mount_point_must_be_outside_layers() {
+        let s = Stack::new();
+        fs::create_dir(s.p("u/m")).unwrap();
+        fs::create_dir(s.p("l1/m")).unwrap();
+        fs::create_dir(s.p("m/l")).unwrap();
+        let e = s.validate_err(&s.rw(), &s.p("u/m"));
+        assert!(e.contains("is inside upperdir"), "{e}");
+        let e = s.validate_err(&s.rw(), &s.p("l1/m"));
+        assert!(e.contains("is inside lowerdir"), "{e}");
+        let e = s.validate_err(&s.rw(), &s.p("u"));
+        assert!(e.contains("is inside upperdir"), "{e}");
+        let e = s.validate_err(&s.rw(), &s.p("w"));
+        assert!(e.contains("is inside workdir"), "{e}");
+        let opts = format!("lowerdir={}", s.p("m/l"));
+        let e = s.validate_err(&opts, &s.p("m"));
+        assert!(e.contains("is inside mount point"), "{e}");
+        // Mounting over a lower, as kernel overlayfs allows, is fine.
+        s.validate(&s.rw(), &s.p("l1")).unwrap();
+    }
+
+    #[test]
+    fn mount_point_must_exist_and_be_a_directory() {
+        let s = Stack::new();
+        let e = s.validate_err(&s.rw(), &s.p("nope"));
+        assert!(e.contains("does not exist") && e.contains("mkdir"), "{e}");
+        fs::write(s.p("file"), b"").unwrap();
+        let e = s.validate_err(&s.rw(), &s.p("file"));
+        assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn busy_mount_point() {
+        let s = Stack::new();
+        let e = s.validate_err(&s.rw(), "/proc");
+        assert!(
+            e.contains("already a mount point") && e.contains("umount"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn from_options_validates() {
+        let s = Stack::new();
+        let c = Config::from_options(&s.rw(), s.p("m")).unwrap();
+        assert_eq!(c.lowers.len(), 2);
+        assert!(Config::from_options("upperdir=/x", s.p("m")).is_err());
     }
 }

@@ -136,66 +136,6 @@ pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// The device (`MAJOR:MINOR`, as mountinfo writes it) of the top-most mount at `path` in
-/// this process's mount namespace, if something is mounted there. `path` must be
-/// canonical.
-pub fn mount_device(path: &Path) -> io::Result<Option<String>> {
-    let table = std::fs::read(format!("/proc/{}/mountinfo", std::process::id()))?;
-    Ok(mount_device_in(&table, path.as_os_str().as_bytes()))
-}
-
-/// Whether the mount with device `device` is at `path` in this process's mount namespace.
-pub fn is_mounted_at(path: &Path, device: &str) -> io::Result<bool> {
-    let table = std::fs::read(format!("/proc/{}/mountinfo", std::process::id()))?;
-    Ok(table.split(|b| *b == b'\n').any(|line| {
-        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
-        fields.len() > 4
-            && fields[2] == device.as_bytes()
-            && unescape_mountinfo(fields[4]) == path.as_os_str().as_bytes()
-    }))
-}
-
-fn mount_device_in(table: &[u8], path: &[u8]) -> Option<String> {
-    // Later lines are mounted on top of earlier ones.
-    table.split(|b| *b == b'\n').rev().find_map(|line| {
-        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
-        if fields.len() > 4 && unescape_mountinfo(fields[4]) == path {
-            Some(String::from_utf8_lossy(fields[2]).into_owned())
-        } else {
-            None
-        }
-    })
-}
-
-/// Whether the mount table (mountinfo format) lists `mountpoint`.
-pub fn mountinfo_has(table: &[u8], mountpoint: &[u8]) -> bool {
-    table
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .any(|field| unescape_mountinfo(field) == mountpoint)
-}
-
-/// Mount tables write space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let digits = s.get(i + 1..i + 4);
-        match digits {
-            Some(d) if s[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) => {
-                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                out.push(v as u8);
-                i += 4;
-            }
-            _ => {
-                out.push(s[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
 /// Detaches the mount at `path` even if it is busy; used when a clean unmount fails on
 /// SIGTERM so that the daemon can still leave.
 pub fn lazy_unmount(path: &Path) -> io::Result<()> {
@@ -251,6 +191,15 @@ pub fn thread_blocks_read() -> u64 {
     }
 }
 
+/// Hands freed heap memory back to the system, so the daemon shrinks after the kernel
+/// forgets many nodes.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory of the allocator; it cannot fail.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,26 +229,6 @@ mod tests {
     fn umask_round_trips() {
         let old = set_umask(0o022);
         assert_eq!(set_umask(old), 0o022);
-    }
-
-    #[test]
-    fn mountinfo_lookup_takes_the_top_mount_and_unescapes() {
-        let table = b"22 1 8:1 / / rw - ext4 /dev/sda rw\n\
-            40 22 0:50 / /tmp/a\\040b rw - fuse.layerfs layerfs rw\n\
-            41 40 0:51 / /tmp/a\\040b rw - fuse.layerfs layerfs rw\n";
-        assert_eq!(mount_device_in(table, b"/tmp/a b").as_deref(), Some("0:51"));
-        assert_eq!(mount_device_in(table, b"/").as_deref(), Some("8:1"));
-        assert_eq!(mount_device_in(table, b"/tmp"), None);
-        assert_eq!(unescape_mountinfo(b"x\\134y\\01"), b"x\\y\\01");
-    }
-
-    #[test]
-    fn mountinfo_parsing_unescapes() {
-        let table =
-            b"36 35 98:0 / /mnt/my\\040dir rw - ext3 /dev/root rw\n22 1 0:5 / / rw - ext4 x rw\n";
-        assert!(mountinfo_has(table, b"/mnt/my dir"));
-        assert!(mountinfo_has(table, b"/"));
-        assert!(!mountinfo_has(table, b"/mnt"));
     }
 
     #[test]

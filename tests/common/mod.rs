@@ -312,20 +312,8 @@ pub fn join(base: &Path, rel: &str) -> PathBuf {
 
 pub fn is_mounted(path: &Path) -> bool {
     let canon = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .map(|mp| unescape_mountinfo(mp) == canon.to_string_lossy())
-            .unwrap_or(false)
-    })
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    let mounts = layerfs::sys::mountinfo::own().unwrap();
+    mounts.iter().any(|m| m.point == canon)
 }
 
 /// A mounted union. Dropping it always unmounts (lazily if something is still busy).
