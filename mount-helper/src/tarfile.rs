@@ -16,7 +16,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 use crate::encoding::{self, Entry};
@@ -33,41 +32,10 @@ enum Item {
     Real(PathBuf, fs::Metadata),
 }
 
-/// A writer that hashes and counts what passes through.
-pub struct HashWriter<W: Write> {
-    inner: W,
-    hasher: Sha256,
-    pub count: u64,
-}
-
-impl<W: Write> HashWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashWriter {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-    pub fn digest(&self) -> String {
-        format!("sha256:{:x}", self.hasher.clone().finalize())
-    }
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 /// Writes the canonical tar of `layer` to `w`; returns (diff_id, size in bytes).
 pub fn write_tar<W: Write>(layer: &Path, w: W, tick: &dyn Fn()) -> Result<(String, u64)> {
-    let mut hw = HashWriter::new(w);
+    let mut hw = crate::oci::HashingWriter::new(w);
     {
         let mut b = tar::Builder::new(&mut hw);
         let mut links = HashMap::new();
