@@ -90,8 +90,10 @@ impl Layers {
 
     /// Kernel overlayfs's whiteout: a character device 0:0 (needs CAP_MKNOD).
     pub fn whiteout_chardev(&self, l: L, rel: &str) -> &Self {
-        self.at(l, rel, |d, n| whiteout::make_whiteout(d, n, Encoding::CharDev))
-            .expect("mknod whiteout (as root)");
+        self.at(l, rel, |d, n| {
+            whiteout::make_whiteout(d, n, Encoding::CharDev)
+        })
+        .expect("mknod whiteout (as root)");
         self
     }
 

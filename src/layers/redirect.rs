@@ -833,7 +833,8 @@ mod on_disk {
     fn an_upper_relative_redirect_names_the_directory_in_its_parents_lower_places() {
         let l = Layers::new(2);
         l.file(Lower(1), "p/old/f", "").dir(Lower(0), "p/old");
-        l.redirect(Upper, "p/new", b"old").whiteout_file(Upper, "p/old");
+        l.redirect(Upper, "p/new", b"old")
+            .whiteout_file(Upper, "p/old");
         assert_eq!(lowers(&l, "p/new").unwrap(), ["0:p/old", "1:p/old"]);
         assert_eq!(lowers(&l, "p/new/f").unwrap(), Vec::<String>::new());
         assert!(resolve(&l.stack(), "p/new/f").unwrap().is_some());
@@ -856,14 +857,16 @@ mod on_disk {
     fn redirects_in_lower_layers_chain() {
         // Layer 0 is a container's upper in which `a` became `b`; layer 1 the image.
         let l = Layers::new(2);
-        l.redirect(Lower(0), "b", b"a").whiteout_chardev(Lower(0), "a");
+        l.redirect(Lower(0), "b", b"a")
+            .whiteout_chardev(Lower(0), "a");
         l.file(Lower(1), "a/sub/f", "");
         assert_eq!(lowers(&l, "b").unwrap(), ["0:b", "1:a"]);
         assert_eq!(lowers(&l, "b/sub").unwrap(), ["1:a/sub"]);
         assert_eq!(lowers(&l, "a").unwrap(), ["absent"]);
         // An absolute one in a middle layer leads the layers below it.
         let l = Layers::new(3);
-        l.redirect(Lower(0), "c", b"/b").redirect(Lower(1), "b", b"/a");
+        l.redirect(Lower(0), "c", b"/b")
+            .redirect(Lower(1), "b", b"/a");
         l.dir(Lower(2), "a");
         assert_eq!(lowers(&l, "c").unwrap(), ["0:c", "1:b", "2:a"]);
     }
@@ -878,7 +881,15 @@ mod on_disk {
 
     #[test]
     fn refused_values_fail_the_lookup_with_eio_and_are_told_once() {
-        for bad in [&b"../etc"[..], b"", b"a/b", b"/a//b", b"/a/../b", b".", b"\0x"] {
+        for bad in [
+            &b"../etc"[..],
+            b"",
+            b"a/b",
+            b"/a//b",
+            b"/a/../b",
+            b".",
+            b"\0x",
+        ] {
             let l = Layers::new(1);
             l.dir(Lower(0), "etc");
             l.redirect(Upper, "d", bad);

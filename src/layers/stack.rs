@@ -338,7 +338,8 @@ mod tests {
     #[test]
     fn the_top_most_layer_with_the_name_wins() {
         let l = Layers::new(3);
-        l.file(Lower(2), "a", "bottom").file(Lower(1), "a", "middle");
+        l.file(Lower(2), "a", "bottom")
+            .file(Lower(1), "a", "middle");
         l.file(Lower(2), "b", "bottom");
         l.file(Lower(0), "c", "lower").file(Upper, "c", "upper");
         assert_eq!(at(&l, "a"), "1:a");
@@ -390,8 +391,12 @@ mod tests {
         l.file(Lower(2), "back", "").whiteout_file(Lower(1), "back");
         l.file(Lower(0), "back", "");
         // A directory above a whiteout merges with nothing below it.
-        l.dir(Lower(0), "d").whiteout_file(Lower(1), "d").dir(Lower(2), "d");
-        l.dir(Lower(0), "e").whiteout_chardev(Lower(1), "e").dir(Lower(2), "e");
+        l.dir(Lower(0), "d")
+            .whiteout_file(Lower(1), "d")
+            .dir(Lower(2), "d");
+        l.dir(Lower(0), "e")
+            .whiteout_chardev(Lower(1), "e")
+            .dir(Lower(2), "e");
         assert_eq!(at(&l, "c"), "absent");
         assert_eq!(at(&l, "w"), "absent");
         assert_eq!(at(&l, "back"), "0:back");
@@ -403,7 +408,8 @@ mod tests {
     fn a_whiteout_in_a_merged_subdirectory() {
         let l = Layers::new(2);
         l.file(Lower(1), "d/x", "").file(Lower(1), "d/y", "");
-        l.whiteout_file(Lower(0), "d/x").whiteout_chardev(Upper, "d/y");
+        l.whiteout_file(Lower(0), "d/x")
+            .whiteout_chardev(Upper, "d/y");
         l.file(Lower(1), "d/z", "");
         assert_eq!(at(&l, "d"), "dir [upper 0:d 1:d]");
         assert_eq!(at(&l, "d/x"), "absent");
@@ -452,7 +458,8 @@ mod tests {
     #[test]
     fn marker_names_never_resolve() {
         let l = Layers::new(1);
-        l.whiteout_file(Lower(0), "gone").opaque_marker(Lower(0), "o");
+        l.whiteout_file(Lower(0), "gone")
+            .opaque_marker(Lower(0), "o");
         l.file(Upper, ".wh.x", "");
         for name in [".wh.gone", ".wh.x", "o/.wh..wh..opq", ".wh..wh..opq"] {
             assert_eq!(at(&l, name), "absent", "{name}");

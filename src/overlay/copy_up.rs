@@ -656,11 +656,24 @@ mod tests {
         )
         .unwrap();
         for (attr, v) in [("user.keep", &b"k"[..]), ("user.overlay.opaque", b"y")] {
-            sys::setxattr(src_dir.as_fd(), OsStr::new("sparse"), OsStr::new(attr), v, 0).unwrap();
+            sys::setxattr(
+                src_dir.as_fd(),
+                OsStr::new("sparse"),
+                OsStr::new(attr),
+                v,
+                0,
+            )
+            .unwrap();
         }
         let times = [
-            sys::Timespec { tv_sec: 1000, tv_nsec: 5 },
-            sys::Timespec { tv_sec: 2000, tv_nsec: 7 },
+            sys::Timespec {
+                tv_sec: 1000,
+                tv_nsec: 5,
+            },
+            sys::Timespec {
+                tv_sec: 2000,
+                tv_nsec: 7,
+            },
         ];
         sys::utimensat(src_dir.as_fd(), OsStr::new("sparse"), &times).unwrap();
         let st = stat(t.path(), "sparse");
@@ -686,7 +699,10 @@ mod tests {
         let wdir = fs::File::open(work_root.path().join("work")).unwrap();
         let names = sys::listxattr(wdir.as_fd(), &tmp).unwrap();
         assert!(names.iter().any(|n| n == "user.keep"), "{names:?}");
-        assert!(!names.iter().any(|n| n == "user.overlay.opaque"), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n == "user.overlay.opaque"),
+            "{names:?}"
+        );
         let ino = sys::getxattr(wdir.as_fd(), &tmp, OsStr::new("user.layerfs.ino")).unwrap();
         assert_eq!(ino, 42u64.to_le_bytes());
         // A directory is copied without its content.
