@@ -405,6 +405,26 @@ mod tests {
     }
 
     #[test]
+    fn a_character_device_other_than_0_0_is_no_whiteout() {
+        let l = Layers::new(2);
+        l.file(Lower(1), "null", "below");
+        let dir = std::fs::File::open(&l.lowers[0]).unwrap();
+        sys::mknodat(
+            dir.as_fd(),
+            OsStr::new("null"),
+            libc::S_IFCHR | 0o666,
+            sys::makedev(1, 3),
+        )
+        .expect("mknod (as root)");
+        assert_eq!(at(&l, "null"), "0:null");
+        let f = resolve(&l.stack(), "null").unwrap().unwrap();
+        assert_eq!(
+            (f.kind(), f.stat.st_rdev),
+            (libc::S_IFCHR, sys::makedev(1, 3))
+        );
+    }
+
+    #[test]
     fn a_whiteout_in_a_merged_subdirectory() {
         let l = Layers::new(2);
         l.file(Lower(1), "d/x", "").file(Lower(1), "d/y", "");

@@ -374,6 +374,7 @@ mod tests {
                 let t = match e.dtype {
                     libc::DT_DIR => "d",
                     libc::DT_REG => "f",
+                    libc::DT_CHR => "c",
                     _ => "?",
                 };
                 format!("{}:{t}", e.name.to_string_lossy())
@@ -395,6 +396,11 @@ mod tests {
         l.whiteout_chardev(Upper, "c").whiteout_file(Upper, "e");
         l.file(Upper, "u", "").dir(Upper, "d");
         assert_eq!(ls(&l, ""), ["d:d", "u:f"]);
+        // A character device other than 0:0 is listed as what it is.
+        let dir = std::fs::File::open(&l.lowers[1]).unwrap();
+        let dev = sys::makedev(1, 3);
+        sys::mknodat(dir.as_fd(), OsStr::new("null"), libc::S_IFCHR | 0o666, dev).unwrap();
+        assert_eq!(ls(&l, ""), ["d:d", "null:c", "u:f"]);
     }
 
     #[test]
