@@ -7,6 +7,8 @@
 //! confined beneath a layer root (`crate::sys`).
 
 pub mod acl;
+#[cfg(test)]
+pub(crate) mod fixture;
 pub mod layer;
 pub mod redirect;
 pub mod stack;

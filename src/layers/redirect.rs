@@ -813,3 +813,103 @@ mod tests {
         assert_eq!(run(&f, &parent, rel("c"), false), ["0:p/c/", "1:p/"]);
     }
 }
+
+/// The same rules read from real layer directories (`user.overlay.redirect` on disk,
+/// through `layers::stack`), so the encoding and the walk are tested together.
+#[cfg(test)]
+mod on_disk {
+    use crate::layers::fixture::{places, resolve, Layers, Lower, Upper};
+
+    /// The merged lower places of directory `rel`, or the lookup's errno.
+    fn lowers(l: &Layers, rel: &str) -> Result<Vec<String>, i32> {
+        match resolve(&l.stack(), rel) {
+            Ok(Some(f)) => Ok(places(&f.lower_dirs)),
+            Ok(None) => Ok(vec!["absent".into()]),
+            Err(e) => Err(e.errno()),
+        }
+    }
+
+    #[test]
+    fn an_upper_relative_redirect_names_the_directory_in_its_parents_lower_places() {
+        let l = Layers::new(2);
+        l.file(Lower(1), "p/old/f", "").dir(Lower(0), "p/old");
+        l.redirect(Upper, "p/new", b"old")
+            .whiteout_file(Upper, "p/old");
+        assert_eq!(lowers(&l, "p/new").unwrap(), ["0:p/old", "1:p/old"]);
+        assert_eq!(lowers(&l, "p/new/f").unwrap(), Vec::<String>::new());
+        assert!(resolve(&l.stack(), "p/new/f").unwrap().is_some());
+        assert_eq!(lowers(&l, "p/old").unwrap(), ["absent"]);
+        // A trailing NUL is read as the kernel reads the value, a C string.
+        l.redirect(Upper, "p/nul", b"old\0");
+        assert_eq!(lowers(&l, "p/nul").unwrap(), ["0:p/old", "1:p/old"]);
+    }
+
+    #[test]
+    fn an_upper_absolute_redirect_is_a_path_from_every_lower_root() {
+        let l = Layers::new(2);
+        l.dir(Lower(0), "x/y").file(Lower(1), "x/y/f", "");
+        l.dir(Upper, "q").redirect(Upper, "q/moved", b"/x/y");
+        assert_eq!(lowers(&l, "q/moved").unwrap(), ["0:x/y", "1:x/y"]);
+        assert!(resolve(&l.stack(), "q/moved/f").unwrap().is_some());
+    }
+
+    #[test]
+    fn redirects_in_lower_layers_chain() {
+        // Layer 0 is a container's upper in which `a` became `b`; layer 1 the image.
+        let l = Layers::new(2);
+        l.redirect(Lower(0), "b", b"a")
+            .whiteout_chardev(Lower(0), "a");
+        l.file(Lower(1), "a/sub/f", "");
+        assert_eq!(lowers(&l, "b").unwrap(), ["0:b", "1:a"]);
+        assert_eq!(lowers(&l, "b/sub").unwrap(), ["1:a/sub"]);
+        assert_eq!(lowers(&l, "a").unwrap(), ["absent"]);
+        // An absolute one in a middle layer leads the layers below it.
+        let l = Layers::new(3);
+        l.redirect(Lower(0), "c", b"/b")
+            .redirect(Lower(1), "b", b"/a");
+        l.dir(Lower(2), "a");
+        assert_eq!(lowers(&l, "c").unwrap(), ["0:c", "1:b", "2:a"]);
+    }
+
+    #[test]
+    fn an_opaque_upper_directory_is_not_redirected() {
+        let l = Layers::new(1);
+        l.file(Lower(0), "a/f", "");
+        l.redirect(Upper, "b", b"a").opaque_xattr(Upper, "b");
+        assert_eq!(lowers(&l, "b").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn refused_values_fail_the_lookup_with_eio_and_are_told_once() {
+        for bad in [
+            &b"../etc"[..],
+            b"",
+            b"a/b",
+            b"/a//b",
+            b"/a/../b",
+            b".",
+            b"\0x",
+        ] {
+            let l = Layers::new(1);
+            l.dir(Lower(0), "etc");
+            l.redirect(Upper, "d", bad);
+            assert_eq!(lowers(&l, "d"), Err(libc::EIO), "{bad:?}");
+        }
+        let l = Layers::new(2);
+        l.redirect(Lower(0), "d", b"..").dir(Lower(1), "d");
+        let stack = l.stack();
+        for _ in 0..2 {
+            let e = resolve(&stack, "d").unwrap_err();
+            assert_eq!(e.errno(), libc::EIO);
+            assert!(e.to_string().contains("`..`"), "{e}");
+        }
+        assert_eq!(stack.refused.lock().len(), 1);
+    }
+
+    #[test]
+    fn the_bottom_layer_is_not_read_for_redirects() {
+        let l = Layers::new(2);
+        l.dir(Lower(0), "d").redirect(Lower(1), "d", b"../../etc");
+        assert_eq!(lowers(&l, "d").unwrap(), ["0:d", "1:d"]);
+    }
+}

@@ -309,11 +309,198 @@ pub fn compose_ino(slot: usize, real: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::fixture::{places, resolve, Layers, Lower, Upper};
 
     #[test]
     fn inode_numbers_keep_layers_apart() {
         assert_ne!(compose_ino(0, 5), compose_ino(1, 5));
         assert_eq!(compose_ino(2, 5), compose_ino(2, 5));
         assert_eq!(compose_ino(3, u64::MAX) >> 48, 3);
+    }
+
+    /// Where `rel` resolves: "upper", "LAYER:PATH" for a lower non-directory, or the
+    /// merged lower directories; "absent" when it does not resolve.
+    fn at(l: &Layers, rel: &str) -> String {
+        match resolve(&l.stack(), rel).expect("lookup") {
+            None => "absent".into(),
+            Some(f) if f.kind() == libc::S_IFDIR => {
+                let mut p = places(&f.lower_dirs);
+                if f.upper {
+                    p.insert(0, "upper".into());
+                }
+                format!("dir [{}]", p.join(" "))
+            }
+            Some(f) if f.upper => "upper".into(),
+            Some(f) => places(std::slice::from_ref(f.lower.as_ref().expect("lower"))).join(""),
+        }
+    }
+
+    #[test]
+    fn the_top_most_layer_with_the_name_wins() {
+        let l = Layers::new(3);
+        l.file(Lower(2), "a", "bottom")
+            .file(Lower(1), "a", "middle");
+        l.file(Lower(2), "b", "bottom");
+        l.file(Lower(0), "c", "lower").file(Upper, "c", "upper");
+        assert_eq!(at(&l, "a"), "1:a");
+        assert_eq!(at(&l, "b"), "2:b");
+        assert_eq!(at(&l, "c"), "upper");
+        assert_eq!(at(&l, "nope"), "absent");
+        let f = resolve(&l.stack(), "a").unwrap().unwrap();
+        assert_eq!(f.stat.st_size, "middle".len() as i64);
+        assert!(!f.upper && f.lower_dirs.is_empty());
+    }
+
+    #[test]
+    fn a_non_directory_ends_the_search_and_a_directory_merges_below() {
+        let l = Layers::new(3);
+        // A file in a higher layer hides a directory below it, and the other way round.
+        l.file(Lower(2), "d/inner", "x").file(Lower(1), "d", "file");
+        l.file(Lower(2), "f", "file").dir(Lower(0), "f");
+        l.dir(Upper, "m").dir(Lower(0), "m").dir(Lower(2), "m");
+        assert_eq!(at(&l, "d"), "1:d");
+        assert_eq!(at(&l, "d/inner"), "absent");
+        assert_eq!(at(&l, "f"), "dir [0:f]");
+        assert_eq!(at(&l, "m"), "dir [upper 0:m 2:m]");
+        // Below an upper directory a lower file of the name is not merged.
+        l.dir(Upper, "u").file(Lower(0), "u", "file");
+        assert_eq!(at(&l, "u"), "dir [upper]");
+    }
+
+    #[test]
+    fn whiteouts_in_the_upper_layer_in_both_encodings() {
+        let l = Layers::new(1);
+        l.file(Lower(0), "c", "").file(Lower(0), "w", "");
+        l.dir(Lower(0), "dc").dir(Lower(0), "dw");
+        l.whiteout_chardev(Upper, "c").whiteout_file(Upper, "w");
+        l.whiteout_chardev(Upper, "dc").whiteout_file(Upper, "dw");
+        for name in ["c", "w", "dc", "dw"] {
+            assert_eq!(at(&l, name), "absent", "{name}");
+        }
+        // A `.wh.` file hides only its own name.
+        l.file(Lower(0), "wx", "");
+        assert_eq!(at(&l, "wx"), "0:wx");
+    }
+
+    #[test]
+    fn a_whiteout_in_a_middle_layer_hides_the_layers_below_it_only() {
+        let l = Layers::new(3);
+        l.file(Lower(2), "c", "").whiteout_chardev(Lower(1), "c");
+        l.file(Lower(2), "w", "").whiteout_file(Lower(1), "w");
+        // Above the whiteout the name is back.
+        l.file(Lower(2), "back", "").whiteout_file(Lower(1), "back");
+        l.file(Lower(0), "back", "");
+        // A directory above a whiteout merges with nothing below it.
+        l.dir(Lower(0), "d")
+            .whiteout_file(Lower(1), "d")
+            .dir(Lower(2), "d");
+        l.dir(Lower(0), "e")
+            .whiteout_chardev(Lower(1), "e")
+            .dir(Lower(2), "e");
+        assert_eq!(at(&l, "c"), "absent");
+        assert_eq!(at(&l, "w"), "absent");
+        assert_eq!(at(&l, "back"), "0:back");
+        assert_eq!(at(&l, "d"), "dir [0:d]");
+        assert_eq!(at(&l, "e"), "dir [0:e]");
+    }
+
+    #[test]
+    fn a_character_device_other_than_0_0_is_no_whiteout() {
+        let l = Layers::new(2);
+        l.file(Lower(1), "null", "below");
+        let dir = std::fs::File::open(&l.lowers[0]).unwrap();
+        sys::mknodat(
+            dir.as_fd(),
+            OsStr::new("null"),
+            libc::S_IFCHR | 0o666,
+            sys::makedev(1, 3),
+        )
+        .expect("mknod (as root)");
+        assert_eq!(at(&l, "null"), "0:null");
+        let f = resolve(&l.stack(), "null").unwrap().unwrap();
+        assert_eq!(
+            (f.kind(), f.stat.st_rdev),
+            (libc::S_IFCHR, sys::makedev(1, 3))
+        );
+    }
+
+    #[test]
+    fn a_whiteout_in_a_merged_subdirectory() {
+        let l = Layers::new(2);
+        l.file(Lower(1), "d/x", "").file(Lower(1), "d/y", "");
+        l.whiteout_file(Lower(0), "d/x")
+            .whiteout_chardev(Upper, "d/y");
+        l.file(Lower(1), "d/z", "");
+        assert_eq!(at(&l, "d"), "dir [upper 0:d 1:d]");
+        assert_eq!(at(&l, "d/x"), "absent");
+        assert_eq!(at(&l, "d/y"), "absent");
+        assert_eq!(at(&l, "d/z"), "1:d/z");
+    }
+
+    #[test]
+    fn opaque_directories_by_xattr_and_by_marker() {
+        let l = Layers::new(3);
+        for d in ["x", "m", "lx", "lm"] {
+            l.file(Lower(2), &format!("{d}/below"), "");
+        }
+        l.opaque_xattr(Upper, "x").opaque_marker(Upper, "m");
+        // In a middle layer: what is above it still merges, nothing below.
+        l.dir(Lower(0), "lx").opaque_xattr(Lower(1), "lx");
+        l.dir(Lower(0), "lm").opaque_marker(Lower(1), "lm");
+        assert_eq!(at(&l, "x"), "dir [upper]");
+        assert_eq!(at(&l, "m"), "dir [upper]");
+        assert_eq!(at(&l, "lx"), "dir [0:lx 1:lx]");
+        assert_eq!(at(&l, "lm"), "dir [0:lm 1:lm]");
+        assert_eq!(at(&l, "x/below"), "absent");
+        assert_eq!(at(&l, "lm/below"), "absent");
+        // The marker itself is never a name of the directory.
+        assert_eq!(at(&l, "m/.wh..wh..opq"), "absent");
+    }
+
+    #[test]
+    fn an_opaque_mark_other_than_y_is_no_mark() {
+        let l = Layers::new(2);
+        l.file(Lower(1), "d/below", "").dir(Lower(0), "d");
+        let p = l.path(Lower(0), "d");
+        let dir = std::fs::File::open(&p).unwrap();
+        sys::setxattr(
+            dir.as_fd(),
+            OsStr::new(""),
+            OsStr::new(XattrNs::User.opaque()),
+            b"n",
+            0,
+        )
+        .unwrap();
+        assert_eq!(at(&l, "d"), "dir [0:d 1:d]");
+        assert_eq!(at(&l, "d/below"), "1:d/below");
+    }
+
+    #[test]
+    fn marker_names_never_resolve() {
+        let l = Layers::new(1);
+        l.whiteout_file(Lower(0), "gone")
+            .opaque_marker(Lower(0), "o");
+        l.file(Upper, ".wh.x", "");
+        for name in [".wh.gone", ".wh.x", "o/.wh..wh..opq", ".wh..wh..opq"] {
+            assert_eq!(at(&l, name), "absent", "{name}");
+        }
+    }
+
+    #[test]
+    fn inode_numbers_of_found_objects() {
+        let l = Layers::new(2);
+        l.file(Lower(1), "f", "").file(Upper, "u", "");
+        let mut stack = l.stack();
+        let f = resolve(&stack, "f").unwrap().unwrap();
+        assert_eq!(f.st_ino, compose_ino(2, f.stat.st_ino));
+        // All layers on one filesystem: the layer's own number, as kernel overlayfs.
+        stack.shared_dev = Some(f.stat.st_dev);
+        let f = resolve(&stack, "f").unwrap().unwrap();
+        assert_eq!(f.st_ino, f.stat.st_ino);
+        // The number recorded on an upper copy is the one reported.
+        let dir = std::fs::File::open(&l.upper).unwrap();
+        let attr = OsStr::new(XattrNs::User.ino());
+        sys::setxattr(dir.as_fd(), OsStr::new("u"), attr, &77u64.to_le_bytes(), 0).unwrap();
+        assert_eq!(resolve(&stack, "u").unwrap().unwrap().st_ino, 77);
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::dir::is_present;
-use super::nodes::{LowerRef, Tree};
+use super::nodes::{LowerRef, Node, Tree};
 use super::{errno, Overlay};
 use crate::error::{Context, Error, Result};
 use crate::layers::layer::split;
@@ -24,6 +24,58 @@ use crate::sys::{self, Stat};
 /// reports for it, which every name of it carries (recorded on the upper copy too).
 pub fn index_name(st_ino: u64) -> std::ffi::OsString {
     std::ffi::OsString::from(format!("{st_ino:016x}"))
+}
+
+/// What copying one node up takes. [`Plan::for_node`] says what the node table alone
+/// decides; for the rest the lower object's link count does ([`Plan::for_lower`]), which
+/// costs a stat. Pure, so the policy is tested without a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// In the upper layer already, under every name: nothing to do.
+    Done,
+    /// A hard-linked lower inode whose copy is in the workdir index: each of its names
+    /// becomes a link to that copy.
+    LinkIndex,
+    /// A hard-linked lower inode not copied yet: copied into the index, then linked.
+    Index,
+    /// Anything else: copied through `work/work` and renamed into place.
+    Copy,
+}
+
+impl Plan {
+    /// What the node decides by itself; `None`: the lower object's link count decides.
+    pub fn for_node(node: &Node) -> Option<Plan> {
+        if node.indexed {
+            Some(Plan::LinkIndex)
+        } else if node.upper {
+            Some(Plan::Done)
+        } else if node.is_dir() || node.single_lower_link {
+            // A directory's link count counts its subdirectories, not its names.
+            Some(Plan::Copy)
+        } else {
+            None
+        }
+    }
+
+    /// For a node [`for_node`](Plan::for_node) leaves open: from its lower object's stat.
+    pub fn for_lower(st: &Stat) -> Plan {
+        if st.st_nlink > 1 {
+            Plan::Index
+        } else {
+            Plan::Copy
+        }
+    }
+
+    /// Whether the node's data may be copied before the namespace lock is taken
+    /// (`prepare_copy_up`): a regular file that may turn out a plain copy.
+    pub fn copies_ahead(node: &Node) -> bool {
+        node.kind == libc::S_IFREG && matches!(Plan::for_node(node), None | Some(Plan::Copy))
+    }
+
+    /// The same once its lower object's stat is known.
+    pub fn lower_copies_ahead(st: &Stat) -> bool {
+        st.st_mode & libc::S_IFMT == libc::S_IFREG && Plan::for_lower(st) == Plan::Copy
+    }
 }
 
 /// The object to copy: its lower directory handle and name there, and its stat.
@@ -294,7 +346,7 @@ impl Overlay {
             let Some(node) = tree.get(id) else {
                 return guard;
             };
-            if node.is_dir() || node.upper || node.indexed || node.kind != libc::S_IFREG {
+            if !Plan::copies_ahead(node) {
                 return guard;
             }
             let Some(lower) = tree.lower_of(id) else {
@@ -308,7 +360,7 @@ impl Overlay {
         let Ok(entry) = self.lower_entry(&lower) else {
             return guard;
         };
-        if entry.2.st_mode & libc::S_IFMT != libc::S_IFREG || entry.2.st_nlink > 1 {
+        if !Plan::lower_copies_ahead(&entry.2) {
             return guard;
         }
         let Ok(tmp) = self.copy_to_work(work, &lower, &entry, st_ino) else {
@@ -334,7 +386,7 @@ impl Overlay {
         let mut cur = id;
         loop {
             let node = tree.get(cur).ok_or_else(|| errno(libc::ENOENT))?;
-            if node.upper && !node.indexed {
+            if Plan::for_node(node) == Some(Plan::Done) {
                 break;
             }
             missing.push(cur);
@@ -352,7 +404,7 @@ impl Overlay {
     /// Copies `id` itself up; its parent is already in the upper layer.
     pub(super) fn copy_up_one(&self, tree: &mut Tree, id: u64) -> Result<()> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
-        if node.upper && !node.indexed {
+        if Plan::for_node(node) == Some(Plan::Done) {
             return Ok(());
         }
         let named = !node.aliases().is_empty();
@@ -413,17 +465,16 @@ impl Overlay {
     /// index entry's name; `None` for anything else.
     pub(super) fn ensure_index(&self, tree: &mut Tree, id: u64) -> Result<Option<OsString>> {
         let node = tree.get(id).ok_or_else(|| errno(libc::ENOENT))?;
-        if let Some(idx) = node.index() {
-            return Ok(Some(idx));
+        match Plan::for_node(node) {
+            Some(Plan::LinkIndex) => return Ok(node.index()),
+            Some(_) => return Ok(None),
+            None => {}
         }
-        if node.single_lower_link {
-            return Ok(None);
-        }
-        let Some(lower) = tree.lower_of(id).filter(|_| !node.is_dir()) else {
+        let Some(lower) = tree.lower_of(id) else {
             return Ok(None);
         };
         let entry = self.lower_entry(&lower)?;
-        if entry.2.st_nlink <= 1 {
+        if Plan::for_lower(&entry.2) != Plan::Index {
             return Ok(None);
         }
         let work = self.work()?;
@@ -480,5 +531,191 @@ impl Overlay {
         self.copy_up(tree, id)?;
         let path = self.path(tree, id)?;
         self.upper()?.dir(&path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+
+    /// A node as a lookup leaves it: found in a lower layer, nothing known of its links.
+    fn lower_node(kind: u32) -> Node {
+        let mut n = Node::new(kind, 100);
+        n.lower_layer = Some(0);
+        n
+    }
+
+    fn stat(dir: &Path, name: &str) -> Stat {
+        let d = fs::File::open(dir).unwrap();
+        sys::fstatat(d.as_fd(), OsStr::new(name)).unwrap()
+    }
+
+    /// A temp dir holding `f` (one link), `h1` and `h2` (one inode), `d` (a directory
+    /// with a subdirectory) and `s` (a symlink).
+    fn lower() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("f"), "one").unwrap();
+        fs::write(t.path().join("h1"), "two").unwrap();
+        fs::hard_link(t.path().join("h1"), t.path().join("h2")).unwrap();
+        fs::create_dir_all(t.path().join("d/sub")).unwrap();
+        std::os::unix::fs::symlink("f", t.path().join("s")).unwrap();
+        t
+    }
+
+    #[test]
+    fn a_lower_file_of_one_link_is_copied_and_may_be_copied_ahead() {
+        let t = lower();
+        let n = lower_node(libc::S_IFREG);
+        assert_eq!(Plan::for_node(&n), None);
+        let st = stat(t.path(), "f");
+        assert_eq!(Plan::for_lower(&st), Plan::Copy);
+        assert!(Plan::copies_ahead(&n) && Plan::lower_copies_ahead(&st));
+        // Known at lookup to have one link: no stat needed.
+        let mut n = n;
+        n.single_lower_link = true;
+        assert_eq!(Plan::for_node(&n), Some(Plan::Copy));
+        assert!(Plan::copies_ahead(&n));
+    }
+
+    #[test]
+    fn a_hard_linked_lower_file_goes_through_the_index() {
+        let t = lower();
+        let n = lower_node(libc::S_IFREG);
+        let st = stat(t.path(), "h2");
+        assert_eq!(st.st_nlink, 2);
+        assert_eq!(Plan::for_node(&n), None);
+        assert_eq!(Plan::for_lower(&st), Plan::Index);
+        // Never copied ahead: its copy is the index entry every name shares.
+        assert!(!Plan::lower_copies_ahead(&st));
+        // Once in the index, every further name is only linked, whether or not one of
+        // its names is in the upper layer already.
+        let mut n = n;
+        n.indexed = true;
+        assert_eq!(Plan::for_node(&n), Some(Plan::LinkIndex));
+        n.upper = true;
+        assert_eq!(Plan::for_node(&n), Some(Plan::LinkIndex));
+        assert!(!Plan::copies_ahead(&n));
+        assert_eq!(n.index(), Some(index_name(100)));
+    }
+
+    #[test]
+    fn a_directory_is_copied_whatever_its_link_count() {
+        let t = lower();
+        let n = lower_node(libc::S_IFDIR);
+        assert!(stat(t.path(), "d").st_nlink > 1);
+        assert_eq!(Plan::for_node(&n), Some(Plan::Copy));
+        assert!(!Plan::copies_ahead(&n));
+        assert!(!Plan::lower_copies_ahead(&stat(t.path(), "d")));
+    }
+
+    #[test]
+    fn an_upper_node_needs_nothing() {
+        let mut n = lower_node(libc::S_IFREG);
+        n.upper = true;
+        assert_eq!(Plan::for_node(&n), Some(Plan::Done));
+        assert!(!Plan::copies_ahead(&n));
+        let mut d = Node::new(libc::S_IFDIR, 5);
+        d.upper = true;
+        assert_eq!(Plan::for_node(&d), Some(Plan::Done));
+    }
+
+    #[test]
+    fn only_regular_files_are_copied_ahead() {
+        let t = lower();
+        let n = lower_node(libc::S_IFLNK);
+        let st = stat(t.path(), "s");
+        assert_eq!(Plan::for_lower(&st), Plan::Copy);
+        assert!(!Plan::copies_ahead(&n));
+        assert!(!Plan::lower_copies_ahead(&st));
+        // A node that was a file at lookup but whose lower object is something else now.
+        assert!(Plan::copies_ahead(&lower_node(libc::S_IFREG)));
+        assert!(!Plan::lower_copies_ahead(&st));
+    }
+
+    #[test]
+    fn a_prepared_copy_keeps_data_holes_metadata_and_user_xattrs_only() {
+        let t = lower();
+        let work_root = tempfile::tempdir().unwrap();
+        let src_dir = fs::File::open(t.path()).unwrap();
+        // 1 MiB with data only at the start and the end.
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(t.path().join("sparse"))
+            .unwrap();
+        sys::pwrite(f.as_fd(), b"head", 0).unwrap();
+        sys::pwrite(f.as_fd(), b"tail", (1 << 20) - 4).unwrap();
+        drop(f);
+        fs::set_permissions(
+            t.path().join("sparse"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o4751),
+        )
+        .unwrap();
+        for (attr, v) in [("user.keep", &b"k"[..]), ("user.overlay.opaque", b"y")] {
+            sys::setxattr(
+                src_dir.as_fd(),
+                OsStr::new("sparse"),
+                OsStr::new(attr),
+                v,
+                0,
+            )
+            .unwrap();
+        }
+        let times = [
+            sys::Timespec {
+                tv_sec: 1000,
+                tv_nsec: 5,
+            },
+            sys::Timespec {
+                tv_sec: 2000,
+                tv_nsec: 7,
+            },
+        ];
+        sys::utimensat(src_dir.as_fd(), OsStr::new("sparse"), &times).unwrap();
+        let st = stat(t.path(), "sparse");
+
+        let work_fd = fs::File::open(work_root.path()).unwrap();
+        let work = WorkDir::open(work_fd.as_fd(), false).unwrap();
+        let src = Source {
+            dir: src_dir.as_fd(),
+            name: OsStr::new("sparse"),
+            stat: &st,
+        };
+        let tmp = work.prepare(&src, Some(("user.layerfs.ino", 42))).unwrap();
+        let copy = work_root.path().join("work").join(&tmp);
+        let data = fs::read(&copy).unwrap();
+        assert_eq!(data.len(), 1 << 20);
+        assert!(data.starts_with(b"head") && data.ends_with(b"tail"));
+        let md = fs::metadata(&copy).unwrap();
+        // The hole stays a hole (ext4 and tmpfs allocate 4 KiB blocks).
+        assert!(md.blocks() * 512 < 64 * 1024, "{} blocks", md.blocks());
+        assert_eq!(md.mode() & 0o7777, 0o4751);
+        assert_eq!((md.mtime(), md.mtime_nsec()), (2000, 7));
+        assert_eq!((md.uid(), md.gid()), (st.st_uid, st.st_gid));
+        let wdir = fs::File::open(work_root.path().join("work")).unwrap();
+        let names = sys::listxattr(wdir.as_fd(), &tmp).unwrap();
+        assert!(names.iter().any(|n| n == "user.keep"), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n == "user.overlay.opaque"),
+            "{names:?}"
+        );
+        let ino = sys::getxattr(wdir.as_fd(), &tmp, OsStr::new("user.layerfs.ino")).unwrap();
+        assert_eq!(ino, 42u64.to_le_bytes());
+        // A directory is copied without its content.
+        let d = stat(t.path(), "d");
+        let src = Source {
+            dir: src_dir.as_fd(),
+            name: OsStr::new("d"),
+            stat: &d,
+        };
+        let tmp = work.prepare(&src, None).unwrap();
+        assert!(fs::read_dir(work_root.path().join("work").join(&tmp))
+            .unwrap()
+            .next()
+            .is_none());
     }
 }

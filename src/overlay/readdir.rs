@@ -166,7 +166,7 @@ pub fn list(stack: &Stack, upper: Option<&Path>, lowers: &[LowerRef]) -> Result<
             .iter()
             .map(|(n, t, i)| (n.as_os_str(), *t, *i));
         let whiteouts = upper.whiteouts.iter().map(|n| n.as_os_str());
-        merge.add(stack, 0, entries, whiteouts);
+        merge.add(entries, whiteouts, |ino| stack.dirent_ino(0, ino));
     }
     for lower in lowers {
         let layer = &stack.lowers[lower.layer];
@@ -178,30 +178,33 @@ pub fn list(stack: &Stack, upper: Option<&Path>, lowers: &[LowerRef]) -> Result<
             Err(e) => return Err(e),
         };
         let whiteouts = (0..listing.whiteouts.len()).map(|i| listing.whiteouts.get(i));
-        merge.add(stack, lower.layer + 1, listing.iter(), whiteouts);
+        merge.add(listing.iter(), whiteouts, |ino| {
+            stack.dirent_ino(lower.layer + 1, ino)
+        });
     }
-    Ok(merge.out)
+    Ok(merge.into_entries())
 }
 
-/// A merged listing under construction, top layer first.
+/// A merged listing under construction, top layer first: what each layer adds is decided
+/// from the names alone (no layer is read here), so the merge is tested on name lists.
 #[derive(Default)]
-struct Merge {
+pub struct Merge {
     out: Vec<DirEntry>,
     seen: HashSet<OsString>,
     hidden: HashSet<OsString>,
 }
 
 impl Merge {
-    /// Adds the entries of the layer in `slot`: those no layer above had or deleted. Its
-    /// whiteouts hide names of the layers below it, not its own.
-    fn add<'a>(
+    /// Adds the entries of the next layer down: those no layer above had or deleted. Its
+    /// whiteouts hide names of the layers below it, not its own. `ino` turns the layer's
+    /// inode number into the one reported (`Stack::dirent_ino` of the layer's slot).
+    pub fn add<'a>(
         &mut self,
-        stack: &Stack,
-        slot: usize,
         entries: impl Iterator<Item = (&'a OsStr, u8, u64)>,
         whiteouts: impl Iterator<Item = &'a OsStr>,
+        ino: impl Fn(u64) -> u64,
     ) {
-        for (name, dtype, ino) in entries {
+        for (name, dtype, ino_raw) in entries {
             if self.hidden.contains(name) || self.seen.contains(name) {
                 continue;
             }
@@ -209,11 +212,16 @@ impl Merge {
             self.out.push(DirEntry {
                 name: name.to_os_string(),
                 dtype,
-                ino: stack.dirent_ino(slot, ino),
+                ino: ino(ino_raw),
                 cookie: 0,
             });
         }
         self.hidden.extend(whiteouts.map(OsStr::to_os_string));
+    }
+
+    /// The merged entries, top layer's first, each layer's in the order it listed them.
+    pub fn into_entries(self) -> Vec<DirEntry> {
+        self.out
     }
 }
 
@@ -286,5 +294,211 @@ impl Overlay {
             .filter(|e| e.dtype == libc::DT_DIR)
             .map(|e| e.name.as_os_str());
         self.readahead.listed(&node.lower_dirs, subdirs, from_disk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::fixture::{resolve, Layers, Lower, Upper};
+    use std::path::PathBuf;
+
+    /// One layer's part of a directory: entries as "NAME" (a regular file, inode number
+    /// from the name's length) and whiteouts as "-NAME".
+    fn part(spec: &[&'static str]) -> (Vec<(&'static OsStr, u8, u64)>, Vec<&'static OsStr>) {
+        let mut entries = Vec::new();
+        let mut whiteouts = Vec::new();
+        for s in spec {
+            match s.strip_prefix('-') {
+                Some(n) => whiteouts.push(OsStr::new(n)),
+                None => entries.push((OsStr::new(*s), libc::DT_REG, s.len() as u64)),
+            }
+        }
+        (entries, whiteouts)
+    }
+
+    /// The merge of `layers` (top first) as "NAME@SLOT", the slot read back from the
+    /// reported inode number.
+    fn merged(layers: &[&[&'static str]]) -> Vec<String> {
+        let mut m = Merge::default();
+        for (slot, spec) in layers.iter().enumerate() {
+            let (entries, whiteouts) = part(spec);
+            m.add(entries.into_iter(), whiteouts.into_iter(), |ino| {
+                ino + 1000 * slot as u64
+            });
+        }
+        m.into_entries()
+            .into_iter()
+            .map(|e| format!("{}@{}", e.name.to_string_lossy(), e.ino / 1000))
+            .collect()
+    }
+
+    #[test]
+    fn the_top_layer_lists_a_name_once() {
+        assert_eq!(
+            merged(&[&["a", "b"], &["b", "c"], &["c", "a", "d"]]),
+            ["a@0", "b@0", "c@1", "d@2"]
+        );
+    }
+
+    #[test]
+    fn whiteouts_hide_the_layers_below_only() {
+        // Layer 1 deletes `x` and `y` of layer 2; layer 0 adds `y` back. A layer's own
+        // whiteout does not hide its own entry of the name (an upper file made over a
+        // lower whiteout keeps it until the whiteout is removed).
+        assert_eq!(
+            merged(&[&["y"], &["-x", "-y", "z", "-z"], &["x", "y", "z", "w"]]),
+            ["y@0", "z@1", "w@2"]
+        );
+        assert!(merged(&[&["-a"], &["a"]]).is_empty());
+    }
+
+    #[test]
+    fn a_whiteout_two_layers_up_still_hides() {
+        assert_eq!(merged(&[&["-a"], &["b"], &["a", "c"]]), ["b@1", "c@2"]);
+    }
+
+    /// The merged listing of the merged directory `rel` of `l`, sorted, as "NAME:TYPE".
+    fn ls(l: &Layers, rel: &str) -> Vec<String> {
+        let stack = l.stack();
+        let (upper, lowers) = if rel.is_empty() {
+            (Some(PathBuf::new()), stack.root_lowers())
+        } else {
+            let f = resolve(&stack, rel).unwrap().expect("dir");
+            (f.upper.then(|| PathBuf::from(rel)), f.lower_dirs)
+        };
+        let mut v: Vec<String> = list(&stack, upper.as_deref(), &lowers)
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let t = match e.dtype {
+                    libc::DT_DIR => "d",
+                    libc::DT_REG => "f",
+                    libc::DT_CHR => "c",
+                    _ => "?",
+                };
+                format!("{}:{t}", e.name.to_string_lossy())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_listing_of_layers_on_disk_leaves_out_deleted_names_and_markers() {
+        let l = Layers::new(2);
+        l.file(Lower(1), "a", "")
+            .file(Lower(1), "b", "")
+            .dir(Lower(1), "c");
+        l.file(Lower(1), "d", "").file(Lower(0), "e", "");
+        l.whiteout_file(Lower(0), "a")
+            .whiteout_chardev(Lower(0), "b");
+        l.whiteout_chardev(Upper, "c").whiteout_file(Upper, "e");
+        l.file(Upper, "u", "").dir(Upper, "d");
+        assert_eq!(ls(&l, ""), ["d:d", "u:f"]);
+        // A character device other than 0:0 is listed as what it is.
+        let dir = std::fs::File::open(&l.lowers[1]).unwrap();
+        let dev = sys::makedev(1, 3);
+        sys::mknodat(dir.as_fd(), OsStr::new("null"), libc::S_IFCHR | 0o666, dev).unwrap();
+        assert_eq!(ls(&l, ""), ["d:d", "null:c", "u:f"]);
+    }
+
+    #[test]
+    fn an_opaque_directory_lists_only_its_own_layer_and_above() {
+        let l = Layers::new(3);
+        l.file(Lower(2), "o/deep", "").file(Lower(2), "m/deep", "");
+        l.file(Lower(1), "o/mid", "").opaque_marker(Lower(1), "o");
+        l.file(Lower(1), "m/mid", "").opaque_xattr(Lower(1), "m");
+        l.file(Lower(0), "o/top", "").file(Lower(0), "m/top", "");
+        assert_eq!(ls(&l, "o"), ["mid:f", "top:f"]);
+        assert_eq!(ls(&l, "m"), ["mid:f", "top:f"]);
+        l.opaque_xattr(Upper, "m").file(Upper, "m/up", "");
+        assert_eq!(ls(&l, "m"), ["up:f"]);
+    }
+
+    #[test]
+    fn a_redirected_directory_lists_where_its_redirect_leads() {
+        let l = Layers::new(1);
+        l.file(Lower(0), "old/f", "").file(Lower(0), "old/g", "");
+        l.redirect(Upper, "new", b"old")
+            .whiteout_file(Upper, "new/g");
+        l.whiteout_file(Upper, "old");
+        assert_eq!(ls(&l, "new"), ["f:f"]);
+        assert_eq!(ls(&l, ""), ["new:d"]);
+    }
+
+    #[test]
+    fn a_directory_whose_lower_names_are_all_deleted_is_empty() {
+        let l = Layers::new(1);
+        l.file(Lower(0), "d/x", "").file(Lower(0), "d/y", "");
+        l.whiteout_file(Upper, "d/x").whiteout_chardev(Upper, "d/y");
+        let stack = l.stack();
+        let f = resolve(&stack, "d").unwrap().unwrap();
+        assert!(is_empty(&stack, Some(Path::new("d")), &f.lower_dirs).unwrap());
+        l.file(Lower(0), "e/x", "");
+        let stack = l.stack();
+        let f = resolve(&stack, "e").unwrap().unwrap();
+        assert!(!is_empty(&stack, None, &f.lower_dirs).unwrap());
+    }
+
+    fn entry(name: &str) -> DirEntry {
+        DirEntry {
+            name: name.into(),
+            dtype: libc::DT_REG,
+            ino: 1,
+            cookie: 0,
+        }
+    }
+
+    fn names(entries: &[DirEntry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| e.name.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_listing_retaken_after_a_change_continues_a_reader() {
+        let kept = Listings::default();
+        let take = |ns: &[&str]| {
+            let v: Vec<DirEntry> = ns.iter().map(|n| entry(n)).collect();
+            move || Ok(v)
+        };
+        let first = kept
+            .get(7, 0, 1, take(&[".", "..", "a", "b", "c", "d"]))
+            .unwrap();
+        assert_eq!(names(&first.after(0)[..2]), [".", ".."]);
+        // A reader stops after its second name; `b` goes and `e` comes meanwhile.
+        let stop = first.after(DOTDOT_COOKIE)[1].clone();
+        let seen: Vec<String> = names(&first.after(0)[..4]);
+        let second = kept
+            .get(7, 0, 2, take(&[".", "..", "a", "c", "d", "e"]))
+            .unwrap();
+        let rest = names(second.after(stop.cookie));
+        // Every name present in both listings is seen exactly once.
+        for n in ["a", "c", "d"] {
+            let times = seen.iter().chain(&rest).filter(|s| *s == n).count();
+            assert_eq!(times, 1, "{n}: {seen:?} then {rest:?}");
+        }
+        // Cookies are the names', the same in every listing.
+        let cookie = |l: &Listing, n: &str| l.after(0).iter().find(|e| e.name == n).unwrap().cookie;
+        assert_eq!(cookie(&first, "c"), cookie(&second, "c"));
+        assert!(second
+            .after(0)
+            .windows(2)
+            .all(|w| w[0].cookie < w[1].cookie));
+    }
+
+    #[test]
+    fn a_kept_listing_serves_a_continuation_but_not_a_new_read_after_a_change() {
+        let kept = Listings::default();
+        let one = || Ok(vec![entry("."), entry(".."), entry("a")]);
+        kept.get(3, 0, 5, one).unwrap();
+        let again = kept.get(3, 0, 5, || panic!("retaken with nothing changed"));
+        assert_eq!(names(again.unwrap().after(DOTDOT_COOKIE)), ["a"]);
+        let cont = kept.get(3, DOTDOT_COOKIE, 6, || panic!("retaken for a continuation"));
+        assert_eq!(names(cont.unwrap().after(DOTDOT_COOKIE)), ["a"]);
+        let fresh = kept.get(3, 0, 6, || Ok(vec![entry("."), entry(".."), entry("b")]));
+        assert_eq!(names(fresh.unwrap().after(DOTDOT_COOKIE)), ["b"]);
     }
 }
