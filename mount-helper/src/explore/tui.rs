@@ -167,25 +167,20 @@ impl<'a> App<'a> {
                 }
             }
         }
-        // Directory sizes: what is shown below them.
+        // Directory sizes, as dive shows them: what is shown below them, without what was
+        // removed, unless the directory itself is removed.
         for i in (1..n).rev() {
-            if keep[i] && self.is_dir[i] && self.st[i] != St::Removed {
-                let s: u64 = tree
-                    .children(i as NodeId)
-                    .iter()
-                    .filter(|&&c| keep[c as usize])
-                    .map(|&c| self.size[c as usize])
-                    .sum();
-                self.size[i] = self.size[i].max(s);
-            } else if keep[i] && self.is_dir[i] {
-                let s: u64 = tree
-                    .children(i as NodeId)
-                    .iter()
-                    .filter(|&&c| self.st[c as usize] == St::Removed)
-                    .map(|&c| self.size[c as usize])
-                    .sum();
-                self.size[i] = self.size[i].max(s);
+            if !(keep[i] && self.is_dir[i]) {
+                continue;
             }
+            let removed = self.st[i] == St::Removed;
+            let s: u64 = tree
+                .children(i as NodeId)
+                .iter()
+                .filter(|&&c| keep[c as usize] && (removed || self.st[c as usize] != St::Removed))
+                .map(|&c| self.size[c as usize])
+                .sum();
+            self.size[i] = self.size[i].max(s);
         }
         let cur_node = self.rows.get(self.cursor).map(|r| r.node);
         self.rows.clear();
@@ -444,7 +439,12 @@ impl<'a> App<'a> {
                 } else {
                     &l.created_by
                 };
-                let head = format!("{i:>2} {:>7} {} ", human(l.size), &short(&l.diff_id)[..8]);
+                let sel = if i == self.layer { '>' } else { ' ' };
+                let head = format!(
+                    "{sel}{i:>2} {:>7} {} ",
+                    human(l.size),
+                    &short(&l.diff_id)[..8.min(short(&l.diff_id).len())]
+                );
                 let rest = truncate(cmd, w.saturating_sub(head.chars().count()));
                 let text = format!("{head}{rest}");
                 let style = if i == self.layer {
