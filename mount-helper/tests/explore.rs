@@ -24,7 +24,9 @@ const NEW_C: usize = 70_000;
 const CONF: usize = 100;
 
 fn bytes(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// base:1 (imported), then three commits through mounts: overwrite data/big.bin, delete
@@ -65,7 +67,10 @@ fn build(env: &Env) {
 /// dive's score and wasted bytes from (path, layer, size) sightings, written out here
 /// independently of layerctl: per path the smallest and the summed size; score = sum of
 /// smallest / sum of summed; wasted = summed size of the paths seen in 2+ layers.
-fn dive_formula(sightings: &[(&str, u32, u64)]) -> (f64, u64, BTreeMap<String, (u64, Vec<u32>)>) {
+/// Score, wasted bytes, and per inefficient path its summed size and layers.
+type Expected = (f64, u64, BTreeMap<String, (u64, Vec<u32>)>);
+
+fn dive_formula(sightings: &[(&str, u32, u64)]) -> Expected {
     let mut per: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
     for (p, l, s) in sightings {
         per.entry(p.to_string()).or_default().push((*l, *s));
@@ -87,7 +92,7 @@ fn dive_formula(sightings: &[(&str, u32, u64)]) -> (f64, u64, BTreeMap<String, (
 /// The image's sightings as dive counts them: every leaf of each layer. Deleting a file
 /// is a whiteout sized 0; the opaque app/lib counts as `.wh.lib` would, sized as what it
 /// hid (a.txt and b.txt of the base).
-fn expected() -> (f64, u64, BTreeMap<String, (u64, Vec<u32>)>) {
+fn expected() -> Expected {
     let s = |n: usize| n as u64;
     dive_formula(&[
         ("/data/big.bin", 0, s(BIG)),
@@ -201,13 +206,22 @@ fn report_matches_dive_formula_on_known_overwrites_and_deletes() {
     assert!(v.get("rules").is_none());
 
     // The text report says the same.
-    let o = env.run(&["explore", "--ci", "demo:4", "--highest-user-wasted-percent", "off"]);
+    let o = env.run(&[
+        "explore",
+        "--ci",
+        "demo:4",
+        "--highest-user-wasted-percent",
+        "off",
+    ]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         text.contains(&format!("efficiency: {:.4} %", score * 100.0)),
         "{text}"
     );
-    assert!(text.contains("wastedBytes: 2850000 bytes (2.9MB)"), "{text}");
+    assert!(
+        text.contains("wastedBytes: 2850000 bytes (2.9MB)"),
+        "{text}"
+    );
     assert!(text.contains("/data/small.bin"), "{text}");
 }
 
@@ -216,7 +230,13 @@ fn ci_exit_codes_at_thresholds() {
     let env = Env::new();
     build(&env);
     let ci = |args: &[&str]| -> (i32, String) {
-        let mut a = vec!["explore", "--ci", "demo:4", "--highest-user-wasted-percent", "disabled"];
+        let mut a = vec![
+            "explore",
+            "--ci",
+            "demo:4",
+            "--highest-user-wasted-percent",
+            "disabled",
+        ];
         a.extend_from_slice(args);
         let o = env.run(&a);
         (
@@ -233,7 +253,10 @@ fn ci_exit_codes_at_thresholds() {
     assert!(out.contains("Result: PASS"), "{out}");
     let (c, out) = ci(&["--lowest-efficiency", "0.51"]);
     assert_eq!(c, 1, "{out}");
-    assert!(out.contains("FAIL: lowestEfficiency: image efficiency is too low"), "{out}");
+    assert!(
+        out.contains("FAIL: lowestEfficiency: image efficiency is too low"),
+        "{out}"
+    );
     // Default 0.9, dive's.
     assert_eq!(ci(&[]).0, 1);
     // Wasted bytes: failing above the threshold only, in dive's units.
@@ -286,14 +309,26 @@ fn ci_exit_codes_at_thresholds() {
         vec![
             ("lowestEfficiency".to_string(), "pass".to_string()),
             ("highestWastedBytes".to_string(), "pass".to_string()),
-            ("highestUserWastedPercent".to_string(), "disabled".to_string()),
+            (
+                "highestUserWastedPercent".to_string(),
+                "disabled".to_string()
+            ),
         ]
     );
     // The base image alone wastes nothing and passes dive's defaults.
-    assert_eq!(env.run(&["explore", "--ci", "demo:1"]).status.code(), Some(0));
+    assert_eq!(
+        env.run(&["explore", "--ci", "demo:1"]).status.code(),
+        Some(0)
+    );
     // Bad thresholds are one-line errors naming the flag.
     env.fails(
-        &["explore", "--ci", "demo:4", "--highest-wasted-bytes", "lots"],
+        &[
+            "explore",
+            "--ci",
+            "demo:4",
+            "--highest-wasted-bytes",
+            "lots",
+        ],
         "--highest-wasted-bytes",
     );
     env.fails(
@@ -319,19 +354,29 @@ fn same_report_from_store_oci_layouts_and_docker_archives() {
     let oci = env.path("oci");
     let oci_tar = env.path("oci.tar");
     let docker = env.path("docker.tar");
-    env.ok(&["save", "--format", "oci-dir", "-o", oci.to_str().unwrap(), "demo:4"]);
-    env.ok(&["save", "--format", "oci-archive", "-o", oci_tar.to_str().unwrap(), "demo:4"]);
+    env.ok(&[
+        "save",
+        "--format",
+        "oci-dir",
+        "-o",
+        oci.to_str().unwrap(),
+        "demo:4",
+    ]);
+    env.ok(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        oci_tar.to_str().unwrap(),
+        "demo:4",
+    ]);
     env.ok(&["save", "-o", docker.to_str().unwrap(), "demo:4"]);
     // A docker archive compressed as a whole, and a layout another tool wrote with zstd
     // layers.
     let gz = env.path("docker.tar.gz");
     let st = Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "gzip -c {} > {}",
-            docker.display(),
-            gz.display()
-        ))
+        .arg(format!("gzip -c {} > {}", docker.display(), gz.display()))
         .status()
         .unwrap();
     assert!(st.success());
@@ -359,7 +404,8 @@ fn same_report_from_store_oci_layouts_and_docker_archives() {
 
     // A damaged layer is refused, naming the layer: what is shown is what the image names.
     let blobs = oci.join("blobs/sha256");
-    let idx: Value = serde_json::from_str(&fs::read_to_string(oci.join("index.json")).unwrap()).unwrap();
+    let idx: Value =
+        serde_json::from_str(&fs::read_to_string(oci.join("index.json")).unwrap()).unwrap();
     let mdig = idx["manifests"][0]["digest"].as_str().unwrap();
     let m: Value =
         serde_json::from_str(&fs::read_to_string(blobs.join(&mdig[7..])).unwrap()).unwrap();
@@ -414,7 +460,10 @@ impl Tmux {
             if ok(&s) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "UI never showed {what}; screen:\n{s}");
+            assert!(
+                Instant::now() < deadline,
+                "UI never showed {what}; screen:\n{s}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -450,7 +499,15 @@ fn tui_in_tmux_navigate_filter_quit() {
         env.root.display()
     );
     let o = t.cmd(&[
-        "new-session", "-d", "-x", "80", "-y", "24", "-s", "ui", &cmdline,
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        "-s",
+        "ui",
+        &cmdline,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // First screen: four layers, layer 0's changes, the keys at the bottom, in 80x24.
@@ -480,9 +537,18 @@ fn tui_in_tmux_navigate_filter_quit() {
     // b.txt marked removed, the new c.txt added.
     t.keys(&["Down", "m"]);
     let s = t.wait("the image view", |s| s.contains("Image up to layer 3"));
-    assert!(tree_row(&s, "big.bin").is_some_and(|r| !r.contains("A ") && !r.contains("D ")), "{s}");
-    assert!(tree_row(&s, "b.txt").is_some_and(|r| r.contains("D 200.0kB")), "{s}");
-    assert!(tree_row(&s, "c.txt").is_some_and(|r| r.contains("A  70.0kB")), "{s}");
+    assert!(
+        tree_row(&s, "big.bin").is_some_and(|r| !r.contains("A ") && !r.contains("D ")),
+        "{s}"
+    );
+    assert!(
+        tree_row(&s, "b.txt").is_some_and(|r| r.contains("D 200.0kB")),
+        "{s}"
+    );
+    assert!(
+        tree_row(&s, "c.txt").is_some_and(|r| r.contains("A  70.0kB")),
+        "{s}"
+    );
     // Hide unchanged files: big.bin goes, the changes stay.
     t.keys(&["u"]);
     let s = t.wait("unchanged hidden", |s| s.contains("[A C D]"));

@@ -7,7 +7,7 @@ use crate::err;
 use crate::error::Result;
 use crate::explore::report::{parse_bytes, parse_fraction, Report, Rules};
 use crate::explore::{efficiency, model, source, tui};
-use crate::output::print_json;
+use crate::output::out;
 use crate::store::Store;
 
 #[derive(clap::Args)]
@@ -63,7 +63,7 @@ pub fn run(store: &Store, a: Args) -> Result<i32> {
     }
     let results = a.ci.then(|| rep.evaluate(&rules));
     if a.json {
-        print_json(&rep.json(a.changes, results.as_deref()))?;
+        out(rep.json(a.changes, results.as_deref())?);
     } else {
         rep.print_text(a.changes, results.as_deref());
     }

@@ -87,7 +87,7 @@ pub fn compute(mut sightings: Vec<Sighting>) -> Efficiency {
     let wasted_bytes = inefficient
         .iter()
         .fold(0u64, |a, x| a.saturating_add(x.cumulative));
-    inefficient.sort_by(|a, b| b.cumulative.cmp(&a.cumulative));
+    inefficient.sort_by_key(|x| std::cmp::Reverse(x.cumulative));
     Efficiency {
         score,
         wasted_bytes,

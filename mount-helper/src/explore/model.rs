@@ -246,6 +246,15 @@ impl Layer {
         None
     }
 
+    /// Whether this layer deletes `n` from the layers below.
+    pub fn has_whiteout(&self, n: NodeId) -> bool {
+        let i = self.entries.partition_point(|e| e.node < n);
+        self.entries[i..]
+            .iter()
+            .take_while(|e| e.node == n)
+            .any(|e| e.kind == Kind::Whiteout)
+    }
+
     /// Whether this layer names `n` at all (whiteout included).
     pub fn names(&self, n: NodeId) -> bool {
         let i = self.entries.partition_point(|e| e.node < n);
@@ -308,7 +317,8 @@ impl<'t> LayerBuilder<'t> {
         let mut out: Vec<Entry> = Vec::with_capacity(entries.len());
         for e in entries {
             if let Some(last) = out.last_mut() {
-                if last.node == e.node && (last.kind == Kind::Whiteout) == (e.kind == Kind::Whiteout)
+                if last.node == e.node
+                    && (last.kind == Kind::Whiteout) == (e.kind == Kind::Whiteout)
                 {
                     *last = e;
                     continue;
@@ -657,14 +667,20 @@ pub fn analyze(img: &Image) -> Analysis {
                         },
                         size: e.size,
                     });
-                    if e.opaque && view.is_dir(img, e.node) {
+                    let was_dir = view.is_dir(img, e.node);
+                    let whited = layer.has_whiteout(e.node);
+                    if e.opaque && was_dir && !whited {
                         // Counted as its whiteout encoding would be: `.wh.D` next to `D`.
-                        let hidden = view.subtree_size(img, e.node);
                         sightings.push(Sighting {
                             node: e.node,
                             layer: i as u32,
-                            size: hidden,
+                            size: view.subtree_size(img, e.node),
                         });
+                    }
+                    // A directory replaced (opaque, deleted and made again, or by a
+                    // non-directory): what it held below and this layer does not name
+                    // again is gone.
+                    if was_dir && (e.opaque || whited || e.kind != Kind::Dir) {
                         for &c in tree.children(e.node) {
                             if view.present(c) && !layer.names(c) {
                                 ch.push(Change {
@@ -717,4 +733,157 @@ pub fn clean_components(raw: &[u8]) -> Result<Vec<&[u8]>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explore::{efficiency, read};
+    use sha2::{Digest, Sha256};
+
+    /// A layer tar from (path, Some(size) file | None directory) members.
+    fn tar_of(members: &[(&str, Option<usize>)]) -> (Vec<u8>, String) {
+        let mut b = tar::Builder::new(Vec::new());
+        for (p, size) in members {
+            let mut h = tar::Header::new_ustar();
+            match size {
+                Some(n) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(*n as u64);
+                    h.set_mode(0o644);
+                    h.set_cksum();
+                    b.append_data(&mut h, p, vec![0u8; *n].as_slice()).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    h.set_cksum();
+                    b.append_data(&mut h, p, std::io::empty()).unwrap();
+                }
+            }
+        }
+        let bytes = b.into_inner().unwrap();
+        let id = format!("sha256:{:x}", Sha256::digest(&bytes));
+        (bytes, id)
+    }
+
+    fn image_of(layers: &[&[(&str, Option<usize>)]]) -> Image {
+        let mut tree = Tree::new();
+        let mut out = Vec::new();
+        for m in layers {
+            let (bytes, id) = tar_of(m);
+            let mut b = LayerBuilder::new(&mut tree);
+            read::tar_layer(bytes.as_slice(), &id, "test layer", &mut b).unwrap();
+            out.push(b.finish(LayerMeta {
+                diff_id: id,
+                ..LayerMeta::default()
+            }));
+        }
+        tree.finish();
+        Image {
+            name: "t".into(),
+            id: "t".into(),
+            tree,
+            layers: out,
+        }
+    }
+
+    const BASE: &[(&str, Option<usize>)] = &[
+        ("lib/", None),
+        ("lib/a", Some(300)),
+        ("lib/b", Some(200)),
+        ("keep", Some(10)),
+    ];
+
+    /// An opaque directory and its whiteout encoding (`.wh.lib` beside the new `lib/`, as
+    /// the OCI spec allows) give the same tree, the same changes and the same score.
+    #[test]
+    fn opaque_and_whiteout_encodings_agree() {
+        let opaque = image_of(&[
+            BASE,
+            &[
+                ("lib/", None),
+                ("lib/.wh..wh..opq", Some(0)),
+                ("lib/a", Some(50)),
+            ],
+        ]);
+        let whiteout = image_of(&[
+            BASE,
+            &[(".wh.lib", Some(0)), ("lib/", None), ("lib/a", Some(50))],
+        ]);
+        let summary = |img: &Image| {
+            let an = analyze(img);
+            let e = efficiency::compute(an.sightings.clone());
+            let v = View::upto(img, 1);
+            let mut present: Vec<String> = (0..img.tree.len() as NodeId)
+                .filter(|&n| n != ROOT && v.present(n))
+                .map(|n| img.tree.path(n))
+                .collect();
+            present.sort();
+            let mut ch: Vec<String> = an.changes[1]
+                .iter()
+                .filter(|c| c.kind != ChangeKind::Changed || img.tree.path(c.node) != "/lib")
+                .map(|c| format!("{} {} {}", c.kind.mark(), img.tree.path(c.node), c.size))
+                .collect();
+            ch.sort();
+            (present, ch, e.score, e.wasted_bytes)
+        };
+        let a = summary(&opaque);
+        assert_eq!(a, summary(&whiteout));
+        assert_eq!(a.0, vec!["/keep", "/lib", "/lib/a"]);
+        assert_eq!(a.1, vec!["C /lib/a 50", "D /lib/b 200"]);
+        // Sightings: a 300,50; b 200; keep 10; lib (the whiteout of a directory) 500.
+        assert_eq!(
+            a.2,
+            (50.0 + 200.0 + 10.0 + 500.0) / (350.0 + 200.0 + 10.0 + 500.0)
+        );
+        assert_eq!(a.3, 350);
+    }
+
+    /// A whiteout of a file is sized 0, so the deleted file's size is all waste; the
+    /// whiteout of a directory is sized as its content and wastes nothing (dive's rules).
+    #[test]
+    fn removals_as_dive_counts_them() {
+        let img = image_of(&[BASE, &[(".wh.keep", Some(0)), (".wh.lib", Some(0))]]);
+        let an = analyze(&img);
+        let e = efficiency::compute(an.sightings.clone());
+        assert_eq!(e.wasted_bytes, 10);
+        assert_eq!(
+            e.score,
+            (300.0 + 200.0 + 0.0 + 500.0) / (300.0 + 200.0 + 10.0 + 500.0)
+        );
+        let v = View::upto(&img, 1);
+        assert!((1..img.tree.len() as NodeId).all(|n| !v.present(n)));
+        assert_eq!(an.summaries[1].removed, (2, 510));
+    }
+
+    /// A path as deep as an input likes is walked without recursion.
+    #[test]
+    fn deep_tree_without_recursion() {
+        let mut tree = Tree::new();
+        let mut b = LayerBuilder::new(&mut tree);
+        let mut n = ROOT;
+        for _ in 0..200_000 {
+            n = b.tree.child(n, b"d");
+            b.add(n, Kind::Dir, 0);
+        }
+        let leaf = b.tree.child(n, b"f");
+        b.add(leaf, Kind::File, 7);
+        let l0 = b.finish(LayerMeta::default());
+        let mut b = LayerBuilder::new(&mut tree);
+        let top = b.tree.child(ROOT, b"d");
+        b.whiteout(top);
+        let l1 = b.finish(LayerMeta::default());
+        tree.finish();
+        let img = Image {
+            name: "deep".into(),
+            id: "deep".into(),
+            tree,
+            layers: vec![l0, l1],
+        };
+        let an = analyze(&img);
+        assert_eq!(an.summaries[1].removed, (1, 7));
+        assert_eq!(img.tree.depth(leaf), 200_001);
+    }
 }

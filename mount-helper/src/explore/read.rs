@@ -167,9 +167,7 @@ pub fn tar_layer(r: impl Read, diff_id: &str, what: &str, b: &mut LayerBuilder) 
                 tar::EntryType::Directory => Kind::Dir,
                 tar::EntryType::Symlink => Kind::Symlink,
                 tar::EntryType::Link => Kind::HardLink,
-                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                    Kind::Other
-                }
+                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => Kind::Other,
                 // Extension headers the tar crate has not already folded into the entry.
                 _ => continue,
             };

@@ -2,7 +2,7 @@
 //! efficiency (dive's numbers, see `efficiency`), and, for `--ci`, dive's three rules
 //! checked against their thresholds.
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::efficiency::{self, Efficiency};
 use super::model::{Analysis, Image};
@@ -195,84 +195,83 @@ impl<'a> Report<'a> {
         out
     }
 
-    pub fn json(&self, with_changes: bool, rules: Option<&[RuleResult]>) -> Value {
+    /// The report as JSON text. Built from borrowed structs, not a `serde_json::Value`
+    /// tree: a layer of 100,000 changes stays a few megabytes.
+    pub fn json(&self, with_changes: bool, rules: Option<&[RuleResult]>) -> Result<String> {
         let tree = &self.img.tree;
-        let layers: Vec<Value> = self
+        let layers: Vec<JLayer> = self
             .img
             .layers
             .iter()
             .enumerate()
             .map(|(i, l)| {
                 let s = &self.an.summaries[i];
-                let mut v = json!({
-                    "index": i,
-                    "diff_id": l.diff_id,
-                    "created_by": l.created_by,
-                    "created": l.created,
-                    "comment": l.comment,
-                    "size": l.size,
-                    "added": {"count": s.added.0, "bytes": s.added.1},
-                    "changed": {"count": s.changed.0, "bytes": s.changed.1},
-                    "removed": {"count": s.removed.0, "bytes": s.removed.1},
-                });
-                if with_changes {
-                    let mut ch: Vec<(String, char, u64)> = self.an.changes[i]
+                let changes = with_changes.then(|| {
+                    let mut ch: Vec<JChange> = self.an.changes[i]
                         .iter()
-                        .map(|c| (tree.path(c.node), c.kind.mark(), c.size))
+                        .map(|c| JChange {
+                            kind: c.kind.mark(),
+                            path: tree.path(c.node),
+                            size: c.size,
+                        })
                         .collect();
-                    ch.sort();
-                    v["changes"] = ch
-                        .into_iter()
-                        .map(|(p, k, s)| json!({"kind": k.to_string(), "path": p, "size": s}))
-                        .collect();
+                    ch.sort_by(|a, b| a.path.cmp(&b.path).then(a.kind.cmp(&b.kind)));
+                    ch
+                });
+                JLayer {
+                    index: i,
+                    diff_id: &l.diff_id,
+                    created_by: &l.created_by,
+                    created: &l.created,
+                    comment: &l.comment,
+                    size: l.size,
+                    added: s.added.into(),
+                    changed: s.changed.into(),
+                    removed: s.removed.into(),
+                    changes,
                 }
-                v
             })
             .collect();
-        let files: Vec<Value> = self
+        let files: Vec<JFile> = self
             .inefficient()
             .into_iter()
-            .map(|(p, x)| {
-                json!({
-                    "path": p,
-                    "count": x.layers.len(),
-                    "wasted_bytes": x.cumulative,
-                    "min_size": x.min,
-                    "layers": x.layers,
-                    "sizes": x.sizes,
-                })
+            .map(|(path, x)| JFile {
+                path,
+                count: x.layers.len(),
+                wasted_bytes: x.cumulative,
+                min_size: x.min,
+                layers: &x.layers,
+                sizes: &x.sizes,
             })
             .collect();
-        let mut v = json!({
-            "image": self.img.name,
-            "id": self.img.id,
-            "layers": layers,
-            "size_bytes": self.size(),
-            "user_size_bytes": self.user_size(),
-            "efficiency": self.eff.score,
-            "wasted_bytes": self.eff.wasted_bytes,
-            "user_wasted_percent": self.user_wasted,
-            "inefficient_files": files,
-        });
-        if let Some(rules) = rules {
-            v["rules"] = rules
-                .iter()
-                .map(|r| {
-                    json!({
-                        "name": r.name,
-                        "threshold": r.threshold,
-                        "status": match r.status {
-                            Status::Pass => "pass",
-                            Status::Fail => "fail",
-                            Status::Disabled => "disabled",
-                        },
-                        "message": r.message,
-                    })
+        let rules_out = rules.map(|rs| {
+            rs.iter()
+                .map(|r| JRule {
+                    name: r.name,
+                    threshold: &r.threshold,
+                    status: match r.status {
+                        Status::Pass => "pass",
+                        Status::Fail => "fail",
+                        Status::Disabled => "disabled",
+                    },
+                    message: &r.message,
                 })
-                .collect();
-            v["pass"] = json!(!rules.iter().any(|r| r.status == Status::Fail));
-        }
-        v
+                .collect::<Vec<_>>()
+        });
+        let rep = JReport {
+            image: &self.img.name,
+            id: &self.img.id,
+            layers,
+            size_bytes: self.size(),
+            user_size_bytes: self.user_size(),
+            efficiency: self.eff.score,
+            wasted_bytes: self.eff.wasted_bytes,
+            user_wasted_percent: self.user_wasted,
+            inefficient_files: files,
+            pass: rules.map(|rs| !rs.iter().any(|r| r.status == Status::Fail)),
+            rules: rules_out,
+        };
+        serde_json::to_string_pretty(&rep).map_err(|e| err!("encoding JSON: {e}"))
     }
 
     pub fn print_text(&self, with_changes: bool, rules: Option<&[RuleResult]>) {
@@ -304,7 +303,15 @@ impl<'a> Report<'a> {
             })
             .collect();
         table(
-            &["  #", "DIFF ID", "SIZE", "ADDED", "CHANGED", "REMOVED", "CREATED BY"],
+            &[
+                "  #",
+                "DIFF ID",
+                "SIZE",
+                "ADDED",
+                "CHANGED",
+                "REMOVED",
+                "CREATED BY",
+            ],
             rows,
         );
         if with_changes {
@@ -357,7 +364,10 @@ impl<'a> Report<'a> {
                 .collect();
             table(&["  COUNT", "WASTED", "LAYERS", "PATH"], rows);
             if ineff.len() > SHOWN {
-                out(format!("  ... and {} more (see --json)", ineff.len() - SHOWN));
+                out(format!(
+                    "  ... and {} more (see --json)",
+                    ineff.len() - SHOWN
+                ));
             }
         }
         if let Some(rules) = rules {
@@ -386,6 +396,75 @@ impl<'a> Report<'a> {
             ));
         }
     }
+}
+
+#[derive(Serialize)]
+struct JCount {
+    count: u64,
+    bytes: u64,
+}
+
+impl From<(u64, u64)> for JCount {
+    fn from((count, bytes): (u64, u64)) -> JCount {
+        JCount { count, bytes }
+    }
+}
+
+#[derive(Serialize)]
+struct JChange {
+    kind: char,
+    path: String,
+    size: u64,
+}
+
+#[derive(Serialize)]
+struct JLayer<'a> {
+    index: usize,
+    diff_id: &'a str,
+    created_by: &'a str,
+    created: &'a str,
+    comment: &'a str,
+    size: u64,
+    added: JCount,
+    changed: JCount,
+    removed: JCount,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes: Option<Vec<JChange>>,
+}
+
+#[derive(Serialize)]
+struct JFile<'a> {
+    path: String,
+    count: usize,
+    wasted_bytes: u64,
+    min_size: u64,
+    layers: &'a [u32],
+    sizes: &'a [u64],
+}
+
+#[derive(Serialize)]
+struct JRule<'a> {
+    name: &'a str,
+    threshold: &'a str,
+    status: &'a str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct JReport<'a> {
+    image: &'a str,
+    id: &'a str,
+    layers: Vec<JLayer<'a>>,
+    size_bytes: u64,
+    user_size_bytes: u64,
+    efficiency: f64,
+    wasted_bytes: u64,
+    user_wasted_percent: Option<f64>,
+    inefficient_files: Vec<JFile<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rules: Option<Vec<JRule<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pass: Option<bool>,
 }
 
 fn disabled_rule(name: &'static str) -> RuleResult {

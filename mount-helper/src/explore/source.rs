@@ -142,6 +142,9 @@ enum Member {
     Link(String),
 }
 
+/// What `TarMembers::scan` hands each member to; true stops the scan.
+type MemberFn<'a> = dyn FnMut(&str, &mut tar::Entry<'_, Box<dyn Read + '_>>) -> Result<bool> + 'a;
+
 struct TarMembers {
     file: File,
     shown: String,
@@ -167,11 +170,9 @@ fn normal(name: &[u8]) -> Option<String> {
 impl TarMembers {
     fn index(file: File, shown: String) -> Result<TarMembers> {
         let mut head = [0u8; 4];
-        let n = (&file)
-            .read(&mut head)
-            .ctx(|| format!("reading {shown}"))?;
-        let compressed =
-            head[..n].starts_with(&[0x1f, 0x8b]) || head[..n].starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+        let n = (&file).read(&mut head).ctx(|| format!("reading {shown}"))?;
+        let compressed = head[..n].starts_with(&[0x1f, 0x8b])
+            || head[..n].starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
         let mut t = TarMembers {
             file,
             shown,
@@ -179,14 +180,15 @@ impl TarMembers {
             members: HashMap::new(),
         };
         let mut members = HashMap::new();
-        let mut note = |name: &str, ty: tar::EntryType, link: Option<String>, off: u64, size: u64| {
-            let m = match ty {
-                tar::EntryType::Symlink => Member::Link(link.unwrap_or_default()),
-                tar::EntryType::Regular | tar::EntryType::Continuous => Member::Data(off, size),
-                _ => return,
+        let mut note =
+            |name: &str, ty: tar::EntryType, link: Option<String>, off: u64, size: u64| {
+                let m = match ty {
+                    tar::EntryType::Symlink => Member::Link(link.unwrap_or_default()),
+                    tar::EntryType::Regular | tar::EntryType::Continuous => Member::Data(off, size),
+                    _ => return,
+                };
+                members.insert(name.to_string(), m);
             };
-            members.insert(name.to_string(), m);
-        };
         if compressed {
             t.scan(&mut |name, e| {
                 note(name, e.header().entry_type(), link_of(e), 0, e.size());
@@ -203,7 +205,10 @@ impl TarMembers {
                 .ctx(|| format!("{} is not a tar archive", t.shown))?;
             for e in entries {
                 let e = e.ctx(|| {
-                    format!("{} is not a readable tar archive (or is truncated)", t.shown)
+                    format!(
+                        "{} is not a readable tar archive (or is truncated)",
+                        t.shown
+                    )
                 })?;
                 let Some(name) = normal(&e.path_bytes()) else {
                     continue;
@@ -222,10 +227,7 @@ impl TarMembers {
     }
 
     /// Reads the archive from the start, handing each member to `f` until it returns true.
-    fn scan(
-        &self,
-        f: &mut dyn FnMut(&str, &mut tar::Entry<'_, Box<dyn Read + '_>>) -> Result<bool>,
-    ) -> Result<()> {
+    fn scan(&self, f: &mut MemberFn<'_>) -> Result<()> {
         let mut file = &self.file;
         file.seek(SeekFrom::Start(0))
             .ctx(|| format!("reading {}", self.shown))?;
@@ -235,8 +237,12 @@ impl TarMembers {
             .entries()
             .ctx(|| format!("{} is not a tar archive", self.shown))?;
         for e in entries {
-            let mut e =
-                e.ctx(|| format!("{} is not a readable tar archive (or is truncated)", self.shown))?;
+            let mut e = e.ctx(|| {
+                format!(
+                    "{} is not a readable tar archive (or is truncated)",
+                    self.shown
+                )
+            })?;
             let Some(name) = normal(&e.path_bytes()) else {
                 continue;
             };
@@ -285,7 +291,10 @@ impl Members for TarMembers {
     }
     fn with(&self, name: &str, f: &mut dyn FnMut(&mut dyn Read) -> Result<()>) -> Result<()> {
         let Some((real, off, size)) = self.resolve(name) else {
-            return Err(err!("{name} is missing from {}: the archive is incomplete", self.shown));
+            return Err(err!(
+                "{name} is missing from {}: the archive is incomplete",
+                self.shown
+            ));
         };
         if !self.compressed {
             let mut file = &self.file;
@@ -305,7 +314,10 @@ impl Members for TarMembers {
             Ok(true)
         })?;
         if !done {
-            return Err(err!("{name} is missing from {}: the archive is incomplete", self.shown));
+            return Err(err!(
+                "{name} is missing from {}: the archive is incomplete",
+                self.shown
+            ));
         }
         res
     }

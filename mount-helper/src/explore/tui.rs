@@ -151,7 +151,7 @@ impl<'a> App<'a> {
             let s = self.st[i];
             let shown = match s {
                 St::Added => self.show[0],
-                St::Changed => self.show[1] && !(self.is_dir[i] && !self.whole_dir_news(i)),
+                St::Changed => self.show[1] && (!self.is_dir[i] || self.whole_dir_news(i)),
                 St::Removed => self.show[2],
                 St::Unchanged => self.show[3],
                 _ => false,
@@ -228,7 +228,12 @@ impl<'a> App<'a> {
         match self.focus {
             Focus::Layers => {
                 let last = self.img.layers.len().saturating_sub(1) as isize;
-                let new = (self.layer as isize + delta).clamp(0, last) as usize;
+                let d = if delta.abs() > 1 {
+                    delta.signum() * page.min(1 << 40) as isize
+                } else {
+                    delta
+                };
+                let new = (self.layer as isize + d).clamp(0, last) as usize;
                 if new != self.layer {
                     self.layer = new;
                     self.cursor = 0;
@@ -240,7 +245,7 @@ impl<'a> App<'a> {
             Focus::Tree => {
                 let last = self.rows.len().saturating_sub(1) as isize;
                 let d = if delta.abs() > 1 {
-                    delta.signum() * page as isize
+                    delta.signum() * page.min(1 << 40) as isize
                 } else {
                     delta
                 };
@@ -312,9 +317,11 @@ impl<'a> App<'a> {
             KeyCode::Down | KeyCode::Char('j') => self.move_cursor(1, page),
             KeyCode::PageUp => self.move_cursor(-2, page),
             KeyCode::PageDown => self.move_cursor(2, page),
-            KeyCode::Home => self.move_cursor(-(isize::MAX / 2), 1),
-            KeyCode::End => self.move_cursor(isize::MAX / 2, 1),
-            KeyCode::Left | KeyCode::Char('h') if self.focus == Focus::Tree => self.fold(Some(false)),
+            KeyCode::Home => self.move_cursor(-(1 << 40), 1 << 40),
+            KeyCode::End => self.move_cursor(1 << 40, 1 << 40),
+            KeyCode::Left | KeyCode::Char('h') if self.focus == Focus::Tree => {
+                self.fold(Some(false))
+            }
             KeyCode::Right | KeyCode::Char('l') if self.focus == Focus::Tree => {
                 self.fold(Some(true))
             }
@@ -386,7 +393,14 @@ impl<'a> App<'a> {
         }
         let mut l2 = Vec::new();
         for (k, w) in [
-            ("m", if self.whole { "show layer changes" } else { "show whole image" }),
+            (
+                "m",
+                if self.whole {
+                    "show layer changes"
+                } else {
+                    "show whole image"
+                },
+            ),
             ("a", "added"),
             ("c", "changed"),
             ("d", "removed"),
@@ -400,15 +414,14 @@ impl<'a> App<'a> {
                 Style::default().fg(Color::Cyan),
             )];
         }
-        f.render_widget(
-            Paragraph::new(vec![Line::from(l1), Line::from(l2)]),
-            help,
-        );
+        f.render_widget(Paragraph::new(vec![Line::from(l1), Line::from(l2)]), help);
     }
 
     fn pane(&self, title: String, focused: bool) -> Block<'static> {
         let style = if focused {
-            Style::default().fg(Color::Cyan).add_modifier(Modifier::BOLD)
+            Style::default()
+                .fg(Color::Cyan)
+                .add_modifier(Modifier::BOLD)
         } else {
             Style::default()
         };
