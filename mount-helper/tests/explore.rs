@@ -570,3 +570,40 @@ fn tui_in_tmux_navigate_filter_quit() {
     let s = t.wait("the exit", |s| s.contains("EXITED:"));
     assert!(s.contains("EXITED:0"), "{s}");
 }
+
+/// A FIFO given as the path, or standing in for a blob, is refused, never waited on.
+#[test]
+fn fifos_are_refused_not_opened() {
+    let env = Env::new();
+    build_small(&env);
+    let fifo = env.path("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    env.fails(
+        &["explore", "--ci", fifo.to_str().unwrap()],
+        "neither a directory nor a regular file",
+    );
+    let oci = env.path("oci");
+    env.ok(&[
+        "save",
+        "--format",
+        "oci-dir",
+        "-o",
+        oci.to_str().unwrap(),
+        "small:1",
+    ]);
+    let idx: Value =
+        serde_json::from_str(&fs::read_to_string(oci.join("index.json")).unwrap()).unwrap();
+    let m = oci
+        .join("blobs/sha256")
+        .join(&idx["manifests"][0]["digest"].as_str().unwrap()[7..]);
+    fs::remove_file(&m).unwrap();
+    assert!(Command::new("mkfifo").arg(&m).status().unwrap().success());
+    env.fails(
+        &["explore", "--ci", oci.to_str().unwrap()],
+        "not a regular file",
+    );
+}

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use layerfs::sys;
@@ -55,6 +56,8 @@ fn metas(cfg: &ImageConfig) -> Vec<LayerMeta> {
 
 fn from_store(store: &Store, name: &str, id: &str) -> Result<Image> {
     let cfg = store.read_image(id)?;
+    // The directory walk holds one handle per level of depth.
+    let _ = layerfs::sys::process::raise_nofile_limit();
     let mut tree = Tree::new();
     let mut layers = Vec::new();
     for m in metas(&cfg) {
@@ -110,7 +113,13 @@ struct DirMembers {
 
 impl DirMembers {
     fn open(&self, name: &str) -> io::Result<File> {
-        let fd = sys::openat_beneath(self.root.as_fd(), Path::new(name), libc::O_RDONLY, 0)?;
+        // Non-blocking: a FIFO under a blob's name must not hang the open.
+        let fd = sys::openat_beneath(
+            self.root.as_fd(),
+            Path::new(name),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+            0,
+        )?;
         let st = sys::fstat(fd.as_fd())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(io::Error::other("not a regular file"));
@@ -328,7 +337,12 @@ fn from_path(path: &Path) -> Result<Image> {
     let cannot = |e: io::Error| {
         err!("{shown} cannot be read ({e}): give an OCI layout directory or archive, or a docker save archive")
     };
-    let f = File::open(path).map_err(cannot)?;
+    // Non-blocking, so that a FIFO or a device given as PATH is refused below, not waited on.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(cannot)?;
     let meta = f.metadata().map_err(cannot)?;
     let members: Box<dyn Members> = if meta.is_dir() {
         Box::new(DirMembers {
