@@ -607,3 +607,91 @@ fn fifos_are_refused_not_opened() {
         "not a regular file",
     );
 }
+
+/// An image another tool wrote: buildah (vfs storage, no opaque directories: its diff
+/// writes a `.wh.` file for every name gone) makes one layer on top of the store's base
+/// with the same three changes. Its report follows dive's formula for that encoding: here
+/// the replaced directory's b.txt is a whiteout of a file, so its 200 kB count as waste.
+#[test]
+fn foreign_image_written_by_buildah() {
+    let env = Env::new();
+    build(&env);
+    let base_tar = env.path("base.tar");
+    env.ok(&["save", "-o", base_tar.to_str().unwrap(), "demo:1"]);
+    let root = env.path("buildah-root");
+    let run = env.path("buildah-run");
+    let buildah = |args: &[&str]| -> String {
+        let o = Command::new("buildah")
+            .arg("--root")
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&run)
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .output()
+            .expect("buildah must be installed for this test");
+        assert!(
+            o.status.success(),
+            "buildah {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let ctr = buildah(&["from", &format!("docker-archive:{}", base_tar.display())]);
+    let ctr = ctr.lines().last().unwrap().to_string();
+    let mnt = std::path::PathBuf::from(buildah(&["mount", &ctr]));
+    fs::write(mnt.join("data/big.bin"), bytes(BIG, 9)).unwrap();
+    // buildah's vfs diff tells a change by size and mtime, with mtimes that match to the
+    // second counting as equal (tar keeps seconds only): the rewrite of a same-size file
+    // gets a time of its own.
+    fs::File::options()
+        .write(true)
+        .open(mnt.join("data/big.bin"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000))
+        .unwrap();
+    fs::remove_file(mnt.join("data/small.bin")).unwrap();
+    fs::remove_dir_all(mnt.join("app/lib")).unwrap();
+    fs::create_dir(mnt.join("app/lib")).unwrap();
+    fs::write(mnt.join("app/lib/a.txt"), bytes(NEW_A, 7)).unwrap();
+    fs::write(mnt.join("app/lib/c.txt"), bytes(NEW_C, 8)).unwrap();
+    let out = env.path("buildah.tar");
+    buildah(&["commit", &ctr, &format!("oci-archive:{}", out.display())]);
+
+    let v = env.json(&["explore", "--json", "--changes", out.to_str().unwrap()]);
+    let s = |n: usize| n as u64;
+    let (score, wasted, ineff) = dive_formula(&[
+        ("/data/big.bin", 0, s(BIG)),
+        ("/data/small.bin", 0, s(SMALL)),
+        ("/app/lib/a.txt", 0, s(LIB_A)),
+        ("/app/lib/b.txt", 0, s(LIB_B)),
+        ("/etc/conf", 0, s(CONF)),
+        ("/data/big.bin", 1, s(BIG)),
+        ("/data/small.bin", 1, 0),
+        ("/app/lib/b.txt", 1, 0),
+        ("/app/lib/a.txt", 1, s(NEW_A)),
+        ("/app/lib/c.txt", 1, s(NEW_C)),
+    ]);
+    assert_eq!(v["efficiency"].as_f64().unwrap(), score, "{v:#}");
+    assert_eq!(v["wasted_bytes"], wasted);
+    assert_eq!(
+        v["inefficient_files"].as_array().unwrap().len(),
+        ineff.len(),
+        "{v:#}"
+    );
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    let ch = changes(&layers[1]);
+    for want in [
+        format!("C /data/big.bin {BIG}"),
+        format!("D /data/small.bin {SMALL}"),
+        format!("C /app/lib/a.txt {NEW_A}"),
+        format!("D /app/lib/b.txt {LIB_B}"),
+        format!("A /app/lib/c.txt {NEW_C}"),
+    ] {
+        assert!(ch.contains(&want), "{want} not in {ch:?}");
+    }
+    // The base layer is layerctl's own, read back from buildah's archive unchanged.
+    let store = env.json(&["explore", "--json", "demo:1"]);
+    assert_eq!(layers[0]["diff_id"], store["layers"][0]["diff_id"]);
+}
