@@ -136,7 +136,7 @@ impl<'a> App<'a> {
                 }
             }
         }
-        // A directory that a layer only lists as a parent is not news in the change view.
+        // Search: a node matches when its name or an ancestor's holds the text.
         let q = self.search.as_bytes();
         let mut matched = vec![q.is_empty(); n];
         if !q.is_empty() {
@@ -146,6 +146,8 @@ impl<'a> App<'a> {
                     || tree.name(i as NodeId).windows(q.len()).any(|w| w == q);
             }
         }
+        // Kept: shown for itself, or a directory above something shown. A directory that a
+        // layer lists only as a parent is not news in the change view.
         let mut keep = vec![false; n];
         for i in (1..n).rev() {
             let s = self.st[i];
