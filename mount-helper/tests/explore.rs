@@ -41,6 +41,8 @@ fn build(env: &Env) {
     fs::write(base.join("app/lib/a.txt"), bytes(LIB_A, 3)).unwrap();
     fs::write(base.join("app/lib/b.txt"), bytes(LIB_B, 4)).unwrap();
     fs::write(base.join("etc/conf"), bytes(CONF, 5)).unwrap();
+    // A second name: its tar entry is a hard link (size 0) after the first name.
+    fs::hard_link(base.join("etc/conf"), base.join("etc/conf.link")).unwrap();
     env.ok(&["import", base.to_str().unwrap(), "demo:1"]);
 
     let step = |from: &str, to: &str, name: &str, change: &dyn Fn(&Path)| {
@@ -100,6 +102,7 @@ fn expected() -> Expected {
         ("/app/lib/a.txt", 0, s(LIB_A)),
         ("/app/lib/b.txt", 0, s(LIB_B)),
         ("/etc/conf", 0, s(CONF)),
+        ("/etc/conf.link", 0, 0),
         ("/data/big.bin", 1, s(BIG)),
         ("/data/small.bin", 2, 0),
         ("/app/lib", 3, s(LIB_A + LIB_B)),
@@ -197,7 +200,10 @@ fn report_matches_dive_formula_on_known_overwrites_and_deletes() {
         ]
     );
     assert_eq!(layers[2]["removed"]["bytes"], SMALL as u64);
-    assert_eq!(layers[0]["added"]["count"], 9);
+    assert_eq!(layers[0]["added"]["count"], 10);
+    let base = changes(&layers[0]);
+    assert!(base.contains(&format!("A /etc/conf {CONF}")), "{base:?}");
+    assert!(base.contains(&"A /etc/conf.link 0".to_string()), "{base:?}");
     for l in layers {
         assert!(l["diff_id"].as_str().unwrap().starts_with("sha256:"));
         assert!(l["created_by"].as_str().unwrap().starts_with("layerctl "));
@@ -666,6 +672,7 @@ fn foreign_image_written_by_buildah() {
         ("/app/lib/a.txt", 0, s(LIB_A)),
         ("/app/lib/b.txt", 0, s(LIB_B)),
         ("/etc/conf", 0, s(CONF)),
+        ("/etc/conf.link", 0, 0),
         ("/data/big.bin", 1, s(BIG)),
         ("/data/small.bin", 1, 0),
         ("/app/lib/b.txt", 1, 0),
