@@ -228,6 +228,8 @@ pub struct Layer {
     pub entries: Vec<Entry>,
     /// A root-level opaque marker: nothing below shows through.
     pub root_opaque: bool,
+    /// Where the layer's symlinks point and what its hard links name (the UI shows them).
+    pub targets: HashMap<NodeId, Box<[u8]>>,
     /// Sum of regular files' sizes (what dive calls a layer's size).
     pub size: u64,
 }
@@ -268,6 +270,7 @@ pub struct LayerBuilder<'t> {
     entries: Vec<Entry>,
     opaque: Vec<NodeId>,
     root_opaque: bool,
+    targets: HashMap<NodeId, Box<[u8]>>,
 }
 
 impl<'t> LayerBuilder<'t> {
@@ -277,6 +280,7 @@ impl<'t> LayerBuilder<'t> {
             entries: Vec::new(),
             opaque: Vec::new(),
             root_opaque: false,
+            targets: HashMap::new(),
         }
     }
 
@@ -290,6 +294,11 @@ impl<'t> LayerBuilder<'t> {
             opaque: false,
             size: if kind == Kind::File { size } else { 0 },
         });
+    }
+
+    /// A symlink's target or the name a hard link shares its content with.
+    pub fn target(&mut self, node: NodeId, target: &[u8]) {
+        self.targets.insert(node, target.into());
     }
 
     pub fn whiteout(&mut self, node: NodeId) {
@@ -309,6 +318,7 @@ impl<'t> LayerBuilder<'t> {
             entries,
             opaque,
             root_opaque,
+            targets,
             ..
         } = self;
         let mut entries = entries;
@@ -333,6 +343,7 @@ impl<'t> LayerBuilder<'t> {
             comment: meta.comment,
             entries: out,
             root_opaque,
+            targets,
             size: 0,
         };
         // An opaque marker in a directory the tar never listed itself: the directory is

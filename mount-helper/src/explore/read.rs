@@ -3,7 +3,7 @@
 //! `crate::encoding`) or a layer tar stream (OCI's `.wh.` and `.wh..wh..opq` names, the
 //! same constants). Nothing is extracted; the directory walk is an explicit stack.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -49,7 +49,9 @@ pub fn store_layer(dir: &Path, b: &mut LayerBuilder) -> Result<()> {
         names,
         next: 0,
     }];
-    let mut links: HashSet<(u64, u64)> = HashSet::new();
+    // (dev, ino) of a multiply linked file -> its first name, which the tar's later names
+    // link to.
+    let mut links: HashMap<(u64, u64), NodeId> = HashMap::new();
     while let Some(top) = stack.last_mut() {
         if top.next == top.names.len() {
             stack.pop();
@@ -95,19 +97,22 @@ pub fn store_layer(dir: &Path, b: &mut LayerBuilder) -> Result<()> {
                         });
                     }
                     libc::S_IFREG => {
-                        if st.st_nlink > 1 && !links.insert((st.st_dev, st.st_ino)) {
-                            b.add(node, Kind::HardLink, 0);
-                        } else {
+                        if !hard_link(b, &mut links, &st, node) {
                             b.add(node, Kind::File, st.st_size as u64);
                         }
                     }
-                    libc::S_IFLNK => b.add(node, Kind::Symlink, 0),
+                    libc::S_IFLNK => {
+                        if !hard_link(b, &mut links, &st, node) {
+                            b.add(node, Kind::Symlink, 0);
+                            if let Ok(t) = sys::readlinkat(top.fd.as_fd(), &name) {
+                                b.target(node, t.as_bytes());
+                            }
+                        }
+                    }
                     // A tar cannot hold a socket, so the layer's tar has none.
                     libc::S_IFSOCK => {}
                     _ => {
-                        if st.st_nlink > 1 && !links.insert((st.st_dev, st.st_ino)) {
-                            b.add(node, Kind::HardLink, 0);
-                        } else {
+                        if !hard_link(b, &mut links, &st, node) {
                             b.add(node, Kind::Other, 0);
                         }
                     }
@@ -116,6 +121,31 @@ pub fn store_layer(dir: &Path, b: &mut LayerBuilder) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A second or later name of a multiply linked non-directory: added as a hard link to
+/// the first (true), or remembered as the first (false: the caller adds it).
+fn hard_link(
+    b: &mut LayerBuilder,
+    links: &mut HashMap<(u64, u64), NodeId>,
+    st: &sys::Stat,
+    node: NodeId,
+) -> bool {
+    if st.st_nlink < 2 {
+        return false;
+    }
+    match links.get(&(st.st_dev, st.st_ino)) {
+        Some(&first) => {
+            b.add(node, Kind::HardLink, 0);
+            let p = b.tree.path(first);
+            b.target(node, p.trim_start_matches('/').as_bytes());
+            true
+        }
+        None => {
+            links.insert((st.st_dev, st.st_ino), node);
+            false
+        }
+    }
 }
 
 /// Wraps a layer blob in the decompressor its first bytes call for (gzip, zstd, or none:
@@ -172,6 +202,11 @@ pub fn tar_layer(r: impl Read, diff_id: &str, what: &str, b: &mut LayerBuilder) 
                 _ => continue,
             };
             b.add(node, kind, e.size());
+            if matches!(kind, Kind::Symlink | Kind::HardLink) {
+                if let Some(t) = e.link_name_bytes() {
+                    b.target(node, &t);
+                }
+            }
         }
     }
     // The tar reader stops at the end-of-archive marker; the digest covers every byte.

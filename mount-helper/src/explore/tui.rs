@@ -62,6 +62,8 @@ struct App<'a> {
     st: Vec<St>,
     size: Vec<u64>,
     is_dir: Vec<bool>,
+    /// The layer each node is shown from (the view's, or for a removed one the view below).
+    shown_from: Vec<Option<usize>>,
     rows: Vec<Row>,
     cursor: usize,
     top: usize,
@@ -85,6 +87,7 @@ impl<'a> App<'a> {
             st: vec![St::Hidden; n],
             size: vec![0; n],
             is_dir: vec![false; n],
+            shown_from: vec![None; n],
             rows: Vec::new(),
             cursor: 0,
             top: 0,
@@ -107,6 +110,9 @@ impl<'a> App<'a> {
         self.st.iter_mut().for_each(|s| *s = St::Hidden);
         self.size.iter_mut().for_each(|s| *s = 0);
         for i in 0..n as NodeId {
+            self.shown_from[i as usize] = view
+                .layer_of(i)
+                .or_else(|| below.as_ref().and_then(|b| b.layer_of(i)));
             self.is_dir[i as usize] = view.is_dir(img, i)
                 || below.as_ref().is_some_and(|b| b.is_dir(img, i))
                 || !tree.children(i).is_empty() && !view.present(i);
@@ -541,14 +547,7 @@ impl<'a> App<'a> {
                 if self.is_dir[n] {
                     name.push('/');
                 }
-                let kind_note = self
-                    .layer_entry_kind(r.node)
-                    .map(|k| match k {
-                        Kind::Symlink => " @",
-                        Kind::HardLink => " (link)",
-                        _ => "",
-                    })
-                    .unwrap_or("");
+                let kind_note = self.link_note(r.node);
                 let indent = "  ".repeat((r.depth as usize).min(20));
                 let text = format!(
                     "{mark} {:>7} {indent}{fold}{name}{kind_note}",
@@ -592,9 +591,26 @@ impl<'a> App<'a> {
         );
     }
 
-    fn layer_entry_kind(&self, n: NodeId) -> Option<Kind> {
-        let l = &self.img.layers[self.layer];
-        l.find(n).map(|i| l.entries[i].kind)
+    /// ` → target` for a symlink, ` link to NAME` for a hard link, from the layer the
+    /// node is shown from.
+    fn link_note(&self, n: NodeId) -> String {
+        let Some(l) = self.shown_from[n as usize] else {
+            return String::new();
+        };
+        let layer = &self.img.layers[l];
+        let Some(i) = layer.find(n) else {
+            return String::new();
+        };
+        let t = layer
+            .targets
+            .get(&n)
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .unwrap_or_default();
+        match layer.entries[i].kind {
+            Kind::Symlink => format!(" → {t}"),
+            Kind::HardLink => format!(" link to /{t}"),
+            _ => String::new(),
+        }
     }
 }
 
