@@ -555,6 +555,10 @@ fn tui_in_tmux_navigate_filter_quit() {
         tree_row(&s, "c.txt").is_some_and(|r| r.contains("A  70.0kB")),
         "{s}"
     );
+    assert!(
+        tree_row(&s, "conf.link").is_some_and(|r| r.contains("link to /etc/conf")),
+        "{s}"
+    );
     // Hide unchanged files: big.bin goes, the changes stay.
     t.keys(&["u"]);
     let s = t.wait("unchanged hidden", |s| s.contains("[A C D]"));
@@ -563,7 +567,7 @@ fn tui_in_tmux_navigate_filter_quit() {
 
     // Search.
     t.keys(&["u", "/", "c", "o", "n", "f", "Enter"]);
-    let s = t.wait("the search", |s| s.contains("/conf"));
+    let s = t.wait("the search", |s| s.contains("] /conf "));
     assert!(tree_row(&s, " conf").is_some(), "{s}");
     assert!(tree_row(&s, "big.bin").is_none(), "{s}");
 
