@@ -219,3 +219,87 @@ pub fn tar_layer(r: impl Read, diff_id: &str, what: &str, b: &mut LayerBuilder) 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explore::model::{analyze, Image, LayerMeta, Tree, View};
+    use std::fs;
+    use std::process::Command;
+
+    fn run(cmd: &str, args: &[&str]) {
+        let st = Command::new(cmd).args(args).status().unwrap();
+        assert!(st.success(), "{cmd} {args:?}");
+    }
+
+    /// Every store encoding of a deletion and an opaque directory, read from a layer
+    /// directory: a char 0/0 device, a `.wh.` file, the trusted and the user opaque
+    /// xattr, the `.wh..wh..opq` marker. Needs root (mknod, trusted.* xattrs): run as
+    /// another user it fails, it does not skip.
+    #[test]
+    fn store_encodings() {
+        let t = tempfile::tempdir().unwrap();
+        let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+        for d in ["d1", "d2", "d3"] {
+            fs::create_dir_all(l0.join(d)).unwrap();
+            fs::write(l0.join(d).join("old"), b"12345").unwrap();
+        }
+        fs::write(l0.join("gone1"), b"abc").unwrap();
+        fs::write(l0.join("gone2"), b"abcd").unwrap();
+        for d in ["d1", "d2", "d3"] {
+            fs::create_dir_all(l1.join(d)).unwrap();
+        }
+        let p = |rel: &str| l1.join(rel).to_str().unwrap().to_string();
+        run("mknod", &[&p("gone1"), "c", "0", "0"]);
+        fs::write(l1.join(".wh.gone2"), b"").unwrap();
+        run(
+            "setfattr",
+            &["-n", "trusted.overlay.opaque", "-v", "y", &p("d1")],
+        );
+        run(
+            "setfattr",
+            &["-n", "user.overlay.opaque", "-v", "y", &p("d2")],
+        );
+        fs::write(l1.join("d3/.wh..wh..opq"), b"").unwrap();
+        fs::write(l1.join("d3/new"), b"x").unwrap();
+
+        let mut tree = Tree::new();
+        let mut layers = Vec::new();
+        for l in [&l0, &l1] {
+            let mut b = LayerBuilder::new(&mut tree);
+            store_layer(l, &mut b).unwrap();
+            layers.push(b.finish(LayerMeta::default()));
+        }
+        tree.finish();
+        let img = Image {
+            name: "t".into(),
+            id: "t".into(),
+            tree,
+            layers,
+        };
+        let v = View::upto(&img, 1);
+        let mut present: Vec<String> = (1..img.tree.len() as u32)
+            .filter(|&n| v.present(n))
+            .map(|n| img.tree.path(n))
+            .collect();
+        present.sort();
+        assert_eq!(present, vec!["/d1", "/d2", "/d3", "/d3/new"]);
+        let an = analyze(&img);
+        let mut removed: Vec<String> = an.changes[1]
+            .iter()
+            .filter(|c| c.kind == crate::explore::model::ChangeKind::Removed)
+            .map(|c| format!("{} {}", img.tree.path(c.node), c.size))
+            .collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![
+                "/d1/old 5",
+                "/d2/old 5",
+                "/d3/old 5",
+                "/gone1 3",
+                "/gone2 4"
+            ]
+        );
+    }
+}
