@@ -50,6 +50,8 @@ enum Cmd {
     Diff(cmd::diff::Args),
     /// Commit a container's changes as a new layer and image
     Commit(cmd::commit::Args),
+    /// Explore an image's layers: what each added, changed and removed, and the space wasted (a terminal UI; --ci for a report)
+    Explore(cmd::explore::Args),
     /// Remove an image name (and the image once unnamed); an id with several names needs --force
     Rmi(cmd::rmi::Args),
     /// Remove images and layers nothing references
@@ -108,6 +110,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Rm(a) => cmd::rm::run(s, a),
         Cmd::Diff(a) => cmd::diff::run(s, a),
         Cmd::Commit(a) => cmd::commit::run(s, a),
+        Cmd::Explore(a) => cmd::explore::run(s, a),
         Cmd::Rmi(a) => cmd::rmi::run(s, a),
         Cmd::Gc(a) => cmd::gc::run(s, a),
         Cmd::Fsck(a) => cmd::fsck::run(s, a),

@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod container;
 pub mod copytree;
 pub mod encoding;
+pub mod explore;
 pub mod extract;
 pub mod image;
 pub mod images;

@@ -4,6 +4,7 @@
 
 pub mod commit;
 pub mod diff;
+pub mod explore;
 pub mod fsck;
 pub mod gc;
 pub mod history;
