@@ -330,11 +330,10 @@ pub fn resolve(root: BorrowedFd, src: &str, ignore: &Ignore, what: &str) -> Resu
                 next.push(p);
             }
         }
-        if !last {
-            // Every candidate but the last level must be a real directory.
-            next.retain(|p| {
-                open_dir(root, p).is_ok()
-            });
+        if !last && has_glob(c) {
+            // A glob's matches on the way must be real directories (a named component
+            // that is not one is reported below, with the reason).
+            next.retain(|p| open_dir(root, p).is_ok());
         }
         cands = next;
     }

@@ -16,6 +16,28 @@ pub fn word(s: &str, vars: Vars, escape: char) -> Result<String, String> {
     Ok(lex(s, vars, escape, false)?.concat())
 }
 
+/// Expands only the `$` references of `s` (a heredoc body): quotes are text, the escape
+/// character escapes a `$` only.
+pub fn text(s: &str, vars: Vars, escape: char) -> Result<String, String> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            c if c == escape && chars.get(i + 1) == Some(&'$') => {
+                out.push('$');
+                i += 2;
+            }
+            '$' => i = dollar(&chars, i, vars, &mut out, escape)?,
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn lex(s: &str, vars: Vars, escape: char, split: bool) -> Result<Vec<String>, String> {
     let chars: Vec<char> = s.chars().collect();
     let mut out = Vec::new();
@@ -262,6 +284,14 @@ mod tests {
         assert_eq!(word("`$A", &env, '`').unwrap(), "$A");
         assert_eq!(w("\"a\\\"b\""), "a\"b");
         assert!(word("'open", &env, '\\').is_err());
+    }
+
+    #[test]
+    fn heredoc_text() {
+        assert_eq!(
+            text("a \"$A\" '${U:-d}' \\$A\n", &env, '\\').unwrap(),
+            "a \"one\" 'd' $A\n"
+        );
     }
 
     #[test]

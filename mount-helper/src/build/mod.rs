@@ -342,6 +342,11 @@ impl<'a> Builder<'a> {
         expand::word(s, &v, self.escape).map_err(|e| err!("{what}: {e}"))
     }
 
+    fn text(&self, st: &State, s: &str, what: &str) -> Result<String> {
+        let v = self.vars(st);
+        expand::text(s, &v, self.escape).map_err(|e| err!("{what}: {e}"))
+    }
+
     fn words(&self, st: &State, s: &str, what: &str) -> Result<Vec<String>> {
         let v = self.vars(st);
         expand::words(s, &v, self.escape).map_err(|e| err!("{what}: {e}"))
@@ -391,7 +396,6 @@ impl<'a> Builder<'a> {
             }
         }
         cache::record(self.store, key, &id)?;
-        say(self.opts.quiet, format!("---> {}", short(&id)));
         st.cfg = cfg;
         st.parent = Some(id);
         Ok(())
@@ -417,13 +421,21 @@ impl<'a> Builder<'a> {
             ..History::default()
         };
         let _lock = self.store.lock()?;
-        self.finish_step(st, cfg, h, &key)
+        self.finish_step(st, cfg, h, &key)?;
+        self.say_id(st);
+        Ok(())
+    }
+
+    fn say_id(&self, st: &State) {
+        if let Some(id) = &st.parent {
+            say(self.opts.quiet, format!("---> {}", short(id)));
+        }
     }
 
     /// Stores the layer in `tmp/diff` (times clamped for a reproducible build) and makes
     /// the step's image from it.
+    /// The caller holds the store lock (taken before `tmp` was made: a new lock clears tmp/).
     fn layer_step(&self, st: &mut State, tmp: &Path, created_by: String, key: &str) -> Result<()> {
-        let _lock = self.store.lock()?;
         if let Some(t) = self.opts.timestamp {
             if let Err(e) = clamp_times(&tmp.join("diff"), t) {
                 let _ = copytree::remove_any(tmp);
@@ -545,29 +557,28 @@ impl<'a> Builder<'a> {
         }
         let res = self.commit_container(st, &name, created_by, &key);
         let _ = container::rm(self.store, &name, true);
+        res?;
         say(self.opts.quiet, format!("Removing intermediate container {}", &name[6..]));
-        res
+        self.say_id(st);
+        Ok(())
     }
 
     /// The step's layer: the commit of the (unmounted) container `name`.
     fn commit_container(&self, st: &mut State, name: &str, created_by: String, key: &str) -> Result<()> {
         let lowers = lower_view(self.store, &st.cfg)?;
-        let tmp = {
-            let _lock = self.store.lock()?;
-            let tmp = self.store.tmp_dir()?;
-            let out = tmp.join("diff");
-            fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
-            let res = changeset::Builder::new(&lowers, &|| {}).build(
-                &container::upper_dir(self.store, name),
-                Some(&self.store.container_dir(name).join("work/index")),
-                &out,
-            );
-            if let Err(e) = res {
-                let _ = copytree::remove_any(&tmp);
-                return Err(e);
-            }
-            tmp
-        };
+        let _lock = self.store.lock()?;
+        let tmp = self.store.tmp_dir()?;
+        let out = tmp.join("diff");
+        fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
+        let res = changeset::Builder::new(&lowers, &|| {}).build(
+            &container::upper_dir(self.store, name),
+            Some(&self.store.container_dir(name).join("work/index")),
+            &out,
+        );
+        if let Err(e) = res {
+            let _ = copytree::remove_any(&tmp);
+            return Err(e);
+        }
         self.layer_step(st, &tmp, created_by, key)
     }
 
@@ -676,10 +687,10 @@ impl<'a> Builder<'a> {
                 None => None,
             };
             // Key: the instruction after expansion and what it copies.
-            let sum = match &from_id {
-                Some(id) => format!("from {id}"),
-                None if heredoc_src.is_empty() => context::checksum(root.as_fd(), &sources, &self.hashes)?,
-                None => {
+            let sum = if heredoc_src.is_empty() {
+                context::checksum(root.as_fd(), &sources, &self.hashes)?
+            } else {
+                {
                     let mut h = Sha256::new();
                     for d in &heredoc_src {
                         h.update(d.name.as_bytes());
@@ -768,7 +779,12 @@ impl<'a> Builder<'a> {
                         mtime: clamp.unwrap_or_else(now_secs),
                         ..Meta::default()
                     };
-                    w.file(&to, &meta, &mut h.body.as_bytes())
+                    let body = if h.quoted {
+                        h.body.clone()
+                    } else {
+                        self.text(st, &h.body, &what)?
+                    };
+                    w.file(&to, &meta, &mut body.as_bytes())
                         .map_err(|e| err!("{what}: writing {}: {}", to.display(), e.why))?;
                 }
                 for s in &sources {
@@ -795,8 +811,9 @@ impl<'a> Builder<'a> {
                 let _ = copytree::remove_any(&tmp);
                 return Err(e);
             }
-            drop(_lock);
-            self.layer_step(st, &tmp, created_by, &key)
+            self.layer_step(st, &tmp, created_by, &key)?;
+            self.say_id(st);
+            Ok(())
         })();
         if let Some((name, dir)) = mounted {
             let _ = container::umount(self.store, &name);
@@ -1077,6 +1094,7 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<String> {
             unused
         );
     }
+    say(opts.quiet, format!("Successfully built {}", short(&id)));
     {
         let _lock = store.lock()?;
         let _ = b.hashes.save(&cache::dir(store).join("files.json"));
@@ -1087,8 +1105,6 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<String> {
     }
     if opts.quiet {
         out(&id);
-    } else {
-        out(format!("Successfully built {}", short(&id)));
     }
     Ok(id)
 }
@@ -1288,7 +1304,9 @@ impl<'a> Builder<'a> {
                     ..History::default()
                 };
                 let _lock = self.store.lock()?;
-                self.finish_step(st, cfg, h, &key)
+                self.finish_step(st, cfg, h, &key)?;
+                self.say_id(st);
+                Ok(())
             }
             "EXPOSE" => {
                 let mut ports = Vec::new();
