@@ -204,7 +204,10 @@ pub fn gc(store: &Store) -> Result<Vec<String>> {
     }
     let stale = crate::build::cache::prune(store)?;
     if stale > 0 {
-        out.push(format!("deleted {stale} build cache entr{}", if stale == 1 { "y" } else { "ies" }));
+        out.push(format!(
+            "deleted {stale} build cache entr{}",
+            if stale == 1 { "y" } else { "ies" }
+        ));
     }
     let mut freed = 0u64;
     for l in store.layer_ids()? {

@@ -213,6 +213,31 @@ fn bases(env: &Env, p: &Podman) {
     env.ok(&["import", rootfs.to_str().unwrap(), "localhost/bb"]);
 }
 
+/// buildah 1.28 leaves in its RUN layers the empty mount points it binds files onto
+/// (/etc/hostname, an empty /run) where the image had none; docker's builder (and
+/// layerctl, whose init layer holds them outside the container) does not. Exactly those,
+/// empty and absent from layerctl's tree, are left out of the comparison.
+fn buildah_artifacts_out(
+    mut t: BTreeMap<String, String>,
+    mine: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    for (k, empty) in [
+        ("etc/hostname", format!("file:{EMPTY} ")),
+        ("etc/hosts", format!("file:{EMPTY} ")),
+        ("etc/resolv.conf", format!("file:{EMPTY} ")),
+        ("run", "dir ".to_string()),
+    ] {
+        let artifact = t.get(k).is_some_and(|v| v.starts_with(&empty))
+            && !mine.contains_key(k)
+            && !t.keys().any(|p| p.starts_with(&format!("{k}/")));
+        if artifact {
+            t.remove(k);
+        }
+    }
+    t
+}
+
 const ORACLE: &str = r#"ARG BASE=localhost/bb
 FROM ${BASE} AS build
 ARG GREETING=hello
@@ -226,7 +251,7 @@ ARG VERSION
 ENV APP_VERSION=${VERSION:+v}${VERSION:-none} \
     HOME=/home/app
 # a comment between instructions
-COPY --from=build /out/sub/ /opt/from/
+COPY --from=build /fallback/sub/ /opt/from/
 COPY --from=build /build/made.txt /opt/from/
 COPY tree /opt/lowerdir/
 COPY --chown=1000:1000 --chmod=640 conf.txt /etc/app/conf.txt
@@ -272,7 +297,7 @@ fn podman_build_oracle() {
     env.ok(&["build", "-t", "oracle", "--build-arg", "VERSION=1.2", c]);
 
     let mine = layerctl_tree(&env, "oracle", "mine");
-    let theirs = p.tree("localhost/oracle");
+    let theirs = buildah_artifacts_out(p.tree("localhost/oracle"), &mine);
     let d = diff_trees(&mine, &theirs);
     assert!(d.is_empty(), "trees differ:\n{}", d.join("\n"));
     assert!(mine.contains_key("opt/from/greet") && mine.contains_key("srv/ok"));
@@ -297,9 +322,10 @@ fn podman_build_oracle() {
         "GREETING=hey",
         c,
     ]);
+    let mine = layerctl_tree(&env, "stage", "stage");
     let d = diff_trees(
-        &layerctl_tree(&env, "stage", "stage"),
-        &p.tree("localhost/stage"),
+        &mine,
+        &buildah_artifacts_out(p.tree("localhost/stage"), &mine),
     );
     assert!(d.is_empty(), "--target trees differ:\n{}", d.join("\n"));
     assert_eq!(
@@ -480,7 +506,11 @@ fn reproducible_with_timestamp() {
         let v = env.json(&["inspect", id]);
         let cfg = &v["image"]["config"];
         let hist: Vec<_> = cfg["history"].as_array().unwrap()[1..].to_vec();
-        (cfg["rootfs"]["diff_ids"].clone(), serde_json::json!(hist), cfg["created"].clone())
+        (
+            cfg["rootfs"]["diff_ids"].clone(),
+            serde_json::json!(hist),
+            cfg["created"].clone(),
+        )
     };
     assert_eq!(strip(&a, &ida), strip(&b, &idb));
     let (_, hist, created) = strip(&a, &ida);
@@ -573,9 +603,22 @@ fn heredocs_ignore_rules_and_confinement() {
     // A symlink source is copied as the link, never followed.
     write(&f, "FROM localhost/bb\nCOPY escape /escape\n");
     env.ok(&["build", "-t", "link", "-f", f.to_str().unwrap(), c]);
-    let out = build_out(&env, &["run", "--rm", "link", "sh", "-c", "readlink /escape; cat /escape/secret 2>&1 || true"]);
+    let out = build_out(
+        &env,
+        &[
+            "run",
+            "--rm",
+            "link",
+            "sh",
+            "-c",
+            "readlink /escape; cat /escape/secret 2>&1 || true",
+        ],
+    );
     assert!(out.starts_with(outside.to_str().unwrap()), "{out}");
-    assert!(!out.contains("secret\n") || out.contains("No such file"), "{out}");
+    assert!(
+        !out.contains("secret\n") || out.contains("No such file"),
+        "{out}"
+    );
     // An ignored file is not a source.
     write(&f, "FROM localhost/bb\nCOPY logs/a.log /a.log\n");
     env.fails(&["build", "-f", f.to_str().unwrap(), c], "excluded");
@@ -597,5 +640,11 @@ fn heredocs_ignore_rules_and_confinement() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success());
     let v = env.json(&["inspect", "scratchy"]);
-    assert_eq!(v["image"]["config"]["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        v["image"]["config"]["rootfs"]["diff_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -285,12 +285,7 @@ fn strs(c: &[OsString]) -> Vec<&str> {
 
 /// Opens directory `rel` of the context, refusing symlinks on the way.
 fn open_dir(root: BorrowedFd, rel: &[OsString]) -> std::io::Result<OwnedFd> {
-    sys::openat_beneath(
-        root,
-        &rel_path(rel),
-        libc::O_RDONLY | libc::O_DIRECTORY,
-        0,
-    )
+    sys::openat_beneath(root, &rel_path(rel), libc::O_RDONLY | libc::O_DIRECTORY, 0)
 }
 
 /// Resolves the source `src` (as written, after expansion) in the context `root`:
@@ -312,7 +307,10 @@ pub fn resolve(root: BorrowedFd, src: &str, ignore: &Ignore, what: &str) -> Resu
                     Err(_) => continue,
                 };
                 let names = copytree::sorted_names(dir.as_fd()).ctx(|| {
-                    format!("{what}: reading {} in the build context", rel_path(cand).display())
+                    format!(
+                        "{what}: reading {} in the build context",
+                        rel_path(cand).display()
+                    )
                 })?;
                 for n in names {
                     let Some(ns) = n.to_str() else { continue };
@@ -492,14 +490,22 @@ fn hash_file(root: BorrowedFd, e: &Entry) -> Result<String> {
         libc::O_RDONLY | libc::O_NOFOLLOW,
         0,
     )
-    .ctx(|| format!("opening {} in the build context", rel_path(&e.ctx).display()))?;
+    .ctx(|| {
+        format!(
+            "opening {} in the build context",
+            rel_path(&e.ctx).display()
+        )
+    })?;
     let mut f = File::from(fd);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 128 * 1024];
     loop {
-        let n = f
-            .read(&mut buf)
-            .ctx(|| format!("reading {} in the build context", rel_path(&e.ctx).display()))?;
+        let n = f.read(&mut buf).ctx(|| {
+            format!(
+                "reading {} in the build context",
+                rel_path(&e.ctx).display()
+            )
+        })?;
         if n == 0 {
             break;
         }
@@ -668,7 +674,11 @@ pub fn copy_source(
         }
         let (p, n) = parent_and_name(&e.ctx);
         let dir = open_dir(root, &p).ctx(|| format!("opening {}", rel_path(&p).display()))?;
-        let name: &OsStr = if e.ctx.is_empty() { OsStr::new(".") } else { &n };
+        let name: &OsStr = if e.ctx.is_empty() {
+            OsStr::new(".")
+        } else {
+            &n
+        };
         let shown = || rel_path(&e.ctx).display().to_string();
         let meta = how.meta(dir.as_fd(), name, &e.stat)?;
         let done = match e.kind() {
@@ -692,12 +702,10 @@ pub fn copy_source(
                 w.mknod(&to, e.kind(), e.stat.st_rdev, &meta)
             }
             libc::S_IFSOCK => continue,
-            _ => {
-                return Err(err!(
-                    "cannot copy the device node {} without root: leave it out of the build context",
-                    shown()
-                ))
-            }
+            _ => return Err(err!(
+                "cannot copy the device node {} without root: leave it out of the build context",
+                shown()
+            )),
         };
         done.map_err(|e| err!("copying {} to {}: {}", shown(), to.display(), e.why))?;
     }

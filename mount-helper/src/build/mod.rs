@@ -131,7 +131,12 @@ fn read_file(opts: &BuildOptions) -> Result<(String, String)> {
             Ok((s, "stdin".into()))
         }
         Some(p) => fs::read_to_string(p)
-            .ctx(|| format!("reading {} (give the Containerfile with -f FILE)", p.display()))
+            .ctx(|| {
+                format!(
+                    "reading {} (give the Containerfile with -f FILE)",
+                    p.display()
+                )
+            })
             .map(|s| (s, p.display().to_string())),
         None => {
             for n in ["Containerfile", "Dockerfile"] {
@@ -286,7 +291,8 @@ fn clamp_times(dir: &Path, t: i64) -> Result<()> {
             tv_nsec: 0,
         },
     ];
-    let late = |st: &layerfs::sys::Stat| st.st_mtime > t || (st.st_mtime == t && st.st_mtime_nsec > 0);
+    let late =
+        |st: &layerfs::sys::Stat| st.st_mtime > t || (st.st_mtime == t && st.st_mtime_nsec > 0);
     let mut stack: Vec<OwnedFd> = vec![root];
     let mut dirs_to_stamp: Vec<(std::rc::Rc<OwnedFd>, OsString)> = Vec::new();
     while let Some(d) = stack.pop() {
@@ -316,7 +322,8 @@ fn clamp_times(dir: &Path, t: i64) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     if rootst.mtime() > t || (rootst.mtime() == t && rootst.mtime_nsec() > 0) {
         let f = fs::File::open(dir).ctx(|| format!("opening {}", dir.display()))?;
-        layerfs::sys::futimens(f.as_fd(), &ts).ctx(|| format!("setting the time of {}", dir.display()))?;
+        layerfs::sys::futimens(f.as_fd(), &ts)
+            .ctx(|| format!("setting the time of {}", dir.display()))?;
     }
     Ok(())
 }
@@ -386,7 +393,13 @@ impl<'a> Builder<'a> {
 
     /// Writes `cfg` as the step's image (parent recorded, cache entry written); the caller
     /// holds the store lock. Prints its id.
-    fn finish_step(&self, st: &mut State, mut cfg: ImageConfig, h: History, key: &str) -> Result<()> {
+    fn finish_step(
+        &self,
+        st: &mut State,
+        mut cfg: ImageConfig,
+        h: History,
+        key: &str,
+    ) -> Result<()> {
         cfg.created = h.created.clone();
         cfg.history.push(h);
         let id = self.store.write_image(&cfg)?;
@@ -532,7 +545,12 @@ impl<'a> Builder<'a> {
                 if self.store.container_dir(&name).exists() && !self.opts.keep_failed {
                     let _ = container::rm(self.store, &name, true);
                 }
-                return Err(err!("step {}/{} `{}`: {e}", self.step, self.total, ins.display()));
+                return Err(err!(
+                    "step {}/{} `{}`: {e}",
+                    self.step,
+                    self.total,
+                    ins.display()
+                ));
             }
         };
         if code != 0 {
@@ -558,13 +576,22 @@ impl<'a> Builder<'a> {
         let res = self.commit_container(st, &name, created_by, &key);
         let _ = container::rm(self.store, &name, true);
         res?;
-        say(self.opts.quiet, format!("Removing intermediate container {}", &name[6..]));
+        say(
+            self.opts.quiet,
+            format!("Removing intermediate container {}", &name[6..]),
+        );
         self.say_id(st);
         Ok(())
     }
 
     /// The step's layer: the commit of the (unmounted) container `name`.
-    fn commit_container(&self, st: &mut State, name: &str, created_by: String, key: &str) -> Result<()> {
+    fn commit_container(
+        &self,
+        st: &mut State,
+        name: &str,
+        created_by: String,
+        key: &str,
+    ) -> Result<()> {
         let lowers = lower_view(self.store, &st.cfg)?;
         let _lock = self.store.lock()?;
         let tmp = self.store.tmp_dir()?;
@@ -585,7 +612,11 @@ impl<'a> Builder<'a> {
     /// The stage or image a `--from` names: (image id, its config).
     fn from_image(&self, from: &str) -> Result<String> {
         let lower = from.to_ascii_lowercase();
-        if let Some((_, id)) = self.stages.iter().find(|(n, _)| n.as_deref() == Some(&lower)) {
+        if let Some((_, id)) = self
+            .stages
+            .iter()
+            .find(|(n, _)| n.as_deref() == Some(&lower))
+        {
             return Ok(id.clone());
         }
         if let Ok(i) = from.parse::<usize>() {
@@ -602,7 +633,9 @@ impl<'a> Builder<'a> {
         let what = format!("line {} {}", ins.line, ins.cmd);
         for (k, _) in &ins.flags {
             if !["from", "chown", "chmod", "link"].contains(&k.as_str()) {
-                return Err(err!("{what}: unknown option --{k} (use --from, --chown, --chmod)"));
+                return Err(err!(
+                    "{what}: unknown option --{k} (use --from, --chown, --chmod)"
+                ));
             }
         }
         let mut words = match ins.json_args() {
@@ -613,10 +646,18 @@ impl<'a> Builder<'a> {
             None => self.words(st, &ins.rest, &what)?,
         };
         if words.len() < 2 {
-            return Err(err!("{what} needs at least one source and a destination: {} SRC... DEST", ins.cmd));
+            return Err(err!(
+                "{what} needs at least one source and a destination: {} SRC... DEST",
+                ins.cmd
+            ));
         }
         let dest_raw = words.pop().unwrap_or_default();
-        let workdir = st.cfg.config.working_dir.clone().unwrap_or_else(|| "/".into());
+        let workdir = st
+            .cfg
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".into());
         let dest_abs = if dest_raw.starts_with('/') {
             dest_raw.clone()
         } else {
@@ -625,39 +666,47 @@ impl<'a> Builder<'a> {
         let dest_dir_hint = dest_raw.ends_with('/') || dest_raw == "." || dest_raw.ends_with("/.");
         let dest_comps = context::clean_rel(&dest_abs)
             .ok_or_else(|| err!("{what}: destination {dest_raw:?} climbs above /"))?;
-        let dest = LayerPath::from_components(
-            &dest_comps.iter().map(OsString::from).collect::<Vec<_>>(),
-        );
+        let dest =
+            LayerPath::from_components(&dest_comps.iter().map(OsString::from).collect::<Vec<_>>());
         let chmod = match ins.flag("chmod") {
-            Some(m) => Some(u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
-                err!("{what}: --chmod={m} is not an octal mode (e.g. 644)")
-            })?),
+            Some(m) => Some(
+                u32::from_str_radix(m, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| err!("{what}: --chmod={m} is not an octal mode (e.g. 644)"))?,
+            ),
             None => None,
         };
-        let from = ins.flag("from").map(|f| self.word(st, f, &what)).transpose()?;
+        let from = ins
+            .flag("from")
+            .map(|f| self.word(st, f, &what))
+            .transpose()?;
         let clamp = self.opts.timestamp;
 
         // Heredoc sources (`COPY <<EOF /f`): files made from the bodies.
         let heredoc_src: Vec<&parse::Heredoc> = words
             .iter()
             .filter_map(|w| {
-                let n = w.trim_start_matches("<<").trim_start_matches('-').trim_matches(['"', '\'']);
-                w.starts_with("<<").then(|| ins.heredocs.iter().find(|h| h.name == n)).flatten()
+                let n = w
+                    .trim_start_matches("<<")
+                    .trim_start_matches('-')
+                    .trim_matches(['"', '\'']);
+                w.starts_with("<<")
+                    .then(|| ins.heredocs.iter().find(|h| h.name == n))
+                    .flatten()
             })
             .collect();
         if !heredoc_src.is_empty() && heredoc_src.len() != words.len() {
-            return Err(err!("{what}: mixing heredoc and file sources is not supported: use one COPY each"));
+            return Err(err!(
+                "{what}: mixing heredoc and file sources is not supported: use one COPY each"
+            ));
         }
 
         // The source root: the context, or a read-only mount of the --from image.
         let mut mounted: Option<(String, PathBuf)> = None;
         let res = (|| -> Result<()> {
             let (root, ignore, from_id): (OwnedFd, Option<&Ignore>, Option<String>) = match &from {
-                None => (
-                    sys_dup(self.ctx.as_fd())?,
-                    Some(&self.ignore),
-                    None,
-                ),
+                None => (sys_dup(self.ctx.as_fd())?, Some(&self.ignore), None),
                 Some(f) => {
                     let id = self.from_image(f)?;
                     let (name, dir) = self.mount_image(&id)?;
@@ -707,7 +756,11 @@ impl<'a> Builder<'a> {
             } else {
                 "file"
             };
-            let shown_dest = if dest_raw.starts_with('/') { dest_raw.clone() } else { dest_abs.clone() };
+            let shown_dest = if dest_raw.starts_with('/') {
+                dest_raw.clone()
+            } else {
+                dest_abs.clone()
+            };
             let created_by = format!(
                 "/bin/sh -c #(nop) {} {kind}:{sum} in {shown_dest} ",
                 ins.cmd
@@ -748,7 +801,8 @@ impl<'a> Builder<'a> {
             let diff = tmp.join("diff");
             fs::create_dir(&diff).ctx(|| format!("creating {}", diff.display()))?;
             let made = (|| -> Result<()> {
-                let mut w = LayerWriter::open(&diff).ctx(|| format!("opening {}", diff.display()))?;
+                let mut w =
+                    LayerWriter::open(&diff).ctx(|| format!("opening {}", diff.display()))?;
                 let made_dir = Meta {
                     mode: 0o755,
                     uid: chown.map(|c| c.0).unwrap_or(0),
@@ -758,7 +812,9 @@ impl<'a> Builder<'a> {
                 };
                 // The working directory exists once a layer step ran, as buildah makes it.
                 if let Some(wd) = context::clean_rel(&workdir) {
-                    let wp = LayerPath::from_components(&wd.iter().map(OsString::from).collect::<Vec<_>>());
+                    let wp = LayerPath::from_components(
+                        &wd.iter().map(OsString::from).collect::<Vec<_>>(),
+                    );
                     self.ensure_dirs(&mut w, &lowers, &wp, true, &made_dir)?;
                 }
                 let dest_is_dir = dest_dir_hint
@@ -771,7 +827,11 @@ impl<'a> Builder<'a> {
                     self.ensure_dirs(&mut w, &lowers, &dest.parent(), true, &made_dir)?;
                 }
                 for h in &heredoc_src {
-                    let to = if dest_is_dir { dest.join(std::ffi::OsStr::new(&h.name)) } else { dest.clone() };
+                    let to = if dest_is_dir {
+                        dest.join(std::ffi::OsStr::new(&h.name))
+                    } else {
+                        dest.clone()
+                    };
                     let meta = Meta {
                         mode: chmod.unwrap_or(0o644),
                         uid: chown.map(|c| c.0).unwrap_or(0),
@@ -805,7 +865,8 @@ impl<'a> Builder<'a> {
                     context::copy_source(root.as_fd(), s, &mut w, &to, &how)
                         .map_err(|e| err!("{what}: {e}"))?;
                 }
-                w.finish().map_err(|e| err!("{what}: finishing the layer: {e}"))
+                w.finish()
+                    .map_err(|e| err!("{what}: finishing the layer: {e}"))
             })();
             if let Err(e) = made {
                 let _ = copytree::remove_any(&tmp);
@@ -868,12 +929,16 @@ impl<'a> Builder<'a> {
 
     /// `--chown` names are looked up in the image (mounted read-only for that).
     fn chown_in_image(&self, st: &State, spec: &str) -> Result<(u32, u32)> {
-        let numeric = spec.split(':').all(|p| p.is_empty() || p.parse::<u32>().is_ok());
+        let numeric = spec
+            .split(':')
+            .all(|p| p.is_empty() || p.parse::<u32>().is_ok());
         if numeric {
             return parse_chown(spec, None);
         }
         let Some(parent) = &st.parent else {
-            return Err(err!("--chown={spec}: the image has no /etc/passwd (FROM scratch): give numeric ids"));
+            return Err(err!(
+                "--chown={spec}: the image has no /etc/passwd (FROM scratch): give numeric ids"
+            ));
         };
         let (name, dir) = self.mount_image(parent)?;
         let r = parse_chown(spec, Some(&dir));
@@ -887,7 +952,10 @@ impl<'a> Builder<'a> {
     fn mount_image(&self, id: &str) -> Result<(String, PathBuf)> {
         let work = self.store.root.join("run");
         fs::create_dir_all(&work).ctx(|| format!("creating {}", work.display()))?;
-        let name = format!("build-{}", container_id(id.len() as u64 ^ now_secs() as u64));
+        let name = format!(
+            "build-{}",
+            container_id(id.len() as u64 ^ now_secs() as u64)
+        );
         let dir = work.join(format!("{}-{}", std::process::id(), name));
         fs::create_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let how = NewMount {
@@ -933,7 +1001,8 @@ fn now_secs() -> i64 {
 }
 
 fn sys_dup(fd: BorrowedFd) -> Result<OwnedFd> {
-    fd.try_clone_to_owned().ctx(|| "duplicating the context handle".to_string())
+    fd.try_clone_to_owned()
+        .ctx(|| "duplicating the context handle".to_string())
 }
 
 /// A local ADD source that is a tar (plain or gzip): its stream, else None.
@@ -963,7 +1032,9 @@ fn tar_source(root: BorrowedFd, rel: &[OsString]) -> Result<Option<Box<dyn Read>
     f.seek(std::io::SeekFrom::Start(0))
         .ctx(|| format!("reading {}", p.display()))?;
     if is_gz {
-        Ok(Some(Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)))))
+        Ok(Some(Box::new(flate2::read::MultiGzDecoder::new(
+            std::io::BufReader::new(f),
+        ))))
     } else {
         Ok(Some(Box::new(std::io::BufReader::new(f))))
     }
@@ -975,7 +1046,9 @@ fn add_url(url: &str, what: &str) -> crate::error::Error {
     let hostport = rest.split('/').next().unwrap_or("");
     let default_port = if url.starts_with("https") { 443 } else { 80 };
     let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.parse().unwrap_or(default_port)),
+        Some((h, p)) if p.parse::<u16>().is_ok() => {
+            (h.to_string(), p.parse().unwrap_or(default_port))
+        }
         _ => (hostport.to_string(), default_port),
     };
     use std::net::ToSocketAddrs;
@@ -983,7 +1056,9 @@ fn add_url(url: &str, what: &str) -> crate::error::Error {
         .to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(5)).is_ok());
+        .is_some_and(|a| {
+            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(5)).is_ok()
+        });
     if reachable {
         err!("{what}: ADD of a URL ({url}) is not supported: download it into the build context, or fetch it in a RUN step")
     } else {
@@ -999,10 +1074,16 @@ pub fn build(store: &Store, opts: &BuildOptions) -> Result<String> {
     let (text, fname) = read_file(opts)?;
     let file = parse::parse(&text).map_err(|e| err!("{fname}: {e}"))?;
     let ctx_dir = fs::File::open(&opts.context).ctx(|| {
-        format!("opening the build context {} (give a directory)", opts.context.display())
+        format!(
+            "opening the build context {} (give a directory)",
+            opts.context.display()
+        )
     })?;
     if !ctx_dir.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(err!("the build context {} is not a directory", opts.context.display()));
+        return Err(err!(
+            "the build context {} is not a directory",
+            opts.context.display()
+        ));
     }
     let ctx = OwnedFd::from(ctx_dir);
     let ignore = Ignore::load(ctx.as_fd())?;
@@ -1155,7 +1236,10 @@ impl<'a> Builder<'a> {
         };
         if let Some(p) = from.flag("platform") {
             if !p.ends_with(host_arch()) {
-                return Err(err!("{what}: --platform={p}: layerctl builds for linux/{} only", host_arch()));
+                return Err(err!(
+                    "{what}: --platform={p}: layerctl builds for linux/{} only",
+                    host_arch()
+                ));
             }
         }
         let mut st = if image.eq_ignore_ascii_case("scratch") {
@@ -1247,8 +1331,17 @@ impl<'a> Builder<'a> {
                 if p.is_empty() {
                     return Err(err!("{what} needs a path"));
                 }
-                let base = st.cfg.config.working_dir.clone().unwrap_or_else(|| "/".into());
-                let joined = if p.starts_with('/') { p } else { format!("{}/{p}", base.trim_end_matches('/')) };
+                let base = st
+                    .cfg
+                    .config
+                    .working_dir
+                    .clone()
+                    .unwrap_or_else(|| "/".into());
+                let joined = if p.starts_with('/') {
+                    p
+                } else {
+                    format!("{}/{p}", base.trim_end_matches('/'))
+                };
                 let clean = context::clean_rel(&joined)
                     .ok_or_else(|| err!("{what}: {joined} climbs above /"))?;
                 let dir = format!("/{}", clean.join("/"));
@@ -1312,9 +1405,7 @@ impl<'a> Builder<'a> {
                 let mut ports = Vec::new();
                 for p in self.words(st, &ins.rest, &what)? {
                     let (num, proto) = p.split_once('/').unwrap_or((&p, "tcp"));
-                    let ok = num
-                        .split('-')
-                        .all(|n| n.parse::<u16>().is_ok())
+                    let ok = num.split('-').all(|n| n.parse::<u16>().is_ok())
                         && ["tcp", "udp", "sctp"].contains(&proto.to_ascii_lowercase().as_str());
                     if !ok {
                         return Err(err!("{what}: {p:?} is not PORT[/tcp|udp|sctp]"));
@@ -1363,16 +1454,25 @@ impl<'a> Builder<'a> {
             }
             "HEALTHCHECK" => {
                 let hc = healthcheck(ins, &shell)?;
-                let shown = format!("HEALTHCHECK {}", ins.display().trim_start_matches("HEALTHCHECK").trim());
+                let shown = format!(
+                    "HEALTHCHECK {}",
+                    ins.display().trim_start_matches("HEALTHCHECK").trim()
+                );
                 self.meta_step(st, nop(&shown), |c| {
                     c.extra.insert("Healthcheck".into(), hc);
                 })
             }
             "ONBUILD" => {
                 let t = ins.rest.trim().to_string();
-                let first = t.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                let first = t
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_uppercase();
                 if ["ONBUILD", "FROM", "MAINTAINER", ""].contains(&first.as_str()) {
-                    return Err(err!("{what}: ONBUILD takes one instruction (not ONBUILD, FROM or MAINTAINER)"));
+                    return Err(err!(
+                        "{what}: ONBUILD takes one instruction (not ONBUILD, FROM or MAINTAINER)"
+                    ));
                 }
                 self.meta_step(st, nop(&format!("ONBUILD {t}")), |c| {
                     let list = c
@@ -1400,10 +1500,14 @@ fn healthcheck(ins: &Instruction, _shell: &[String]) -> Result<Value> {
     }
     let (word, cmd) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
     if !word.eq_ignore_ascii_case("CMD") || cmd.trim().is_empty() {
-        return Err(err!("{what}: use HEALTHCHECK [--interval=D ...] CMD command, or HEALTHCHECK NONE"));
+        return Err(err!(
+            "{what}: use HEALTHCHECK [--interval=D ...] CMD command, or HEALTHCHECK NONE"
+        ));
     }
     let test = match parse::json_array(cmd) {
-        Some(a) => std::iter::once("CMD".to_string()).chain(a).collect::<Vec<_>>(),
+        Some(a) => std::iter::once("CMD".to_string())
+            .chain(a)
+            .collect::<Vec<_>>(),
         None => vec!["CMD-SHELL".to_string(), cmd.trim().to_string()],
     };
     hc.insert("Test".into(), json!(test));
@@ -1414,13 +1518,19 @@ fn healthcheck(ins: &Instruction, _shell: &[String]) -> Result<Value> {
             "start-period" => "StartPeriod",
             "start-interval" => "StartInterval",
             "retries" => {
-                let n: u64 = v.parse().map_err(|_| err!("{what}: --retries={v} is not a number"))?;
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| err!("{what}: --retries={v} is not a number"))?;
                 hc.insert("Retries".into(), json!(n));
                 continue;
             }
             other => return Err(err!("{what}: unknown option --{other}")),
         };
-        hc.insert(field.into(), json!(go_duration(v).ok_or_else(|| err!("{what}: --{k}={v} is not a duration (e.g. 30s, 1m30s)"))?));
+        hc.insert(
+            field.into(),
+            json!(go_duration(v)
+                .ok_or_else(|| err!("{what}: --{k}={v} is not a duration (e.g. 30s, 1m30s)"))?),
+        );
     }
     Ok(Value::Object(hc))
 }
@@ -1433,10 +1543,14 @@ fn go_duration(s: &str) -> Option<u64> {
         return None;
     }
     while !rest.is_empty() {
-        let n = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let n = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
         let num: f64 = rest[..n].parse().ok()?;
         rest = &rest[n..];
-        let u = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let u = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let mult = match &rest[..u] {
             "ns" => 1.0,
             "us" | "µs" => 1e3,

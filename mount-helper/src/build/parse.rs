@@ -117,10 +117,7 @@ fn directives(lines: &[&str]) -> Result<(char, usize), String> {
             return Ok((escape, i));
         }
         if seen.contains(&k) {
-            return Err(format!(
-                "line {}: parser directive {k} given twice",
-                i + 1
-            ));
+            return Err(format!("line {}: parser directive {k} given twice", i + 1));
         }
         seen.push(k.clone());
         if k == "escape" {
@@ -319,10 +316,7 @@ mod tests {
         assert_eq!(f.instructions[0].rest, "bb AS b");
         assert_eq!(f.instructions[1].rest, "echo a   && echo b");
         assert_eq!(f.instructions[1].line, 4);
-        assert_eq!(
-            f.instructions[2].json_args(),
-            Some(vec!["sh".to_string()])
-        );
+        assert_eq!(f.instructions[2].json_args(), Some(vec!["sh".to_string()]));
     }
 
     #[test]
@@ -372,7 +366,9 @@ mod tests {
         assert_eq!(f.instructions[2].heredocs[0].body, "body\n");
         assert!(parse("RUN <<EOF\nno end\n").is_err());
         // `<<` inside a JSON form is not a heredoc.
-        assert!(one("RUN [\"sh\", \"-c\", \"cat <<E\"]\n").heredocs.is_empty());
+        assert!(one("RUN [\"sh\", \"-c\", \"cat <<E\"]\n")
+            .heredocs
+            .is_empty());
     }
 
     #[test]

@@ -66,7 +66,9 @@ pub fn run(store: &Store, a: Args) -> Result<i32> {
         },
     };
     if timestamp.is_some_and(|t| t < 0) {
-        return Err(err!("--timestamp must be 0 or more seconds since the epoch"));
+        return Err(err!(
+            "--timestamp must be 0 or more seconds since the epoch"
+        ));
     }
     let opts = BuildOptions {
         context: a.context,
