@@ -610,7 +610,7 @@ impl<'a> Builder<'a> {
     }
 
     /// The stage or image a `--from` names: (image id, its config).
-    fn from_image(&self, from: &str) -> Result<String> {
+    fn source_image(&self, from: &str) -> Result<String> {
         let lower = from.to_ascii_lowercase();
         if let Some((_, id)) = self
             .stages
@@ -708,7 +708,7 @@ impl<'a> Builder<'a> {
             let (root, ignore, from_id): (OwnedFd, Option<&Ignore>, Option<String>) = match &from {
                 None => (sys_dup(self.ctx.as_fd())?, Some(&self.ignore), None),
                 Some(f) => {
-                    let id = self.from_image(f)?;
+                    let id = self.source_image(f)?;
                     let (name, dir) = self.mount_image(&id)?;
                     let fd = OwnedFd::from(
                         fs::File::open(&dir).ctx(|| format!("opening {}", dir.display()))?,
