@@ -443,6 +443,43 @@ fn cache_reuse_and_invalidation() {
     );
     assert_eq!(by[5], "/bin/sh -c #(nop)  ENV A=1");
 
+    // The table names each entry's image by the parent chain, truncates like docker.
+    let table = env.ok(&["history", "app"]);
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(rows[0].starts_with("IMAGE"), "{table}");
+    let app = env.json(&["inspect", "app"])["image"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(rows[1].starts_with(&app[7..19]), "{table}");
+    assert_eq!(rows.len(), 8, "{table}");
+    assert!(!rows.iter().any(|r| r.contains("<missing>")), "{table}");
+    assert!(table.contains("…"), "{table}");
+    assert!(
+        env.ok(&["history", "--no-trunc", "app"]).contains(&app),
+        "{table}"
+    );
+    // Intermediate images are listed by images -a only.
+    assert!(!env.ok(&["images"]).contains("<none>"));
+    assert!(
+        env.ok(&["images", "-a"])
+            .lines()
+            .filter(|l| l.starts_with("<none>"))
+            .count()
+            >= 6
+    );
+    // A loaded copy has no intermediate images here: <missing> below its top.
+    let tar = env.path("app.tar");
+    env.ok(&["save", "app", "-o", tar.to_str().unwrap()]);
+    let other = Env::new();
+    other.ok(&["load", tar.to_str().unwrap()]);
+    let t = other.ok(&["history", "app"]);
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("<missing>")).count(),
+        6,
+        "{t}"
+    );
+
     // gc keeps the cached chain of a named image; its steps are still hits after it.
     env.ok(&["gc"]);
     let s = steps(&build_out(&env, &["build", "-t", "app", c]));

@@ -702,10 +702,12 @@ pub fn copy_source(
                 w.mknod(&to, e.kind(), e.stat.st_rdev, &meta)
             }
             libc::S_IFSOCK => continue,
-            _ => return Err(err!(
+            _ => {
+                return Err(err!(
                 "cannot copy the device node {} without root: leave it out of the build context",
                 shown()
-            )),
+            ))
+            }
         };
         done.map_err(|e| err!("copying {} to {}: {}", shown(), to.display(), e.why))?;
     }
