@@ -685,3 +685,99 @@ fn heredocs_ignore_rules_and_confinement() {
         1
     );
 }
+
+/// `scripts/bench-build --quick` as a smoke run (CI): it runs against podman build, with
+/// this build's binaries and a small context, and prints every figure.
+#[test]
+fn bench_build_smoke() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench-build");
+    let o = Command::new(&script)
+        .args(["--quick", "--files", "300", "--layerctl"])
+        .arg(layerctl_bin())
+        .arg("--layerfs")
+        .arg(layerfs_bin())
+        .output()
+        .expect("running scripts/bench-build");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "bench-build failed: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for row in [
+        "fully cached rebuild, 10 steps",
+        "rebuild after touching one COPY source",
+        "per-RUN overhead",
+        "COPY of 300 files, cold",
+    ] {
+        assert!(out.contains(row), "{row} missing from:\n{out}");
+    }
+    // The touched COPY is step 5 of 10: steps 5-10 run, in both builders.
+    let touched = out
+        .lines()
+        .find(|l| l.contains("steps that ran"))
+        .unwrap_or_default();
+    assert_eq!(
+        touched.split_whitespace().rev().take(2).collect::<Vec<_>>(),
+        ["6", "6"],
+        "{out}"
+    );
+}
+
+/// The metadata instructions land in the config as docker records them; SHELL changes how
+/// later RUNs run; an ENTRYPOINT drops the inherited CMD; `# escape=` and continuations.
+#[test]
+fn metadata_instructions() {
+    let env = Env::new();
+    let rootfs = env.path("bb");
+    busybox(&rootfs);
+    env.ok(&["import", rootfs.to_str().unwrap(), "localhost/bb"]);
+    let ctx = env.path("ctx");
+    write(
+        &ctx.join("Containerfile"),
+        "# escape=`\nFROM localhost/bb\nCMD [\"old\"]\nENTRYPOINT [\"/bin/sh\"]\nVOLUME /data\nVOLUME [\"/v1\", \"/v2\"]\nSTOPSIGNAL SIGTERM\nHEALTHCHECK --interval=30s --retries=3 CMD wget -q localhost || exit 1\nONBUILD RUN echo child\nSHELL [\"/bin/sh\", \"-xc\"]\nRUN echo `\n  shelled > /shelled\nUSER 1000:1000\nMAINTAINER someone\n",
+    );
+    let c = ctx.to_str().unwrap();
+    env.ok(&["build", "-t", "meta", c]);
+    let v = env.json(&["inspect", "meta"]);
+    let cfg = &v["image"]["config"]["config"];
+    assert_eq!(cfg["Entrypoint"], serde_json::json!(["/bin/sh"]));
+    assert!(cfg["Cmd"].is_null(), "{cfg}");
+    let vols: Vec<&String> = cfg["Volumes"].as_object().unwrap().keys().collect();
+    assert_eq!(vols, ["/data", "/v1", "/v2"]);
+    assert_eq!(cfg["StopSignal"], "SIGTERM");
+    assert_eq!(
+        cfg["Healthcheck"],
+        serde_json::json!({"Test": ["CMD-SHELL", "wget -q localhost || exit 1"], "Interval": 30_000_000_000u64, "Retries": 3})
+    );
+    assert_eq!(cfg["OnBuild"], serde_json::json!(["RUN echo child"]));
+    assert_eq!(cfg["Shell"], serde_json::json!(["/bin/sh", "-xc"]));
+    assert_eq!(cfg["User"], "1000:1000");
+    assert_eq!(v["image"]["config"]["author"], "someone");
+    let h = env.json(&["history", "meta", "--json"]);
+    let run = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["empty_layer"] == false && e["created_by"].as_str().unwrap().contains("shelled")
+        })
+        .unwrap()
+        .clone();
+    assert_eq!(run["created_by"], "/bin/sh -xc echo   shelled > /shelled");
+    let out = build_out(
+        &env,
+        &[
+            "run",
+            "--rm",
+            "--entrypoint",
+            "",
+            "-u",
+            "0",
+            "meta",
+            "cat",
+            "/shelled",
+        ],
+    );
+    assert_eq!(out, "shelled\n");
+}

@@ -194,19 +194,15 @@ fn nop(s: &str) -> String {
     format!("/bin/sh -c #(nop)  {s}")
 }
 
-/// Sets a key of the config's extra fields (Labels, ExposedPorts, ...).
-fn extra_map<'c>(cfg: &'c mut RuntimeConfig, key: &str) -> &'c mut Map<String, Value> {
-    let v = cfg
-        .extra
-        .entry(key.to_string())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !v.is_object() {
-        *v = Value::Object(Map::new());
-    }
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!("just made an object"),
-    }
+/// Updates the object under `key` of the config's extra fields (Labels, ExposedPorts,
+/// ...), starting from an empty one when there is none (or something else is there).
+fn update_map(cfg: &mut RuntimeConfig, key: &str, f: impl FnOnce(&mut Map<String, Value>)) {
+    let mut m = match cfg.extra.remove(key) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    f(&mut m);
+    cfg.extra.insert(key.to_string(), Value::Object(m));
 }
 
 fn set_env(env: &mut Vec<String>, k: &str, v: &str) {
@@ -537,6 +533,8 @@ impl<'a> Builder<'a> {
             quiet: true,
             output: Some(&tail),
             make_workdir: true,
+            // RUN runs its command alone: the image's Entrypoint is not put in front.
+            entrypoint: Some(""),
             ..RunOptions::default()
         };
         let code = match run::run(self.store, &parent, &argv, &ropts) {
@@ -1376,10 +1374,11 @@ impl<'a> Builder<'a> {
                 let kv = pairs(self, st, &ins.rest, &what)?;
                 let shown: Vec<String> = kv.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 self.meta_step(st, nop(&format!("LABEL {}", shown.join(" "))), |c| {
-                    let m = extra_map(c, "Labels");
-                    for (k, v) in kv {
-                        m.insert(k, json!(v));
-                    }
+                    update_map(c, "Labels", |m| {
+                        for (k, v) in kv {
+                            m.insert(k, json!(v));
+                        }
+                    })
                 })
             }
             "MAINTAINER" => {
@@ -1414,10 +1413,11 @@ impl<'a> Builder<'a> {
                 }
                 let shown = format!("EXPOSE {}", ports.join(" "));
                 self.meta_step(st, nop(&shown), |c| {
-                    let m = extra_map(c, "ExposedPorts");
-                    for p in ports {
-                        m.insert(p, json!({}));
-                    }
+                    update_map(c, "ExposedPorts", |m| {
+                        for p in ports {
+                            m.insert(p, json!({}));
+                        }
+                    })
                 })
             }
             "VOLUME" => {
@@ -1430,10 +1430,11 @@ impl<'a> Builder<'a> {
                 }
                 let shown = format!("VOLUME {}", go_quoted(&vols));
                 self.meta_step(st, nop(&shown), |c| {
-                    let m = extra_map(c, "Volumes");
-                    for v in vols {
-                        m.insert(v, json!({}));
-                    }
+                    update_map(c, "Volumes", |m| {
+                        for v in vols {
+                            m.insert(v, json!({}));
+                        }
+                    })
                 })
             }
             "STOPSIGNAL" => {
