@@ -484,6 +484,22 @@ fn cache_reuse_and_invalidation() {
     env.ok(&["gc"]);
     let s = steps(&build_out(&env, &["build", "-t", "app", c]));
     assert!(s[1..].iter().all(|(_, cached)| *cached), "{s:?}");
+
+    // Once nothing names the result, gc removes the step images and their cache entries.
+    let entries = |env: &Env| {
+        fs::read_dir(env.root.join("build-cache"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().len() == 64)
+            .count()
+    };
+    assert!(entries(&env) >= 6);
+    env.ok(&["rmi", "app"]);
+    let gc = env.ok(&["gc"]);
+    assert!(gc.contains("build cache entr"), "{gc}");
+    assert_eq!(entries(&env), 0);
+    assert!(!env.ok(&["images", "-a"]).contains("<none>"));
+    let s = steps(&build_out(&env, &["build", "-t", "app", c]));
+    assert!(s[1..].iter().all(|(_, cached)| !cached), "{s:?}");
     env.fsck_clean();
 }
 
@@ -780,4 +796,38 @@ fn metadata_instructions() {
         ],
     );
     assert_eq!(out, "shelled\n");
+}
+
+/// As an ordinary user (rootless), with crun and with bubblewrap: RUN, COPY with
+/// --chown, a cached rebuild, and the result read back through `run`.
+#[test]
+fn rootless_build() {
+    let user = rootless::fuse_user();
+    let dir = rootless::UserDir::new(&user);
+    busybox(&dir.p("bb"));
+    write(
+        &dir.p("ctx/Containerfile"),
+        "FROM bb:1\nCOPY --chown=1000:1000 f.txt /home/app/f.txt\nRUN echo ran > /ran && id -u > /uid\nUSER app\nRUN id -u > /home/app/uid\n",
+    );
+    write(&dir.p("ctx/f.txt"), "f\n");
+    rootless::chown_tree(dir.path(), user.uid, user.gid);
+    let script = format!(
+        r#"{prelude}
+export LAYERFS_ROOT={d}/store
+layerctl import {d}/bb bb:1 >/dev/null
+for rt in crun bwrap; do
+    layerctl build --runtime $rt --no-cache -t img-$rt {d}/ctx >{d}/out-$rt
+    layerctl build --runtime $rt -t img-$rt {d}/ctx >{d}/again-$rt
+    test "$(grep -c 'Using cache' {d}/again-$rt)" = 4
+    test "$(layerctl run --rm --runtime $rt img-$rt cat /ran /uid /home/app/uid)" = "ran
+0
+1000"
+    test "$(layerctl run --rm --runtime $rt img-$rt stat -c %u:%g /home/app/f.txt)" = "1000:1000"
+done
+layerctl fsck | grep -q "store is clean"
+"#,
+        prelude = rootless::SH_PRELUDE,
+        d = dir.path().display()
+    );
+    rootless::user_ok(&user, &script, &[]);
 }
