@@ -796,6 +796,31 @@ fn metadata_instructions() {
         ],
     );
     assert_eq!(out, "shelled\n");
+
+    // A build FROM an image with triggers runs them first, and the result has none.
+    let child = env.path("child");
+    write(
+        &child.join("Containerfile"),
+        "FROM trig\nRUN test -f /child-ran\n",
+    );
+    write(
+        &ctx.join("Containerfile"),
+        "FROM localhost/bb\nONBUILD RUN echo x > /tmp/t && cp /tmp/t /child-ran\nONBUILD ENV TRIGGERED=1\n",
+    );
+    env.ok(&["build", "-t", "trig", c]);
+    let out = build_out(&env, &["build", "-t", "kid", child.to_str().unwrap()]);
+    assert!(out.contains("# Executing 2 build triggers"), "{out}");
+    let v = env.json(&["inspect", "kid"]);
+    let cfg = &v["image"]["config"]["config"];
+    assert!(cfg["OnBuild"].is_null(), "{cfg}");
+    assert!(
+        cfg["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "TRIGGERED=1"),
+        "{cfg}"
+    );
 }
 
 /// As an ordinary user (rootless), with crun and with bubblewrap: RUN, COPY with
@@ -830,4 +855,41 @@ layerctl fsck | grep -q "store is clean"
         d = dir.path().display()
     );
     rootless::user_ok(&user, &script, &[]);
+}
+
+/// RUN has a network namespace of its own (loopback only) unless `--network host`.
+#[test]
+fn network_none_unless_host() {
+    let env = Env::new();
+    let rootfs = env.path("bb");
+    busybox(&rootfs);
+    env.ok(&["import", rootfs.to_str().unwrap(), "localhost/bb"]);
+    let ctx = env.path("ctx");
+    write(
+        &ctx.join("Containerfile"),
+        "FROM localhost/bb\nRUN tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort > /ifaces\n",
+    );
+    let c = ctx.to_str().unwrap();
+    env.ok(&["build", "-t", "none", c]);
+    env.ok(&["build", "--no-cache", "--network", "host", "-t", "host", c]);
+    let ifaces = |img: &str| {
+        build_out(
+            &env,
+            &["run", "--rm", "--network", "host", img, "cat", "/ifaces"],
+        )
+    };
+    assert_eq!(ifaces("none"), "lo\n");
+    let host: Vec<String> = fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .map(|l| l.split(':').next().unwrap().trim().to_string())
+        .collect();
+    let mut host = host;
+    host.sort();
+    assert_eq!(ifaces("host"), format!("{}\n", host.join("\n")));
+    assert!(
+        host.len() > 1,
+        "the host has only loopback: the test cannot tell"
+    );
 }

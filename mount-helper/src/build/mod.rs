@@ -1262,6 +1262,33 @@ impl<'a> Builder<'a> {
                 args: Vec::new(),
             }
         };
+        // ONBUILD triggers of the base run first, as docker does, and are not inherited.
+        let triggers: Vec<String> = match st.cfg.config.extra.remove("OnBuild") {
+            Some(Value::Array(a)) => a
+                .into_iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !triggers.is_empty() {
+            say(
+                self.opts.quiet,
+                format!(
+                    "# Executing {} build trigger{}",
+                    triggers.len(),
+                    if triggers.len() == 1 { "" } else { "s" }
+                ),
+            );
+            for t in &triggers {
+                let text = format!("# escape={}\n{t}\n", self.escape);
+                let parsed = parse::parse(&text)
+                    .map_err(|e| err!("{what}: ONBUILD trigger {t:?} of {image}: {e}"))?;
+                for tins in &parsed.instructions {
+                    self.instruction(&mut st, tins, meta)
+                        .map_err(|e| err!("ONBUILD trigger {t:?} of {image}: {e}"))?;
+                }
+            }
+        }
         for ins in &ins[1..] {
             self.step += 1;
             say(self.opts.quiet, self.header(ins));
