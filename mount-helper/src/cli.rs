@@ -40,6 +40,8 @@ enum Cmd {
     /// Run a command in a new container of IMAGE (its Entrypoint + Cmd by default) on a layerfs mount, then unmount; exits with the command's status
     #[command(after_help = crate::run::RUNTIME_HELP)]
     Run(Box<cmd::run::Args>),
+    /// Build an image from a Containerfile, step by step with docker's build cache
+    Build(Box<cmd::build::Args>),
     /// Unmount a container (by name or mount point); its changes are kept
     Umount(cmd::umount::Args),
     /// List containers
@@ -105,6 +107,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::History(a) => cmd::history::run(s, a),
         Cmd::Mount(a) => cmd::mount::run(s, a),
         Cmd::Run(a) => cmd::run::run(s, *a),
+        Cmd::Build(a) => cmd::build::run(s, *a),
         Cmd::Umount(a) => cmd::umount::run(s, a),
         Cmd::Ps(a) => cmd::ps::run(s, a),
         Cmd::Rm(a) => cmd::rm::run(s, a),

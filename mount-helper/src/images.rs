@@ -202,6 +202,13 @@ pub fn gc(store: &Store) -> Result<Vec<String>> {
             .map_err(|e| err!("{e}; gc refuses to run until that is fixed"))?;
         keep_layers.extend(cfg.rootfs.diff_ids);
     }
+    let stale = crate::build::cache::prune(store)?;
+    if stale > 0 {
+        out.push(format!(
+            "deleted {stale} build cache entr{}",
+            if stale == 1 { "y" } else { "ies" }
+        ));
+    }
     let mut freed = 0u64;
     for l in store.layer_ids()? {
         if keep_layers.contains(&l) {

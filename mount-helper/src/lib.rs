@@ -4,6 +4,7 @@
 
 pub mod error;
 
+pub mod build;
 pub mod changeset;
 pub mod cli;
 pub mod cmd;

@@ -165,6 +165,60 @@ pub struct RunOptions<'a> {
     pub network: Network,
     pub read_only: bool,
     pub userns: UserNs,
+    /// No notes of layerctl's own on stderr (`build` prints its own step lines).
+    pub quiet: bool,
+    /// The command's stdout and stderr go through this (build keeps the last lines for
+    /// a failure's report) instead of straight to the terminal.
+    pub output: Option<&'a OutputTail>,
+    /// Create the WorkingDir in the container (through the confined writer) when the
+    /// image lacks it, as a build's RUN does.
+    pub make_workdir: bool,
+}
+
+/// The tail of a command's output, forwarded as it comes (unless `echo` is off).
+pub struct OutputTail {
+    pub echo: bool,
+    pub keep: usize,
+    pub lines: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+impl OutputTail {
+    pub fn new(echo: bool, keep: usize) -> OutputTail {
+        OutputTail {
+            echo,
+            keep,
+            lines: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Forwards `r` line by line to stdout, keeping the last `keep` lines.
+    pub fn pump(&self, r: impl std::io::Read) {
+        use std::io::{BufRead, Write};
+        let mut br = std::io::BufReader::new(r);
+        let mut line = Vec::new();
+        while matches!(br.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            if self.echo {
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(&line);
+                let _ = o.flush();
+            }
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            if let Ok(mut l) = self.lines.lock() {
+                l.push_back(text);
+                while l.len() > self.keep {
+                    l.pop_front();
+                }
+            }
+            line.clear();
+        }
+    }
+
+    pub fn last(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Default for RunOptions<'_> {
@@ -186,6 +240,9 @@ impl Default for RunOptions<'_> {
             network: Network::None,
             read_only: false,
             userns: UserNs::Host,
+            quiet: false,
+            output: None,
+            make_workdir: false,
         }
     }
 }
@@ -532,8 +589,12 @@ fn run_in(
             read_only: opts.read_only,
             idmap,
             interactive: opts.interactive,
+            output: opts.output,
         };
-        if sys::getuid() == 0 {
+        if opts.make_workdir {
+            make_dir_in(&target, &spec.cwd)?;
+        }
+        if sys::getuid() == 0 && !opts.quiet {
             match idmap {
                 None => eprintln!(
                     "layerctl: the container runs as real root on this host (no user namespace); --userns=auto maps it to subordinate ids"
@@ -581,10 +642,33 @@ fn run_in(
     }
     if opts.remove {
         container::rm(store, &name, true)?;
-    } else {
+    } else if !opts.quiet {
         eprintln!("container {name} kept (`layerctl diff {name}`, `layerctl rm {name}`)");
     }
     Ok(code)
+}
+
+/// Creates directory `dir` (absolute) in the mounted container `rootfs` where it is
+/// missing, through the confined writer: a symlink the image has on the way is refused,
+/// never followed out of the container.
+fn make_dir_in(rootfs: &Path, dir: &str) -> Result<()> {
+    let path = LayerPath::parse(dir.trim_start_matches('/').as_bytes())
+        .map_err(|why| err!("working directory {dir}: {why}"))?;
+    if path.is_root() {
+        return Ok(());
+    }
+    let mut w = LayerWriter::open(rootfs).ctx(|| format!("opening {}", rootfs.display()))?;
+    if w.open_dir(&path).is_ok() {
+        return Ok(());
+    }
+    let meta = Meta {
+        mode: 0o755,
+        ..Meta::default()
+    };
+    w.mkdir(&path, meta)
+        .map_err(|e| err!("creating the working directory {dir}: {e}"))?;
+    w.finish()
+        .map_err(|e| err!("creating the working directory {dir}: {e}"))
 }
 
 /// Creates in `init` each of `points` (path, is a directory) that the image lacks, with

@@ -25,6 +25,7 @@ pub(crate) struct RunContext<'a> {
     pub(crate) read_only: bool,
     pub(crate) idmap: Option<((u32, u32), (u32, u32))>,
     pub(crate) interactive: bool,
+    pub(crate) output: Option<&'a OutputTail>,
 }
 
 /// The process to start: argv, environment, working directory and ids from the image.
@@ -126,10 +127,18 @@ pub(crate) fn lookup_by_uid(rootfs: &Path, uid: u32) -> Option<u32> {
 
 /// Starts `cmd` and waits, letting Ctrl-C reach the container (the terminal's process
 /// group) while this process stays alive to unmount afterwards.
-pub(crate) fn wait_for(cmd: &mut Command, what: &str, interactive: bool) -> Result<ExitStatus> {
+pub(crate) fn wait_for(
+    cmd: &mut Command,
+    what: &str,
+    interactive: bool,
+    output: Option<&OutputTail>,
+) -> Result<ExitStatus> {
     // docker run without -i gives the container no stdin.
     if !interactive {
         cmd.stdin(Stdio::null());
+    }
+    if output.is_some() {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
     let mut child = cmd.spawn().ctx(|| format!("starting {what}"))?;
     // Ctrl-C reaches the container from the terminal (same process group): this process
@@ -137,7 +146,21 @@ pub(crate) fn wait_for(cmd: &mut Command, what: &str, interactive: bool) -> Resu
     // to the runtime, which passes them to the container (docker run's --sig-proxy).
     let old = sys::set_signal(libc::SIGINT, libc::SIG_IGN);
     crate::interrupt::forward_to(Some(child.id()));
-    let status = child.wait();
+    let status = match output {
+        Some(tail) => {
+            let (o, e) = (child.stdout.take(), child.stderr.take());
+            std::thread::scope(|s| {
+                if let Some(o) = o {
+                    s.spawn(move || tail.pump(o));
+                }
+                if let Some(e) = e {
+                    s.spawn(move || tail.pump(e));
+                }
+                child.wait()
+            })
+        }
+        None => child.wait(),
+    };
     crate::interrupt::forward_to(None);
     sys::set_signal(libc::SIGINT, old);
     status.ctx(|| format!("waiting for {what}"))
@@ -273,6 +296,7 @@ pub(crate) fn run_crun(
         &mut cmd,
         "crun (through unshare)",
         ctx.interactive || spec.terminal,
+        ctx.output,
     )
 }
 
@@ -327,5 +351,10 @@ pub(crate) fn run_bwrap(spec: &ProcessSpec, ctx: &RunContext) -> Result<ExitStat
     }
     cmd.arg("--").args(&spec.args);
     // bwrap gives the process the caller's terminal itself (no new session).
-    wait_for(&mut cmd, "bwrap", ctx.interactive || spec.terminal)
+    wait_for(
+        &mut cmd,
+        "bwrap",
+        ctx.interactive || spec.terminal,
+        ctx.output,
+    )
 }

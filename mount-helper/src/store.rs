@@ -11,6 +11,10 @@
 //!                                steps), as docker's parent chain: it keeps intermediate
 //!                                images alive while a child is kept and names history rows
 //! ROOT/refs.json                 {"name:tag": "sha256:..."}
+//! ROOT/build-cache/HEX           a build step's cache entry: HEX = sha256 of the step key,
+//!                                content = the step image's id (gc drops entries whose image
+//!                                is gone); files.json: content hashes by (dev, ino, size,
+//!                                mtime, ctime) so an unchanged context is not read again
 //! ROOT/containers/NAME/          container.json, upper/, work/
 //! ```
 //!

@@ -12,13 +12,25 @@ pub struct Args {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// Also list unnamed images (a build's intermediate steps) as <none>
+    #[arg(short, long)]
+    all: bool,
 }
 
 pub fn run(store: &Store, a: Args) -> Result<i32> {
     let refs = store.refs()?;
     let mut rows = Vec::new();
     let mut js = Vec::new();
-    for (r, id) in &refs {
+    let mut listed: Vec<(String, String)> =
+        refs.iter().map(|(r, id)| (r.clone(), id.clone())).collect();
+    if a.all {
+        for id in store.image_ids()? {
+            if !refs.values().any(|v| *v == id) {
+                listed.push(("<none>:<none>".to_string(), id));
+            }
+        }
+    }
+    for (r, id) in &listed {
         let (name, tag) = store::split_ref(r);
         let cfg = store.read_image(id)?;
         let size: u64 = cfg

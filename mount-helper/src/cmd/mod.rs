@@ -2,6 +2,7 @@
 //! them against the store (`run`), printing through `crate::output`. The work itself lives
 //! in the modules named after each job (images, container, store, save, load, run, ...).
 
+pub mod build;
 pub mod commit;
 pub mod diff;
 pub mod explore;

@@ -87,6 +87,7 @@ pub fn run(store: &Store, a: Args) -> Result<i32> {
         network: Network::parse(&a.network)?,
         read_only: a.read_only,
         userns: UserNs::parse(a.userns.as_deref().unwrap_or(""))?,
+        ..RunOptions::default()
     };
     run::run(store, &a.image, &a.command, &opts)
 }
