@@ -32,7 +32,6 @@ enum Item {
     Real(PathBuf, fs::Metadata),
 }
 
-
 /// Writes the canonical tar of `layer` to `w`; returns (diff_id, size in bytes).
 pub fn write_tar<W: Write>(layer: &Path, w: W, tick: &dyn Fn()) -> Result<(String, u64)> {
     let mut hw = crate::oci::HashingWriter::new(w);
