@@ -469,8 +469,11 @@ impl Store {
             n += 1;
         }
         // Half-written record files next to their final place.
-        for sub in ["images", "."] {
+        for sub in ["images", ".", "blobs"] {
             let d = self.root.join(sub);
+            if sub == "blobs" && !d.is_dir() {
+                continue;
+            }
             for e in fs::read_dir(&d).ctx(|| format!("reading {}", d.display()))? {
                 let e = e.ctx(|| format!("reading {}", d.display()))?;
                 if e.file_name().to_string_lossy().starts_with(".tmp-") {
