@@ -144,7 +144,14 @@ fn podman_tree(dir: &Path, remote: &str) -> (Tree, String) {
     };
     p(&["pull", "-q", "--tls-verify=false", remote]);
     let info = String::from_utf8_lossy(
-        &p(&["image", "inspect", "--format", "{{.Digest}} {{.ID}}", remote]).stdout,
+        &p(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Digest}} {{.ID}}",
+            remote,
+        ])
+        .stdout,
     )
     .trim()
     .to_string();
@@ -192,15 +199,34 @@ fn make_tls(dir: &Path) -> Tls {
     tool(
         "openssl",
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &p("ca.key"), "-out",
-            &p("ca.crt"), "-days", "2", "-subj", "/CN=layerctl test CA",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=layerctl test CA",
         ],
     );
     tool(
         "openssl",
         &[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &p("srv.key"), "-out",
-            &p("srv.csr"), "-subj", "/CN=127.0.0.1",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p("srv.key"),
+            "-out",
+            &p("srv.csr"),
+            "-subj",
+            "/CN=127.0.0.1",
         ],
     );
     fs::write(
@@ -211,8 +237,21 @@ fn make_tls(dir: &Path) -> Tls {
     tool(
         "openssl",
         &[
-            "x509", "-req", "-in", &p("srv.csr"), "-CA", &p("ca.crt"), "-CAkey", &p("ca.key"),
-            "-CAcreateserial", "-out", &p("srv.crt"), "-days", "2", "-extfile", &p("ext"),
+            "x509",
+            "-req",
+            "-in",
+            &p("srv.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("srv.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &p("ext"),
         ],
     );
     let o = tool("htpasswd", &["-Bbn", "user", "secret"]);
@@ -308,9 +347,8 @@ struct Proxy {
     throttle: Arc<AtomicU64>,
     /// Connections still to answer with 503 (Retry-After: 0).
     fail: Arc<AtomicU32>,
-    /// Connections still to cut after `cut_at` bytes of response.
+    /// Connections still to cut after `cut_at` (given to `start`) bytes of response.
     cuts: Arc<AtomicU32>,
-    cut_at: u64,
 }
 
 impl Proxy {
@@ -323,7 +361,6 @@ impl Proxy {
             throttle: Arc::new(AtomicU64::new(0)),
             fail: Arc::new(AtomicU32::new(0)),
             cuts: Arc::new(AtomicU32::new(0)),
-            cut_at,
         };
         let (bytes, throttle, fail, cuts) = (
             p.bytes.clone(),
@@ -395,7 +432,11 @@ impl Proxy {
 
 /// stderr of a failed layerctl: exactly one line, naming `want`.
 fn one_line_error(o: &Output, want: &str) -> String {
-    assert!(!o.status.success(), "should fail: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "should fail: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains(want), "{err} should name {want}");
@@ -406,12 +447,21 @@ fn one_line_error(o: &Output, want: &str) -> String {
 fn remote_manifest(remote: &str) -> (Value, Vec<String>) {
     let o = tool(
         "skopeo",
-        &["inspect", "--raw", "--tls-verify=false", &format!("docker://{remote}")],
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{remote}"),
+        ],
     );
     let m: Value = serde_json::from_slice(&o.stdout).unwrap();
     let l = m["layers"]
         .as_array()
-        .map(|a| a.iter().map(|d| d["digest"].as_str().unwrap().to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|d| d["digest"].as_str().unwrap().to_string())
+                .collect()
+        })
         .unwrap_or_default();
     (m, l)
 }
@@ -426,14 +476,32 @@ fn pull_what_skopeo_pushed() {
     let env = Env::new();
     let id = build_image(&env);
     let want = mounted(&env, "multi:1");
-    assert!(want.0["etc/owned"].contains(" 4750 1234:5678 "), "{:?}", want.0);
+    assert!(
+        want.0["etc/owned"].contains(" 4750 1234:5678 "),
+        "{:?}",
+        want.0
+    );
     let reg = Registry::start(env.dir.path(), None);
     let h = reg.host();
     let gz = env.path("lay-gz");
     let plain = env.path("lay-plain");
-    env.ok(&["save", "multi:1", "-o", gz.to_str().unwrap(), "--format", "oci-dir"]);
     env.ok(&[
-        "save", "multi:1", "-o", plain.to_str().unwrap(), "--format", "oci-dir", "--compress", "none",
+        "save",
+        "multi:1",
+        "-o",
+        gz.to_str().unwrap(),
+        "--format",
+        "oci-dir",
+    ]);
+    env.ok(&[
+        "save",
+        "multi:1",
+        "-o",
+        plain.to_str().unwrap(),
+        "--format",
+        "oci-dir",
+        "--compress",
+        "none",
     ]);
     let src_gz = format!("oci:{}:1", gz.display());
     let src_plain = format!("oci:{}:1", plain.display());
@@ -441,12 +509,23 @@ fn pull_what_skopeo_pushed() {
     // and zstd blobs of the same layer between the pushes.
     let regz = Registry::start(env.dir.path(), None);
     let hz = regz.host();
-    skopeo_push(&src_plain, &format!("{hz}/ocizstd:1"), &["--format", "oci", "--dest-compress-format", "zstd"]);
+    skopeo_push(
+        &src_plain,
+        &format!("{hz}/ocizstd:1"),
+        &["--format", "oci", "--dest-compress-format", "zstd"],
+    );
     skopeo_push(&src_gz, &format!("{h}/v2s2:1"), &["--format", "v2s2"]);
     skopeo_push(&src_gz, &format!("{h}/ocigz:1"), &["--format", "oci"]);
-    skopeo_push(&src_plain, &format!("{h}/ociplain:1"), &["--format", "oci", "--dest-oci-accept-uncompressed-layers"]);
+    skopeo_push(
+        &src_plain,
+        &format!("{h}/ociplain:1"),
+        &["--format", "oci", "--dest-oci-accept-uncompressed-layers"],
+    );
     let (m, _) = remote_manifest(&format!("{h}/v2s2:1"));
-    assert_eq!(m["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(
+        m["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
     let (m, _) = remote_manifest(&format!("{hz}/ocizstd:1"));
     for l in m["layers"].as_array().unwrap() {
         assert!(l["mediaType"].as_str().unwrap().ends_with("zstd"), "{m}");
@@ -456,8 +535,14 @@ fn pull_what_skopeo_pushed() {
         let e = Env::new();
         let r = format!("{}/{repo}:1", if repo == "ocizstd" { &hz } else { &h });
         let o = e.ok(&["pull", &r]);
-        assert!(o.contains("Pull complete") && o.contains("Digest: sha256:"), "{o}");
-        assert!(o.contains(&format!("Status: Downloaded newer image for {r}")), "{o}");
+        assert!(
+            o.contains("Pull complete") && o.contains("Digest: sha256:"),
+            "{o}"
+        );
+        assert!(
+            o.contains(&format!("Status: Downloaded newer image for {r}")),
+            "{o}"
+        );
         // Layers layerctl wrote come back under their own ids: the same image.
         assert_eq!(image_id(&e, &r), id, "{repo}");
         let t = mounted(&e, &r);
@@ -469,7 +554,10 @@ fn pull_what_skopeo_pushed() {
         };
         assert_eq!(t, oracle, "{repo}: differs from umoci unpack / podman");
         let again = e.ok(&["pull", &r]);
-        assert!(again.contains("Already exists") && again.contains("Image is up to date"), "{again}");
+        assert!(
+            again.contains("Already exists") && again.contains("Image is up to date"),
+            "{again}"
+        );
         assert!(!again.contains("Pull complete"), "{again}");
         e.fsck_clean();
     }
@@ -480,10 +568,33 @@ fn pull_what_skopeo_pushed() {
     tool("umoci", &["init", "--layout", ul.to_str().unwrap()]);
     tool("umoci", &["new", "--image", &format!("{}:1", ul.display())]);
     let ub = env.path("umoci-bundle");
-    tool("umoci", &["unpack", "--image", &format!("{}:1", ul.display()), ub.to_str().unwrap()]);
-    sh(&ub.join("rootfs"), "mkdir -p etc bin; printf 'u\\n' > etc/u; ln -s ../etc/u bin/link; mkdir -m 0700 secret");
-    tool("umoci", &["repack", "--image", &format!("{}:1", ul.display()), ub.to_str().unwrap()]);
-    skopeo_push(&format!("oci:{}:1", ul.display()), &format!("{h}/foreign:1"), &[]);
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:1", ul.display()),
+            ub.to_str().unwrap(),
+        ],
+    );
+    sh(
+        &ub.join("rootfs"),
+        "mkdir -p etc bin; printf 'u\\n' > etc/u; ln -s ../etc/u bin/link; mkdir -m 0700 secret",
+    );
+    tool(
+        "umoci",
+        &[
+            "repack",
+            "--image",
+            &format!("{}:1", ul.display()),
+            ub.to_str().unwrap(),
+        ],
+    );
+    skopeo_push(
+        &format!("oci:{}:1", ul.display()),
+        &format!("{h}/foreign:1"),
+        &[],
+    );
     let e = Env::new();
     let r = format!("{h}/foreign:1");
     e.ok(&["pull", &r]);
@@ -497,7 +608,11 @@ fn pull_what_skopeo_pushed() {
 
     // A multi-platform index: this host's entry by default, another with --platform.
     let idx = multi_platform(&gz);
-    skopeo_push(&format!("oci:{}:1", idx.display()), &format!("{h}/multi:1"), &["--all"]);
+    skopeo_push(
+        &format!("oci:{}:1", idx.display()),
+        &format!("{h}/multi:1"),
+        &["--all"],
+    );
     let (m, _) = remote_manifest(&format!("{h}/multi:1"));
     assert_eq!(m["manifests"].as_array().unwrap().len(), 2, "{m}");
     let e = Env::new();
@@ -506,7 +621,10 @@ fn pull_what_skopeo_pushed() {
     assert_eq!(image_id(&e, &r), id);
     let o = e.ok(&["pull", "--platform", "linux/arm64", &format!("{h}/multi:1")]);
     assert!(o.contains("Status: Downloaded newer image"), "{o}");
-    assert_eq!(e.json(&["inspect", &r])["image"]["config"]["architecture"], "arm64");
+    assert_eq!(
+        e.json(&["inspect", &r])["image"]["config"]["architecture"],
+        "arm64"
+    );
     let o = e.run(&["pull", "--platform", "linux/s390x", &r]);
     one_line_error(&o, "linux/s390x");
     e.fsck_clean();
@@ -516,7 +634,10 @@ fn pull_what_skopeo_pushed() {
 /// it whose config says arm64.
 fn multi_platform(lay: &Path) -> PathBuf {
     let out = lay.with_file_name("lay-multi");
-    sh(lay.parent().unwrap(), &format!("cp -r {} {}", lay.display(), out.display()));
+    sh(
+        lay.parent().unwrap(),
+        &format!("cp -r {} {}", lay.display(), out.display()),
+    );
     let idx = read_json(&out.join("index.json"));
     let mdesc = idx["manifests"][0].clone();
     let m = read_json(&blob(&out, mdesc["digest"].as_str().unwrap()));
@@ -535,12 +656,12 @@ fn multi_platform(lay: &Path) -> PathBuf {
         a => a,
     };
     let inner = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [
-            {"mediaType": mdesc["mediaType"], "digest": mdesc["digest"], "size": mdesc["size"],
-             "platform": {"os": "linux", "architecture": host_arch}},
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(&mbytes),
-             "size": mbytes.len(), "platform": {"os": "linux", "architecture": "arm64"}},
-        ]});
+    "manifests": [
+        {"mediaType": mdesc["mediaType"], "digest": mdesc["digest"], "size": mdesc["size"],
+         "platform": {"os": "linux", "architecture": host_arch}},
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(&mbytes),
+         "size": mbytes.len(), "platform": {"os": "linux", "architecture": "arm64"}},
+    ]});
     let ibytes = serde_json::to_vec(&inner).unwrap();
     fs::write(blob(&out, &sha(&ibytes)), &ibytes).unwrap();
     let top = json!({"schemaVersion": 2, "manifests": [
@@ -570,7 +691,14 @@ fn push_then_skopeo_and_podman_pull() {
         .to_string();
     // The same blobs `save --format oci-dir` writes.
     let lay = env.path("saved");
-    env.ok(&["save", "multi:1", "-o", lay.to_str().unwrap(), "--format", "oci-dir"]);
+    env.ok(&[
+        "save",
+        "multi:1",
+        "-o",
+        lay.to_str().unwrap(),
+        "--format",
+        "oci-dir",
+    ]);
     let saved = read_json(&lay.join("index.json"))["manifests"][0]["digest"]
         .as_str()
         .unwrap()
@@ -587,7 +715,10 @@ fn push_then_skopeo_and_podman_pull() {
 
     // podman, with a private store.
     let (pt, pd) = podman_tree(env.dir.path(), &r);
-    assert!(pd.contains(&digest), "podman sees digest {pd}, layerctl pushed {digest}");
+    assert!(
+        pd.contains(&digest),
+        "podman sees digest {pd}, layerctl pushed {digest}"
+    );
     assert!(pd.contains(id.trim_start_matches("sha256:")), "{pd}");
     assert_eq!(pt, want, "podman's tree differs");
 
@@ -599,7 +730,10 @@ fn push_then_skopeo_and_podman_pull() {
     let d1 = o1.lines().last().unwrap().to_string();
     assert_eq!(d1, o2.lines().last().unwrap());
     let (mz, lz) = remote_manifest(&rz);
-    assert!(mz["layers"][0]["mediaType"].as_str().unwrap().ends_with("+zstd"));
+    assert!(mz["layers"][0]["mediaType"]
+        .as_str()
+        .unwrap()
+        .ends_with("+zstd"));
     assert_ne!(lz, layers);
     assert_eq!(podman_tree(env.dir.path(), &rz).0, want);
     let e = Env::new();
@@ -654,7 +788,10 @@ fn killed_pull_resumes_with_range() {
     let half = 24u64 << 20;
     let t0 = Instant::now();
     while fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < half {
-        assert!(t0.elapsed() < Duration::from_secs(120), "the pull never got halfway");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the pull never got halfway"
+        );
         assert!(child.try_wait().unwrap().is_none(), "the pull ended early");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -677,7 +814,11 @@ fn killed_pull_resumes_with_range() {
         fetched < rest + (1 << 20),
         "the second pull fetched {fetched} bytes; only about {rest} were missing"
     );
-    assert_eq!(image_id(&e, &via), id, "the resumed pull stores the same image");
+    assert_eq!(
+        image_id(&e, &via),
+        id,
+        "the resumed pull stores the same image"
+    );
     assert!(!part.exists());
     e.fsck_clean();
     assert_eq!(mounted(&e, &via), mounted(&env, "big:1"));
@@ -733,9 +874,15 @@ fn tls_auth_and_one_line_errors() {
     };
     let run = |args: &[&str], stdin: &str| {
         let mut c = with(args);
-        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut ch = c.spawn().unwrap();
-        ch.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        ch.stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
         ch.wait_with_output().unwrap()
     };
     let r = format!("{h}/secure:1");
@@ -761,12 +908,20 @@ fn tls_auth_and_one_line_errors() {
     // skopeo reads the same auth.json and trusts the same CA.
     tool(
         "skopeo",
-        &["inspect", "--authfile", auth.to_str().unwrap(), "--cert-dir", certs.to_str().unwrap(), &format!("docker://{r}")],
+        &[
+            "inspect",
+            "--authfile",
+            auth.to_str().unwrap(),
+            "--cert-dir",
+            certs.to_str().unwrap(),
+            &format!("docker://{r}"),
+        ],
     );
     let e = Env::new();
     let pull = |e: &Env, args: &[&str]| {
         let mut c = e.cmd(args);
-        c.env("REGISTRY_AUTH_FILE", &auth).env("LAYERCTL_CERT_DIR", &certs);
+        c.env("REGISTRY_AUTH_FILE", &auth)
+            .env("LAYERCTL_CERT_DIR", &certs);
         c.output().unwrap()
     };
     let o = pull(&e, &["pull", &r]);
@@ -782,15 +937,34 @@ fn tls_auth_and_one_line_errors() {
     let e2 = Env::new();
     e2.ok(&["images"]);
     let clean = store_state(&e2.root);
-    one_line_error(&pull(&e2, &["pull", &format!("{h}/secure:nope")]), "no such image");
-    one_line_error(&pull(&e2, &["pull", &format!("{h}/nothere:1")]), "no such image");
+    one_line_error(
+        &pull(&e2, &["pull", &format!("{h}/secure:nope")]),
+        "no such image",
+    );
+    one_line_error(
+        &pull(&e2, &["pull", &format!("{h}/nothere:1")]),
+        "no such image",
+    );
     let (_, layers) = {
         let o = tool(
             "skopeo",
-            &["inspect", "--raw", "--authfile", auth.to_str().unwrap(), "--cert-dir", certs.to_str().unwrap(), &format!("docker://{r}")],
+            &[
+                "inspect",
+                "--raw",
+                "--authfile",
+                auth.to_str().unwrap(),
+                "--cert-dir",
+                certs.to_str().unwrap(),
+                &format!("docker://{r}"),
+            ],
         );
         let m: Value = serde_json::from_slice(&o.stdout).unwrap();
-        let l: Vec<String> = m["layers"].as_array().unwrap().iter().map(|d| d["digest"].as_str().unwrap().to_string()).collect();
+        let l: Vec<String> = m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap().to_string())
+            .collect();
         (m, l)
     };
     reg.delete_blob(&layers[1]);
@@ -802,12 +976,23 @@ fn tls_auth_and_one_line_errors() {
         .into_iter()
         .filter(|(k, _)| !k.starts_with("blobs") && !k.starts_with("tmp"))
         .collect();
-    let clean: BTreeMap<String, String> = clean.into_iter().filter(|(k, _)| !k.starts_with("blobs") && !k.starts_with("tmp")).collect();
-    assert_eq!(after, clean, "a failed pull stores nothing but resumable blobs");
+    let clean: BTreeMap<String, String> = clean
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("blobs") && !k.starts_with("tmp"))
+        .collect();
+    assert_eq!(
+        after, clean,
+        "a failed pull stores nothing but resumable blobs"
+    );
     e2.fsck_passes("after failed pulls");
     let o = e2.ok(&["gc"]);
     assert!(o.contains("freed"), "{o}");
-    assert!(fs::read_dir(e2.root.join("blobs/partial")).map(|d| d.count()).unwrap_or(0) == 0);
+    assert!(
+        fs::read_dir(e2.root.join("blobs/partial"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
 
     // logout forgets them.
     let o = with(&["logout", &h]).output().unwrap();
@@ -818,6 +1003,12 @@ fn tls_auth_and_one_line_errors() {
         .into_iter()
         .filter(|(k, _)| !k.starts_with("blobs") && !k.starts_with("tmp"))
         .collect();
-    let before: BTreeMap<String, String> = before.into_iter().filter(|(k, _)| !k.starts_with("blobs") && !k.starts_with("tmp")).collect();
-    assert_eq!(pushed, before, "push changes nothing in the store but its digest cache");
+    let before: BTreeMap<String, String> = before
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("blobs") && !k.starts_with("tmp"))
+        .collect();
+    assert_eq!(
+        pushed, before,
+        "push changes nothing in the store but its digest cache"
+    );
 }

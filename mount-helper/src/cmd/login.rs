@@ -35,7 +35,9 @@ fn host_of(s: &str) -> Result<String> {
     let r = Remote::parse(&format!("{h}/x"))
         .map_err(|_| err!("{s:?} is not a registry HOST[:PORT]"))?;
     if r.repo != "x" {
-        return Err(err!("{s:?} is not a registry HOST[:PORT] (give the host only)"));
+        return Err(err!(
+            "{s:?} is not a registry HOST[:PORT] (give the host only)"
+        ));
     }
     Ok(r.registry)
 }
@@ -52,7 +54,11 @@ fn prompt(what: &str) -> Result<String> {
 }
 
 pub fn run(_store: &Store, a: Args) -> Result<i32> {
-    let registry = if a.registry == "docker.io" || a.registry.contains('.') || a.registry.contains(':') || a.registry == "localhost" {
+    let registry = if a.registry == "docker.io"
+        || a.registry.contains('.')
+        || a.registry.contains(':')
+        || a.registry == "localhost"
+    {
         host_of(&a.registry)?
     } else {
         return Err(err!(
@@ -67,7 +73,9 @@ pub fn run(_store: &Store, a: Args) -> Result<i32> {
     };
     let password = match (a.password, a.password_stdin) {
         (Some(_), true) => {
-            return Err(err!("give the password once: --password or --password-stdin"))
+            return Err(err!(
+                "give the password once: --password or --password-stdin"
+            ))
         }
         (Some(p), false) => p,
         (None, true) => {

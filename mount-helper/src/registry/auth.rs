@@ -19,7 +19,10 @@ pub fn auth_file() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
         return PathBuf::from(x).join("containers/auth.json");
     }
-    PathBuf::from(format!("/run/containers/{}/auth.json", layerfs::sys::process::geteuid()))
+    PathBuf::from(format!(
+        "/run/containers/{}/auth.json",
+        layerfs::sys::process::geteuid()
+    ))
 }
 
 fn docker_config() -> Option<PathBuf> {
@@ -49,18 +52,25 @@ fn keys(registry: &str, repo: &str) -> Vec<String> {
     out
 }
 
-fn read(path: &PathBuf) -> Result<Option<Value>> {
+fn read(path: &std::path::Path) -> Result<Option<Value>> {
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| err!("credentials file {} is not JSON ({e}): fix or remove it", path.display())),
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            err!(
+                "credentials file {} is not JSON ({e}): fix or remove it",
+                path.display()
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(err!("reading credentials file {}: {e}", path.display())),
     }
 }
 
-fn decode(entry: &Value, file: &PathBuf, key: &str) -> Result<Option<(String, String)>> {
-    let Some(a) = entry.get("auth").and_then(Value::as_str).filter(|a| !a.is_empty()) else {
+fn decode(entry: &Value, file: &std::path::Path, key: &str) -> Result<Option<(String, String)>> {
+    let Some(a) = entry
+        .get("auth")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+    else {
         return Ok(None);
     };
     let bad = || {
@@ -101,15 +111,21 @@ pub fn store(registry: &str, user: &str, password: &str) -> Result<PathBuf> {
     let file = auth_file();
     let mut v = read(&file)?.unwrap_or_else(|| Value::Object(Map::new()));
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let obj = v
-        .as_object_mut()
-        .ok_or_else(|| err!("credentials file {} is not a JSON object: fix or remove it", file.display()))?;
+    let obj = v.as_object_mut().ok_or_else(|| {
+        err!(
+            "credentials file {} is not a JSON object: fix or remove it",
+            file.display()
+        )
+    })?;
     let auths = obj
         .entry("auths")
         .or_insert_with(|| Value::Object(Map::new()));
-    let auths = auths
-        .as_object_mut()
-        .ok_or_else(|| err!("\"auths\" in {} is not an object: fix or remove it", file.display()))?;
+    let auths = auths.as_object_mut().ok_or_else(|| {
+        err!(
+            "\"auths\" in {} is not an object: fix or remove it",
+            file.display()
+        )
+    })?;
     auths.insert(registry.to_string(), serde_json::json!({ "auth": auth }));
     write(&file, &v)?;
     Ok(file)
@@ -132,7 +148,7 @@ pub fn remove(registry: &str) -> Result<bool> {
     Ok(gone)
 }
 
-fn write(file: &PathBuf, v: &Value) -> Result<()> {
+fn write(file: &std::path::Path, v: &Value) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(dir) = file.parent() {

@@ -124,10 +124,17 @@ impl Client {
         let probe = c.send("GET", "/v2/", &[], Body::Empty);
         c.retries = opts.retries;
         let r = match probe {
-            Err(e) if fallback && !e.to_string().contains("needs credentials") && !e.to_string().contains("refused the credentials") => {
+            Err(e)
+                if fallback
+                    && !e.to_string().contains("needs credentials")
+                    && !e.to_string().contains("refused the credentials") =>
+            {
                 c.base = format!("http://{host}");
                 c.send("GET", "/v2/", &[], Body::Empty).map_err(|e2| {
-                    err!("cannot reach registry {} over https ({e}) or http ({e2})", remote.registry)
+                    err!(
+                        "cannot reach registry {} over https ({e}) or http ({e2})",
+                        remote.registry
+                    )
                 })?
             }
             other => other?,
@@ -281,7 +288,11 @@ impl Client {
 
     /// The bearer-token flow: GET REALM?service=..&scope=repository:REPO:ACTIONS, with
     /// basic credentials when there are some (anonymous otherwise).
-    fn token(&self, realm: &str, params: &std::collections::BTreeMap<String, String>) -> Result<String> {
+    fn token(
+        &self,
+        realm: &str,
+        params: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String> {
         let scope = format!("repository:{}:{}", self.remote.repo, self.actions);
         let mut url = format!("{realm}{}", if realm.contains('?') { '&' } else { '?' });
         if let Some(s) = params.get("service") {
@@ -303,7 +314,9 @@ impl Client {
             match req.call() {
                 Ok(r) => break r,
                 Err(ureq::Error::Status(401 | 403, _)) => return Err(self.unauthorized()),
-                Err(ureq::Error::Status(s, r)) if (s == 429 || s >= 500) && attempt < self.retries => {
+                Err(ureq::Error::Status(s, r))
+                    if (s == 429 || s >= 500) && attempt < self.retries =>
+                {
                     std::thread::sleep(backoff(attempt, r.header("Retry-After")));
                     attempt += 1;
                 }
@@ -339,7 +352,9 @@ pub fn body_text(r: ureq::Response) -> String {
         if let Some(e) = v["errors"].as_array().and_then(|a| a.first()) {
             let code = e["code"].as_str().unwrap_or_default();
             let msg = e["message"].as_str().unwrap_or_default();
-            return format!("{code}: {msg}").trim_matches([' ', ':']).to_string();
+            return format!("{code}: {msg}")
+                .trim_matches([' ', ':'])
+                .to_string();
         }
     }
     s.trim().chars().take(300).collect()
@@ -440,7 +455,8 @@ fn tls_config(registry: &str, opts: &Options) -> Result<Arc<rustls::ClientConfig
             .collect();
         files.sort();
         for f in files {
-            let bytes = std::fs::read(&f).ctx(|| format!("reading CA certificate {}", f.display()))?;
+            let bytes =
+                std::fs::read(&f).ctx(|| format!("reading CA certificate {}", f.display()))?;
             let mut n = 0;
             for c in rustls_pemfile::certs(&mut &bytes[..]) {
                 let c = c.map_err(|e| err!("CA certificate {} is not PEM: {e}", f.display()))?;
@@ -519,7 +535,10 @@ mod tests {
         assert_eq!(p["realm"], "https://auth.example/token");
         assert_eq!(p["scope"], "repository:a/b:pull,push");
         let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#);
-        assert_eq!((s.as_str(), p["realm"].as_str()), ("Basic", "Registry Realm"));
+        assert_eq!(
+            (s.as_str(), p["realm"].as_str()),
+            ("Basic", "Registry Realm")
+        );
         assert_eq!(pct("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
         assert_eq!(backoff(0, Some("3")), Duration::from_secs(3));
         assert_eq!(backoff(10, None), Duration::from_secs(8));

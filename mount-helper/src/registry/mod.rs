@@ -152,7 +152,10 @@ mod tests {
         assert_eq!(r.repo, "user/app");
         assert_eq!(r.local_name(), "user/app:1");
         let r = Remote::parse("localhost:5000/x/y:t").unwrap();
-        assert_eq!((r.registry.as_str(), r.repo.as_str()), ("localhost:5000", "x/y"));
+        assert_eq!(
+            (r.registry.as_str(), r.repo.as_str()),
+            ("localhost:5000", "x/y")
+        );
         assert_eq!(r.local_name(), "localhost:5000/x/y:t");
         let d = format!("sha256:{}", "a".repeat(64));
         let r = Remote::parse(&format!("quay.io/a/b@{d}")).unwrap();

@@ -138,11 +138,10 @@ fn fetch_manifest(c: &Client, reference: &str) -> Result<Fetched> {
     }
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| err!("the manifest of {shown} is not JSON: {e}"))?;
-    let media_type = v["mediaType"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or(ct);
-    if v["schemaVersion"] == 1 || media_type.starts_with("application/vnd.docker.distribution.manifest.v1+") {
+    let media_type = v["mediaType"].as_str().map(str::to_string).unwrap_or(ct);
+    if v["schemaVersion"] == 1
+        || media_type.starts_with("application/vnd.docker.distribution.manifest.v1+")
+    {
         return Err(err!(
             "{shown} is a docker schema 1 image, which layerctl does not read: convert it with `skopeo copy` to schema 2 or OCI"
         ));
@@ -170,7 +169,9 @@ fn pick(idx: &Index, platform: Option<&str>, shown: &str) -> Result<Descriptor> 
         d.platform.as_ref().is_some_and(|p| {
             p.os == want[0]
                 && p.architecture == want[1]
-                && want.get(2).is_none_or(|v| p.variant.as_deref() == Some(v.as_str()))
+                && want
+                    .get(2)
+                    .is_none_or(|v| p.variant.as_deref() == Some(v.as_str()))
         })
     });
     match hit {
@@ -189,7 +190,11 @@ fn pick(idx: &Index, platform: Option<&str>, shown: &str) -> Result<Descriptor> 
             Err(err!(
                 "{shown} has no image for {}: it has {}; pick one with --platform",
                 want.join("/"),
-                if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
             ))
         }
     }
@@ -295,9 +300,13 @@ fn download(
         }
     }
     let mut h = Sha256::new();
-    let mut off = f.metadata().ctx(|| format!("stat {}", part.display()))?.len();
+    let mut off = f
+        .metadata()
+        .ctx(|| format!("stat {}", part.display()))?
+        .len();
     if off > d.size {
-        f.set_len(0).ctx(|| format!("truncating {}", part.display()))?;
+        f.set_len(0)
+            .ctx(|| format!("truncating {}", part.display()))?;
         off = 0;
     }
     // Hash what is kept, so that the digest covers every byte once more bytes come.
@@ -421,7 +430,10 @@ fn download(
     }
     f.sync_all().ctx(|| format!("syncing {}", part.display()))?;
     fs::rename(&part, &done).ctx(|| format!("moving {} into place", part.display()))?;
-    Ok(Blob { path: done, file: f })
+    Ok(Blob {
+        path: done,
+        file: f,
+    })
 }
 
 struct HashInto<'a>(&'a mut Sha256);
@@ -454,7 +466,9 @@ fn extract(blob: &Blob, diff: &Path, diff_id: &str, max: u64, what: &str) -> Res
     let inner: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(r))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(r).ctx(|| format!("decompressing {what}"))?)
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(r).ctx(|| format!("decompressing {what}"))?,
+        )
     } else {
         Box::new(r)
     };

@@ -57,7 +57,12 @@ struct BlobInfo {
 }
 
 /// Compresses layer `diff_id` into a file in `dir`; returns the file and its digest/size.
-fn compress(store: &Store, diff_id: &str, how: Compression, dir: &Path) -> Result<(PathBuf, BlobInfo)> {
+fn compress(
+    store: &Store,
+    diff_id: &str,
+    how: Compression,
+    dir: &Path,
+) -> Result<(PathBuf, BlobInfo)> {
     let layer = store.layer_dir(diff_id)?;
     let p = dir.join(hex_of(diff_id)?);
     let f = fs::File::create(&p).ctx(|| format!("creating {}", p.display()))?;
@@ -65,7 +70,9 @@ fn compress(store: &Store, diff_id: &str, how: Compression, dir: &Path) -> Resul
     let pb = progress::bytes(&format!("{}: Compressing", short(diff_id)), len);
     let mut hw = oci::HashingWriter::new(BufWriter::new(f));
     let (got, _) = match how {
-        Compression::None => crate::tarfile::write_tar(&layer, progress::Writer::new(&mut hw, &pb), &|| {})?,
+        Compression::None => {
+            crate::tarfile::write_tar(&layer, progress::Writer::new(&mut hw, &pb), &|| {})?
+        }
         Compression::Gzip => {
             let mut gz = oci::gzip_writer(&mut hw);
             let r = crate::tarfile::write_tar(&layer, progress::Writer::new(&mut gz, &pb), &|| {})?;
@@ -97,7 +104,12 @@ fn compress(store: &Store, diff_id: &str, how: Compression, dir: &Path) -> Resul
 }
 
 fn exists(c: &Client, digest: &str) -> Result<bool> {
-    let r = c.send("HEAD", &c.repo_path(&format!("blobs/{digest}")), &[], Body::Empty)?;
+    let r = c.send(
+        "HEAD",
+        &c.repo_path(&format!("blobs/{digest}")),
+        &[],
+        Body::Empty,
+    )?;
     match r.status() {
         200 => Ok(true),
         404 => Ok(false),
@@ -135,10 +147,12 @@ fn upload(c: &Client, digest: &str, body: Body) -> Result<()> {
     if r.status() != 202 {
         return Err(status_err(c, r.status(), "starting an upload", r));
     }
-    let loc = r
-        .header("Location")
-        .map(str::to_string)
-        .ok_or_else(|| err!("registry {} started an upload without a Location", c.remote.registry))?;
+    let loc = r.header("Location").map(str::to_string).ok_or_else(|| {
+        err!(
+            "registry {} started an upload without a Location",
+            c.remote.registry
+        )
+    })?;
     let _ = body_text(r);
     let sep = if loc.contains('?') { '&' } else { '?' };
     let url = c.url(&format!("{loc}{sep}digest={}", digest.replace(':', "%3A")));
@@ -170,8 +184,8 @@ pub fn push(store: &Store, src: &str, dest: Option<&str>, o: &Opts) -> Result<St
         .root
         .join("images")
         .join(format!("{}.json", hex_of(&id)?));
-    let config = fs::read(&path)
-        .ctx(|| format!("image record {id} is unreadable; run `layerctl fsck`"))?;
+    let config =
+        fs::read(&path).ctx(|| format!("image record {id} is unreadable; run `layerctl fsck`"))?;
     if sha256_id(&config) != id {
         return Err(err!(
             "image record {id} does not match its id (damaged): run `layerctl fsck` and re-import it"
@@ -186,7 +200,10 @@ pub fn push(store: &Store, src: &str, dest: Option<&str>, o: &Opts) -> Result<St
         }
     }
     let c = Client::connect(&remote, true, &o.reg)?;
-    out(format!("The push refers to repository [{}]", remote.full_name()));
+    out(format!(
+        "The push refers to repository [{}]",
+        remote.full_name()
+    ));
     let tmp = store.tmp_dir()?;
     let res = (|| -> Result<String> {
         let mut cache: BTreeMap<String, BlobInfo> = store.blob_map("compressed.json");
