@@ -64,6 +64,14 @@ enum Cmd {
     Save(cmd::save::Args),
     /// Load images from a docker archive, an OCI layout (dir or tar) or a dir-transport directory; from stdin without a path
     Load(cmd::load::Args),
+    /// Pull an image from a registry (resumable, layers in parallel)
+    Pull(cmd::pull::Args),
+    /// Push an image to a registry (layers the registry has are not sent)
+    Push(cmd::push::Args),
+    /// Log in to a registry (credentials go to podman's auth.json)
+    Login(cmd::login::Args),
+    /// Remove a registry's credentials from auth.json
+    Logout(cmd::logout::Args),
     /// Write a layer's canonical changeset tar (its sha256 is the diff_id)
     #[command(hide = true)]
     LayerTar(cmd::layer_tar::Args),
@@ -119,6 +127,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Fsck(a) => cmd::fsck::run(s, a),
         Cmd::Save(a) => cmd::save::run(s, a),
         Cmd::Load(a) => cmd::load::run(s, a),
+        Cmd::Pull(a) => cmd::pull::run(s, a),
+        Cmd::Push(a) => cmd::push::run(s, a),
+        Cmd::Login(a) => cmd::login::run(s, a),
+        Cmd::Logout(a) => cmd::logout::run(s, a),
         Cmd::LayerTar(a) => cmd::layer_tar::run(s, a),
     }
 }

@@ -218,6 +218,15 @@ pub fn gc(store: &Store) -> Result<Vec<String>> {
         store.remove_layer(&l)?;
         out.push(format!("deleted layer {l}"));
     }
+    let (nblobs, blob_bytes) = remove_idle_blobs(store)?;
+    prune_blob_maps(store)?;
+    freed += blob_bytes;
+    if nblobs > 0 {
+        out.push(format!(
+            "deleted {nblobs} partial or unstored registry blob(s) ({})",
+            human(blob_bytes)
+        ));
+    }
     let layers = out
         .iter()
         .filter(|l| l.starts_with("deleted layer"))
@@ -336,6 +345,13 @@ pub fn fsck(store: &Store) -> Result<(Vec<String>, Vec<String>)> {
             Err(e) => bad.push(e.to_string()),
         }
     }
+    let (nblobs, blob_bytes) = idle_blobs(store);
+    if nblobs > 0 {
+        notes.push(format!(
+            "{nblobs} partial registry blob(s) ({}) kept so the next pull continues them (`layerctl gc` removes them)",
+            human(blob_bytes)
+        ));
+    }
     let unused = layers.iter().filter(|l| !used.contains_key(*l)).count();
     notes.push(format!(
         "{} layer(s) ok, {} image(s), {} unused layer(s) (`layerctl gc` removes them)",
@@ -344,6 +360,63 @@ pub fn fsck(store: &Store) -> Result<(Vec<String>, Vec<String>)> {
         unused
     ));
     Ok((bad, notes))
+}
+
+/// Registry blobs no running pull holds (its flock): partial downloads kept for the next
+/// pull, and verified blobs a killed pull did not get to store. Counted, or removed.
+fn blob_files(store: &Store) -> Vec<(std::path::PathBuf, fs::File, u64)> {
+    let mut out = Vec::new();
+    for sub in ["partial", "sha256"] {
+        let d = store.root.join("blobs").join(sub);
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(f) = fs::File::open(&p) else { continue };
+            if crate::sys::flock_try_exclusive(&f).unwrap_or(false) {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((p, f, len));
+            }
+        }
+    }
+    out
+}
+
+fn idle_blobs(store: &Store) -> (usize, u64) {
+    let b = blob_files(store);
+    (b.len(), b.iter().map(|x| x.2).sum())
+}
+
+fn remove_idle_blobs(store: &Store) -> Result<(usize, u64)> {
+    let b = blob_files(store);
+    let mut bytes = 0;
+    for (p, _lock, len) in &b {
+        fs::remove_file(p).ctx(|| format!("removing {}", p.display()))?;
+        bytes += len;
+    }
+    Ok((b.len(), bytes))
+}
+
+/// Drops the hints in ROOT/blobs whose layer is gone.
+fn prune_blob_maps(store: &Store) -> Result<()> {
+    let a: BTreeMap<String, String> = store.blob_map("aliases.json");
+    let kept: BTreeMap<String, String> = a
+        .iter()
+        .filter(|(_, l)| store.has_layer(l))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if kept.len() != a.len() {
+        store.write_blob_map("aliases.json", &kept)?;
+    }
+    let c: BTreeMap<String, serde_json::Value> = store.blob_map("compressed.json");
+    let kept: BTreeMap<String, serde_json::Value> = c
+        .iter()
+        .filter(|(k, _)| k.split(' ').nth(1).is_some_and(|l| store.has_layer(l)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if kept.len() != c.len() {
+        store.write_blob_map("compressed.json", &kept)?;
+    }
+    Ok(())
 }
 
 /// Temp entries of commands that are no longer running: everything in tmp/ (named
@@ -367,6 +440,7 @@ pub fn leftovers(store: &Store) -> Vec<(std::path::PathBuf, u64)> {
         ("images", ".tmp-"),
         (".", ".tmp-"),
         (".", crate::load::STDIN_COPY_PREFIX),
+        ("blobs", ".tmp-"),
         ("run", ""),
     ] {
         let d = store.root.join(dir);

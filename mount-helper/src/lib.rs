@@ -23,6 +23,7 @@ pub mod oci;
 pub mod output;
 pub mod pause;
 pub mod progress;
+pub mod registry;
 pub mod run;
 pub mod runtime;
 pub mod save;

@@ -16,6 +16,18 @@
 //!                                is gone); files.json: content hashes by (dev, ino, size,
 //!                                mtime, ctime) so an unchanged context is not read again
 //! ROOT/containers/NAME/          container.json, upper/, work/
+//! ROOT/blobs/partial/HEX         the first bytes of registry blob sha256:HEX as far as a
+//!                                pull got; the next pull continues it with a Range request.
+//!                                flock'd by the pull writing it; `gc` removes unlocked ones
+//! ROOT/blobs/sha256/HEX          a fetched blob whose digest verified, until the pull that
+//!                                fetched it has stored its layer (flock'd the same way)
+//! ROOT/blobs/aliases.json        {"registry diff_id": "stored layer id"}: layers another tool
+//!                                made are stored under their canonical tar's digest; this
+//!                                lets the next pull say `Already exists` (hints only: every
+//!                                use checks the layer is there; gc drops stale entries)
+//! ROOT/blobs/compressed.json     {"gzip sha256:LAYER": {digest, size}}: what push's
+//!                                deterministic compression of a layer gives, so a second
+//!                                push asks the registry without compressing again
 //! ```
 //!
 //! Every record appears by a rename of something complete and fsynced (a whole layer
@@ -461,8 +473,11 @@ impl Store {
             n += 1;
         }
         // Half-written record files next to their final place.
-        for sub in ["images", "."] {
+        for sub in ["images", ".", "blobs"] {
             let d = self.root.join(sub);
+            if sub == "blobs" && !d.is_dir() {
+                continue;
+            }
             for e in fs::read_dir(&d).ctx(|| format!("reading {}", d.display()))? {
                 let e = e.ctx(|| format!("reading {}", d.display()))?;
                 if e.file_name().to_string_lossy().starts_with(".tmp-") {
@@ -623,6 +638,20 @@ impl Store {
                 .join("images")
                 .join(format!("{}.json", hex_of(&id)?)),
             &bytes,
+        )?;
+        Ok(id)
+    }
+
+    /// Stores config bytes as they are (a pulled config whose diff_ids need no
+    /// re-keying): the id is their digest, as the registry named them.
+    pub fn write_image_bytes(&self, bytes: &[u8]) -> Result<String> {
+        let id = sha256_id(bytes);
+        atomic_write(
+            &self
+                .root
+                .join("images")
+                .join(format!("{}.json", hex_of(&id)?)),
+            bytes,
         )?;
         Ok(id)
     }
@@ -814,6 +843,40 @@ impl Store {
         sys::syncfs(&f).ctx(|| format!("syncing {}", tmp.display()))?;
         fs::rename(&tmp, &dst).ctx(|| format!("creating container {}", dst.display()))?;
         fsync_dir(&self.root.join("containers"))
+    }
+
+    // ----- registry blobs -----
+
+    /// `ROOT/blobs/SUB`, created on first use.
+    pub fn blobs_dir(&self, sub: &str) -> Result<PathBuf> {
+        let p = self.root.join("blobs").join(sub);
+        fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
+        Ok(p)
+    }
+
+    /// A JSON map kept under ROOT/blobs (aliases.json, compressed.json): hints, so an
+    /// unreadable one reads as empty rather than failing a pull.
+    pub fn blob_map<T: for<'de> Deserialize<'de>>(&self, name: &str) -> BTreeMap<String, T> {
+        fs::read(self.root.join("blobs").join(name))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes a ROOT/blobs map atomically (the lock is held).
+    pub fn write_blob_map<T: Serialize>(&self, name: &str, m: &BTreeMap<String, T>) -> Result<()> {
+        self.blobs_dir("")?;
+        let bytes = serde_json::to_vec_pretty(m).map_err(|e| err!("encoding {name}: {e}"))?;
+        atomic_write(&self.root.join("blobs").join(name), &bytes)
+    }
+
+    /// The stored layer whose content a registry diff_id names: itself, or its alias.
+    pub fn layer_for(&self, diff_id: &str) -> Option<String> {
+        if self.has_layer(diff_id) {
+            return Some(diff_id.to_string());
+        }
+        let a: BTreeMap<String, String> = self.blob_map("aliases.json");
+        a.get(diff_id).filter(|l| self.has_layer(l)).cloned()
     }
 
     pub fn remove_container(&self, name: &str) -> Result<()> {

@@ -886,11 +886,16 @@ fn hostile_archives_are_refused_and_change_nothing() {
         "refusing archive member bomb",
     );
 
-    // zstd layers are refused with the reason.
+    // A damaged zstd layer is refused, naming the layer; a good one loads.
     let mut z = vec![0x28, 0xb5, 0x2f, 0xfd];
     z.extend_from_slice(&[0; 60]);
     let l = Layout::new(env.path("zstd"), &[z], Some(vec![sha(b"")]));
-    refused(&env, &l.dir, &[], "zstd-compressed");
+    refused(&env, &l.dir, &[], "layer 1");
+    let zgood = zstd::encode_all(&good[..], 3).unwrap();
+    let l = Layout::new(env.path("zstd-good"), &[zgood], Some(vec![sha(&good)]));
+    let e2 = Env::new();
+    e2.ok(&["load", l.dir.to_str().unwrap(), "z:1"]);
+    e2.fsck_clean();
 
     // Docker archives: a symlinked layer that leaves the archive, and a missing layer.
     let dk = env.path("docker");

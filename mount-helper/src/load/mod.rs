@@ -6,7 +6,7 @@
 //!    as lexical aliases that may not leave the archive), read index/manifests/configs,
 //!    checking each against the digest and size its parent names;
 //! 2. verify and extract: hash every layer blob against its descriptor, then unpack each
-//!    layer (gzip or plain) with the safe extractor into a private tmp directory, checking
+//!    layer (gzip, zstd or plain) with the safe extractor into a private tmp directory, checking
 //!    the uncompressed stream against the config's diff_id and the --max-size bound;
 //! 3. store: move the layers in, then the image configs, then the names: the same order
 //!    and the same atomic renames as import and commit.
@@ -418,10 +418,10 @@ fn extract_layer(
     let inner: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(r))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(err!(
-            "{} in {shown} is zstd-compressed; layerctl reads gzip and plain tar layers (convert with `skopeo copy --dest-compress-format gzip`)",
-            l.what
-        ));
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(r)
+                .ctx(|| format!("decompressing {} in {shown}", l.what))?,
+        )
     } else {
         Box::new(r)
     };
