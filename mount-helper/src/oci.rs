@@ -73,6 +73,26 @@ pub struct Index {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
+impl Index {
+    /// The entry for this host (linux and its architecture), or the only entry when there
+    /// is one: the image `load` and `explore` read from a multi-platform layout.
+    pub fn for_host(&self) -> Option<&Descriptor> {
+        let arch = crate::image::host_arch();
+        self.manifests
+            .iter()
+            .find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+            })
+            .or(if self.manifests.len() == 1 {
+                self.manifests.first()
+            } else {
+                None
+            })
+    }
+}
+
 /// One entry of a `docker save` archive's manifest.json.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct DockerEntry {

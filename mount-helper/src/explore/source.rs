@@ -424,18 +424,7 @@ fn read_oci(m: &dyn Members) -> Result<(ImageConfig, Vec<String>, String)> {
         let sub: Index = json(&m.read(&blob_name(&desc)?, "an index")?, "an index", shown)?;
         let arch = crate::image::host_arch();
         desc = sub
-            .manifests
-            .iter()
-            .find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-            })
-            .or(if sub.manifests.len() == 1 {
-                sub.manifests.first()
-            } else {
-                None
-            })
+            .for_host()
             .cloned()
             .ok_or_else(|| err!("{shown} has no image for linux/{arch}"))?;
     }

@@ -605,18 +605,7 @@ fn pick_manifest(src: &Source, desc: &Descriptor, max: u64, depth: u32) -> Resul
     })?;
     let arch = crate::image::host_arch();
     let hit = idx
-        .manifests
-        .iter()
-        .find(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-        })
-        .or(if idx.manifests.len() == 1 {
-            idx.manifests.first()
-        } else {
-            None
-        })
+        .for_host()
         .ok_or_else(|| {
             err!(
                 "{} has no image for linux/{arch} (copy that platform with `skopeo copy --override-arch`)",
