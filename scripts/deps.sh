@@ -33,6 +33,10 @@ bubblewrap bwrap
 busybox-static busybox
 file file
 tar tar
+tmux tmux
+apache2-utils htpasswd
+openssl openssl
+buildah buildah
 '
 
 # Prints "PACKAGE THING" for each missing thing.

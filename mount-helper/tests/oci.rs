@@ -10,31 +10,12 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-
-type Tree = (BTreeMap<String, String>, Vec<Vec<String>>);
-
-fn tree(dir: &Path) -> Tree {
-    (snapshot(dir), link_groups(dir))
-}
-
-fn tool(prog: &str, args: &[&str]) -> Output {
-    let o = Command::new(prog).args(args).output().unwrap_or_else(|e| {
-        panic!("{prog} cannot run ({e}): apt-get install skopeo umoci podman docker-registry")
-    });
-    assert!(
-        o.status.success(),
-        "{prog} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
 
 /// A second layer with every kind of change a layer can carry: new, changed and deleted
 /// files, a deleted and recreated directory (opaque), a renamed directory, hard links,

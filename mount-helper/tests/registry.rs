@@ -19,25 +19,6 @@ use common::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-type Tree = (BTreeMap<String, String>, Vec<Vec<String>>);
-
-fn tree(dir: &Path) -> Tree {
-    (snapshot(dir), link_groups(dir))
-}
-
-fn tool(prog: &str, args: &[&str]) -> Output {
-    let o = Command::new(prog).args(args).output().unwrap_or_else(|e| {
-        panic!("{prog} cannot run ({e}): apt-get install skopeo umoci podman docker-registry apache2-utils openssl")
-    });
-    assert!(
-        o.status.success(),
-        "{prog} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
 fn sha(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }

@@ -445,3 +445,26 @@ pub fn user_xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// A tree as the oracle comparisons see it: every entry's description and the hard-link
+/// groups.
+pub type Tree = (BTreeMap<String, String>, Vec<Vec<String>>);
+
+pub fn tree(dir: &Path) -> Tree {
+    (snapshot(dir), link_groups(dir))
+}
+
+/// Runs an oracle tool (skopeo, umoci, podman, ...) and fails loudly if it cannot run or
+/// fails.
+pub fn tool(prog: &str, args: &[&str]) -> Output {
+    let o = Command::new(prog).args(args).output().unwrap_or_else(|e| {
+        panic!("{prog} cannot run ({e}): install it (scripts/deps.sh lists the package)")
+    });
+    assert!(
+        o.status.success(),
+        "{prog} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
