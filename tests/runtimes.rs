@@ -281,7 +281,7 @@ for rt in crun bwrap; do
     set -e
     test $rc = 7
     layerctl diff c-$rt > $D/diff-$rt.txt
-    layerctl history bb:$rt > $D/history-$rt.txt
+    layerctl history --no-trunc bb:$rt > $D/history-$rt.txt
     test "$(layerctl run --rm --runtime $rt bb:$rt -- cat /new)" = new
     layerctl run --rm --runtime $rt bb:$rt -- test ! -e /bin/vi
 done
